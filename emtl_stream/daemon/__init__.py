@@ -1,0 +1,1 @@
+"""Orchestration: the state machine, calibration protocol and the running service."""

@@ -1,0 +1,44 @@
+"""The single place for numba options.
+
+Every kernel in :mod:`emtl_stream.kernels` is decorated with :func:`kernel`, never
+with a bare ``numba.njit``; ``tests/test_layout.py`` fails on a hard-coded
+``fastmath=`` anywhere else.
+
+Why these choices
+-----------------
+* ``nopython`` and ``nogil``: kernels run inside the daemon's worker threads; the
+  GIL is released so a fit never stalls the acquisition thread.
+* ``cache=True``: a daemon must not pay compile time at every start. numba's cache
+  freezes module globals at compile time and does not see edits to other files,
+  so these options are import-time constants, never runtime configuration.
+* ``FASTMATH_FLAGS`` leaves out ``nnan`` and ``ninf``: with them LLVM may assume
+  that no NaN/inf exists and delete the very guards that catch bad samples.
+"""
+
+from __future__ import annotations
+
+import numba
+
+#: LLVM fast-math flags allowed in kernels (no ``nnan``/``ninf``, see module docstring).
+FASTMATH_FLAGS = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+#: Options shared by every kernel.
+JIT_OPTIONS = dict(nopython=True, cache=True, nogil=True, fastmath=set(FASTMATH_FLAGS))
+
+
+def kernel(signature=None):
+    """Decorate a pure array function as a cached nopython kernel.
+
+    Parameters
+    ----------
+    signature : str or list of str, optional
+        Eager numba signature(s). Giving one compiles (or loads from the cache)
+        at import time of the kernel's module, so warm-up is explicit.
+
+    Returns
+    -------
+    decorator : callable
+    """
+    if signature is None:
+        return numba.njit(**JIT_OPTIONS)
+    return numba.njit(signature, **JIT_OPTIONS)
