@@ -1,0 +1,163 @@
+"""The source-model file: features + source model + classes + stream shape in one ``.npz``.
+
+A :class:`SourceBundle` is everything the daemon needs to classify a stream and to
+run transfer EM: the feature settings (so the live features equal the training
+features), the stream it was trained on (channel count, rate) and the source model
+as :class:`~emtl_stream.model.source.SourceComponents`. It is written atomically
+and holds plain arrays plus one JSON string; ``np.load(allow_pickle=False)`` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ModelError
+from ..model.source import SourceComponents
+
+BUNDLE_FORMAT = "emtl_stream.source_bundle/1"
+
+
+@dataclass
+class SourceBundle:
+    """A trained source model with the feature settings it was trained with.
+
+    Attributes
+    ----------
+    components : SourceComponents
+        The source classifier as a labelled Gaussian mixture (means (K, m), ...).
+    features : dict
+        ``FeatureExtractor.to_dict()`` of the training features.
+    window_ms, step_ms : float
+    n_channels : int
+    fs : float
+        Nominal sampling rate of the training stream (Hz).
+    meta : dict
+        Free-form provenance (model type, training files, created time, ...).
+    """
+
+    components: SourceComponents
+    features: dict
+    window_ms: float
+    step_ms: float
+    n_channels: int
+    fs: float
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def classes(self) -> list[str]:
+        """Class names in prediction order."""
+        return [str(c) for c in self.components.classes]
+
+    def make_extractor(self):
+        """A fresh :class:`~emtl_stream.pipeline.features.FeatureExtractor` for live features."""
+        from ..pipeline.features import FeatureExtractor
+
+        return FeatureExtractor.from_dict(self.features)
+
+    def save(self, path) -> Path:
+        """Write atomically to ``path`` (temp file, fsync, rename); returns the path."""
+        path = Path(path)
+        header = {
+            "format": BUNDLE_FORMAT,
+            "features": self.features,
+            "window_ms": self.window_ms,
+            "step_ms": self.step_ms,
+            "n_channels": self.n_channels,
+            "fs": self.fs,
+            "classes": self.classes,
+            "meta": self.meta,
+        }
+        arrays = {f"components__{k}": v for k, v in self.components.to_arrays().items()}
+        arrays["classes"] = np.asarray(self.classes, dtype=str)
+        arrays["header_json"] = np.asarray(json.dumps(header))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **arrays)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path) -> "SourceBundle":
+        """Read a bundle written by :meth:`save`; ``ModelError`` naming the path if invalid."""
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                header = json.loads(str(z["header_json"]))
+                if header.get("format") != BUNDLE_FORMAT:
+                    raise ModelError(f"{path} is not an emtl_stream source model "
+                                     f"(format {header.get('format')!r}).")
+                comp = {k[len("components__"):]: z[k] for k in z.files
+                        if k.startswith("components__")}
+                comp["classes"] = np.asarray(header["classes"])
+                components = SourceComponents.from_arrays(comp)
+        except ModelError:
+            raise
+        except FileNotFoundError:
+            raise
+        except Exception as exc:
+            raise ModelError(f"cannot read source model {path}: {exc}") from exc
+        return cls(components=components, features=header["features"],
+                   window_ms=float(header["window_ms"]), step_ms=float(header["step_ms"]),
+                   n_channels=int(header["n_channels"]), fs=float(header["fs"]),
+                   meta=header.get("meta", {}))
+
+
+def fit_source_model(X, y, kind: str = "lgmm", covariance_type: str = "tied",
+                     n_components_per_class: int = 1, random_state: int = 0):
+    """Fit a source classifier on features and return it (it has ``to_components()``).
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_windows, n_features)
+    y : array-like of shape (n_windows,)
+        Class names.
+    kind : {"lgmm", "gmlvq", "lgmlvq"}
+    """
+    if kind == "lgmm":
+        from ..model.gmm import LabelledGMM
+
+        return LabelledGMM(n_components_per_class=n_components_per_class,
+                           covariance_type=covariance_type, random_state=random_state).fit(X, y)
+    if kind in ("gmlvq", "lgmlvq"):
+        from ..model import lvq
+
+        cls = lvq.GMLVQ if kind == "gmlvq" else lvq.LGMLVQ
+        return cls(prototypes_per_class=n_components_per_class, random_state=random_state).fit(X, y)
+    raise ValueError(f"model kind must be one of ['gmlvq', 'lgmlvq', 'lgmm'], got {kind!r}.")
+
+
+def make_bundle(model, extractor, window_ms: float, step_ms: float, n_channels: int, fs: float,
+                **meta) -> SourceBundle:
+    """Wrap a fitted source model and its feature extractor into a :class:`SourceBundle`."""
+    meta.setdefault("created", time.time())
+    meta.setdefault("model_type", type(model).__name__)
+    return SourceBundle(components=model.to_components(), features=extractor.to_dict(),
+                        window_ms=float(window_ms), step_ms=float(step_ms),
+                        n_channels=int(n_channels), fs=float(fs), meta=meta)
+
+
+def transfer_kwargs(config, n_channels: int) -> dict:
+    """TransferEM keyword arguments from the ``[transfer]`` config section.
+
+    ``ring_channels`` is set separately by the caller from ``[stream] ring``.
+    ``shrink_to="current"`` (recalibrate towards the live H) is resolved by the
+    daemon; offline it means the identity.
+    """
+    t = config.transfer
+    shrink = t.shrink_to if t.shrink_to in ("identity", "zero") else "identity"
+    return dict(kind=t.kind, bias=bool(t.bias), reg=float(t.reg), reg_scale=t.reg_scale,
+                shrink_to=shrink, max_iter=int(t.max_iter), tol=float(t.tol))
