@@ -1,0 +1,194 @@
+"""M-step kernels: sufficient statistics, the shared closed-form right-hand side,
+and the per-component Sylvester operator with its preconditioned CG solver.
+
+Notation (algorithm.md §2): X̃ (N, n') calibration rows (n' = n + 1 with an
+offset column), Γ (N, K) responsibilities, H̃ (m, n') the map, Λ_k (m, m) the
+component precisions, A_k = C_k + λ_k D (n', n') with C_k = Σ_j γ_jk x̃_j x̃_jᵀ.
+
+The per-component M-step solves the generalised Sylvester equation
+``Σ_k Λ_k H̃ A_k = R``; with H̃ flattened row-major this is ``S vec(H̃) = vec(R)``,
+``S = Σ_k Λ_k ⊗ A_k`` (symmetric positive definite).
+
+Inputs are trusted (finite, right shapes); the wrappers in
+:mod:`emtl_stream.model.transfer` validate.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._jit import kernel
+
+_F2 = "float64[:, ::1]"
+_F1 = "float64[::1]"
+_F3 = "float64[:, :, ::1]"
+
+
+@kernel(f"void({_F2}, {_F2}, {_F3}, {_F2})")
+def weighted_stats(Xt, resp, C, c):
+    """C_k = Σ_j γ_jk x̃_j x̃_jᵀ and c_k = Σ_j γ_jk x̃_j.
+
+    Only rows with γ_jk > 0 enter component k (crisp labels zero most pairs), one
+    BLAS product per component.
+
+    Parameters
+    ----------
+    Xt : ndarray of shape (N, n')
+    resp : ndarray of shape (N, K)
+    C : ndarray of shape (K, n', n')
+        Written in place.
+    c : ndarray of shape (K, n')
+        Written in place.
+    """
+    N, n = Xt.shape
+    K = resp.shape[1]
+    G = np.empty((N, n))
+    W = np.empty((N, n))
+    for k in range(K):
+        cnt = 0
+        for a in range(n):
+            c[k, a] = 0.0
+        for j in range(N):
+            r = resp[j, k]
+            if r > 0.0:
+                for a in range(n):
+                    v = Xt[j, a]
+                    G[cnt, a] = v
+                    W[cnt, a] = r * v
+                    c[k, a] += r * v
+                cnt += 1
+        if cnt == 0:
+            C[k, :, :] = 0.0
+            continue
+        np.dot(W[:cnt].T, G[:cnt], C[k])
+
+
+@kernel(f"void({_F2}, {_F2}, {_F2}, {_F2})")
+def shared_rhs(resp, means, Xt, out):
+    """out = X̃ᵀ (Γ M): the data part of the shared closed-form update's right side.
+
+    The shared M-step is H̃ᵀ = (X̃ᵀX̃ + λD)⁻¹ (X̃ᵀ Γ M + λ D H̃₀ᵀ).
+
+    Parameters
+    ----------
+    resp : ndarray of shape (N, K)
+    means : ndarray of shape (K, m)
+    Xt : ndarray of shape (N, n')
+    out : ndarray of shape (n', m)
+        Written in place.
+    """
+    T = np.dot(resp, means)
+    np.dot(Xt.T, T, out)
+
+
+@kernel(f"void({_F3}, {_F3}, {_F2})")
+def kron_assemble(Lam, A, S):
+    """S = Σ_k Λ_k ⊗ A_k, the Sylvester operator on row-major vec(H̃).
+
+    Parameters
+    ----------
+    Lam : ndarray of shape (K, m, m)
+    A : ndarray of shape (K, n', n')
+    S : ndarray of shape (m·n', m·n')
+        Written in place.
+    """
+    K, m, _ = Lam.shape
+    n = A.shape[1]
+    S[:, :] = 0.0
+    for k in range(K):
+        for i in range(m):
+            for jj in range(m):
+                lij = Lam[k, i, jj]
+                if lij == 0.0:
+                    continue
+                for a in range(n):
+                    row = i * n + a
+                    for b in range(n):
+                        S[row, jj * n + b] += lij * A[k, a, b]
+
+
+@kernel(f"void({_F3}, {_F3}, {_F2}, {_F2}, {_F2})")
+def sylvester_matvec(Lam, A, H, tmp, out):
+    """out = Σ_k Λ_k H A_k (matrix form of S vec(H)).
+
+    Parameters
+    ----------
+    Lam : ndarray of shape (K, m, m)
+    A : ndarray of shape (K, n', n')
+    H : ndarray of shape (m, n')
+    tmp : ndarray of shape (m, n')
+        Scratch.
+    out : ndarray of shape (m, n')
+        Written in place.
+    """
+    K = Lam.shape[0]
+    out[:, :] = 0.0
+    for k in range(K):
+        np.dot(Lam[k], H, tmp)
+        out += np.dot(tmp, A[k])
+
+
+@kernel(f"UniTuple(float64, 2)({_F3}, {_F3}, {_F2}, {_F2}, {_F2}, {_F2}, float64, int64)")
+def pcg_sylvester(Lam, A, R, Pl, Pr, H, rtol, maxiter):
+    """Preconditioned conjugate gradients for Σ_k Λ_k H A_k = R, in matrix form.
+
+    Starts from the H passed in (warm start) and overwrites it. Every iterate
+    lowers the quadratic ½⟨H, S H⟩ − ⟨R, H⟩, so even a truncated solve never
+    lowers the EM objective. Preconditioner: H ↦ Pl R Pr with Pl ≈ Λ̄⁻¹ and
+    Pr ≈ Ā⁻¹ (a Kronecker-factored approximation of S⁻¹).
+
+    Parameters
+    ----------
+    Lam : ndarray of shape (K, m, m)
+    A : ndarray of shape (K, n', n')
+    R : ndarray of shape (m, n')
+    Pl : ndarray of shape (m, m)
+        Symmetric positive definite.
+    Pr : ndarray of shape (n', n')
+        Symmetric positive definite.
+    H : ndarray of shape (m, n')
+        Initial guess; overwritten with the solution.
+    rtol : float
+        Stop when ‖R − S H‖_F ≤ rtol ‖R‖_F.
+    maxiter : int
+
+    Returns
+    -------
+    (n_iter, relative_residual) : tuple of float
+    """
+    m, n = H.shape
+    tmp = np.empty((m, n))
+    SH = np.empty((m, n))
+    sylvester_matvec(Lam, A, H, tmp, SH)
+    res = R - SH
+    rnorm = math.sqrt(np.sum(R * R))
+    if rnorm == 0.0:
+        rnorm = 1.0
+    rr = math.sqrt(np.sum(res * res))
+    if rr <= rtol * rnorm:
+        return 0.0, rr / rnorm
+    zz = np.dot(np.dot(Pl, res), Pr)
+    p = zz.copy()
+    rz = np.sum(res * zz)
+    Sp = np.empty((m, n))
+    it = 0
+    while it < maxiter:
+        it += 1
+        sylvester_matvec(Lam, A, p, tmp, Sp)
+        denom = np.sum(p * Sp)
+        if not denom > 0.0:
+            break
+        alpha = rz / denom
+        H += alpha * p
+        res -= alpha * Sp
+        rr = math.sqrt(np.sum(res * res))
+        if rr <= rtol * rnorm:
+            break
+        zz = np.dot(np.dot(Pl, res), Pr)
+        rz_new = np.sum(res * zz)
+        beta = rz_new / rz
+        rz = rz_new
+        p = zz + beta * p
+    return float(it), rr / rnorm

@@ -1,0 +1,236 @@
+"""Transfer-EM kernels against their plain-numpy twins (tests/naive/transfer.py)."""
+
+import numpy as np
+import pytest
+
+from emtl_stream.kernels import estep, linalg, mstep
+from naive import transfer as nv
+
+SPECIAL = [np.nan, np.inf, -np.inf]
+
+
+def _spd(rng, n, shift=1.0):
+    A = rng.normal(size=(n, n))
+    return A @ A.T / n + shift * np.eye(n)
+
+
+def _crisp_base(rng, N, K):
+    base = rng.normal(size=(N, K))
+    base[rng.random((N, K)) < 0.4] = -np.inf
+    base[:, 0] = rng.normal(size=N)  # every row keeps one finite entry
+    return np.ascontiguousarray(base)
+
+
+@pytest.mark.parametrize("v", [
+    [0.0, 1.0, 2.0], [-1000.0, -1001.0], [800.0, 799.0, -np.inf], [-np.inf, -np.inf],
+    [1.0, np.nan, 2.0], [np.inf, 1.0], [3.0],
+])
+def test_logsumexp_row(v):
+    got = linalg.logsumexp_row(np.array(v, float))
+    want = nv.logsumexp_row(v)
+    np.testing.assert_equal(np.isnan(got), np.isnan(want))
+    if not np.isnan(want):
+        assert got == pytest.approx(want, rel=1e-13, abs=1e-13)
+
+
+def test_cholesky_solve_and_inverse(rng):
+    A = _spd(rng, 7)
+    L = linalg.cholesky_lower(A)
+    np.testing.assert_allclose(L, np.linalg.cholesky(A), rtol=1e-12, atol=1e-12)
+    B = rng.normal(size=(7, 3))
+    X = B.copy()
+    linalg.cho_solve_inplace(L, X)
+    np.testing.assert_allclose(X, np.linalg.solve(A, B), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(linalg.spd_inverse(A), np.linalg.inv(A), rtol=1e-10, atol=1e-12)
+
+
+def test_cholesky_of_indefinite_matrix_is_nan():
+    A = np.array([[1.0, 2.0], [2.0, 1.0]])
+    assert np.isnan(linalg.cholesky_lower(A)[-1, -1])
+    assert np.isnan(linalg.spd_inverse(A)).all()
+
+
+@pytest.mark.parametrize("where", [None, 0, 5, 9])
+@pytest.mark.parametrize("value", SPECIAL)
+def test_log_joint_shared(rng, where, value):
+    N, K, m = 10, 6, 4
+    Y = rng.normal(size=(N, m))
+    if where is not None:
+        Y[where, 1] = value
+    nu = rng.normal(size=(K, m))
+    base = _crisp_base(rng, N, K)
+    out = np.empty((N, K))
+    estep.log_joint_shared(Y, nu, base, out)
+    want = nv.log_joint_shared(Y, nu, base)
+    np.testing.assert_allclose(out, want, rtol=1e-12, atol=1e-12)
+    if where is not None:  # the bad row never poisons the others
+        ok = np.ones(N, bool)
+        ok[where] = False
+        assert np.all(np.isfinite(out[ok]) | (base[ok] == -np.inf))
+
+
+@pytest.mark.parametrize("where", [None, 0, 7])
+@pytest.mark.parametrize("value", SPECIAL)
+def test_log_joint_full(rng, where, value):
+    N, K, m = 8, 5, 3
+    Z = rng.normal(size=(N, m))
+    if where is not None:
+        Z[where, 2] = value
+    means = rng.normal(size=(K, m))
+    P = np.ascontiguousarray(np.array([np.linalg.cholesky(_spd(rng, m)) for _ in range(K)]))
+    base = _crisp_base(rng, N, K)
+    out = np.empty((N, K))
+    estep.log_joint_full(Z, means, P, base, out)
+    want = nv.log_joint_full(Z, means, P, base)
+    np.testing.assert_allclose(out, want, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("where", [None, 0, 4, 9])
+@pytest.mark.parametrize("value", SPECIAL)
+def test_log_responsibilities(rng, where, value):
+    N, K = 10, 4
+    la = rng.normal(size=(N, K)) * 300  # wide range: a per-component shift would underflow
+    la[rng.random((N, K)) < 0.3] = -np.inf
+    la[:, 1] = rng.normal(size=N) - 900.0
+    if where is not None:
+        la[where, 2] = value
+    resp = np.empty((N, K))
+    ll = estep.log_responsibilities(la, resp)
+    want_resp, want_ll = nv.log_responsibilities(la)
+    np.testing.assert_allclose(ll, want_ll, rtol=1e-12)
+    np.testing.assert_allclose(resp, want_resp, rtol=1e-12, atol=1e-300)
+    ok = np.isfinite(want_ll)
+    np.testing.assert_allclose(resp[ok].sum(1), 1.0, rtol=1e-12)
+    if where is not None and value is not -np.inf:
+        assert np.isnan(resp[where]).all() or value == -np.inf
+        assert ok.sum() >= N - 1
+
+
+def test_all_minus_inf_row_is_nan_not_zero(rng):
+    la = np.array([[-np.inf, -np.inf], [0.0, 1.0]])
+    resp = np.empty((2, 2))
+    ll = estep.log_responsibilities(la, resp)
+    assert ll[0] == -np.inf and np.isnan(resp[0]).all()
+    np.testing.assert_allclose(resp[1].sum(), 1.0)
+
+
+def test_weighted_stats_and_shared_rhs(rng):
+    N, K, n1, m = 30, 5, 4, 3
+    Xt = rng.normal(size=(N, n1))
+    resp = rng.random((N, K))
+    resp[resp < 0.3] = 0.0  # exact zeros are skipped by the kernel
+    resp[:, 3] = 0.0        # an empty component
+    C = np.empty((K, n1, n1))
+    c = np.empty((K, n1))
+    mstep.weighted_stats(Xt, resp, C, c)
+    Cw, cw = nv.weighted_stats(Xt, resp)
+    np.testing.assert_allclose(C, Cw, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(c, cw, rtol=1e-12, atol=1e-12)
+    means = rng.normal(size=(K, m))
+    out = np.empty((n1, m))
+    mstep.shared_rhs(resp, means, Xt, out)
+    np.testing.assert_allclose(out, nv.shared_rhs(resp, means, Xt), rtol=1e-12, atol=1e-12)
+
+
+def test_kron_assemble_and_matvec(rng):
+    K, m, n1 = 3, 4, 5
+    Lam = np.ascontiguousarray(np.array([_spd(rng, m) for _ in range(K)]))
+    A = np.ascontiguousarray(np.array([_spd(rng, n1, 0.1) for _ in range(K)]))
+    S = np.empty((m * n1, m * n1))
+    mstep.kron_assemble(Lam, A, S)
+    np.testing.assert_allclose(S, nv.kron_assemble(Lam, A), rtol=1e-12, atol=1e-12)
+    H = rng.normal(size=(m, n1))
+    out = np.empty((m, n1))
+    mstep.sylvester_matvec(Lam, A, H, np.empty((m, n1)), out)
+    np.testing.assert_allclose(out, nv.sylvester_matvec(Lam, A, H), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(out.ravel(), S @ H.ravel(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pcg_solves_the_vec_system(seed):
+    rng = np.random.default_rng(seed)
+    K, m, n1 = 4, 5, 6
+    Lam = np.ascontiguousarray(np.array([_spd(rng, m) for _ in range(K)]))
+    A = np.ascontiguousarray(np.array([_spd(rng, n1, 0.05) for _ in range(K)]))
+    R = rng.normal(size=(m, n1))
+    want = np.linalg.solve(nv.kron_assemble(Lam, A), R.ravel()).reshape(m, n1)
+    Pl = np.linalg.inv(Lam.mean(0))
+    Pr = np.linalg.inv(A.sum(0))
+    H = rng.normal(size=(m, n1))  # arbitrary warm start
+    it, rel = mstep.pcg_sylvester(Lam, A, R, Pl, Pr, H, 1e-13, 500)
+    assert rel <= 1e-12
+    np.testing.assert_allclose(H, want, rtol=1e-9, atol=1e-11)
+    H2 = want.copy()  # starting at the solution needs no iteration
+    it2, _ = mstep.pcg_sylvester(Lam, A, R, Pl, Pr, H2, 1e-8, 500)
+    assert it2 == 0
+
+
+def _row_setup(rng, K=6, L=3, m=4, n=5):
+    means = rng.normal(size=(K, m)) * 2
+    P = np.ascontiguousarray(np.array([np.linalg.cholesky(_spd(rng, m)) for _ in range(K)]))
+    logdet = np.array([2 * np.log(np.diag(p)).sum() for p in P])
+    logw = np.log(rng.dirichlet(np.ones(K)))
+    log_rho = np.full((L, K), -np.inf)
+    for k in range(K):
+        log_rho[k % L, k] = 0.0
+    log_c = logw + 0.5 * logdet - 0.5 * m * nv.LOG_2PI
+    H = rng.normal(size=(m, n))
+    b = rng.normal(size=m)
+    return means, P, logdet, logw, log_rho, log_c, H, b
+
+
+@pytest.mark.parametrize("bad", [None, np.nan, np.inf])
+def test_mapped_log_posteriors_full_vs_twin(rng, bad):
+    from emtl_stream.model.source import SourceComponents
+
+    means, P, logdet, logw, log_rho, log_c, H, b = _row_setup(rng)
+    src = SourceComponents(means, P, logdet, logw, log_rho, np.arange(3), False)
+    X = rng.normal(size=(9, 5))
+    if bad is not None:
+        X[4, 0] = bad
+    out = np.empty((9, 3))
+    marg = estep.mapped_log_posteriors_full(X, H, b, means, P, log_c, log_rho, out)
+    with np.errstate(invalid="ignore"):
+        want, wmarg = nv.class_log_posteriors(X @ H.T + b, src)
+    ok = np.ones(9, bool)
+    if bad is not None:
+        ok[4] = False
+        assert np.isnan(out[4]).all() and np.isnan(marg[4])
+    np.testing.assert_allclose(out[ok], want[ok], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(marg[ok], wmarg[ok], rtol=1e-10)
+
+
+@pytest.mark.parametrize("bad", [None, np.nan, -np.inf])
+def test_mapped_log_posteriors_shared_and_one_row(rng, bad):
+    from emtl_stream.model.source import SourceComponents
+
+    means, P, logdet, logw, log_rho, log_c, H, b = _row_setup(rng)
+    P = np.ascontiguousarray(np.repeat(P[:1], len(means), 0))
+    logdet = np.full(len(means), logdet[0])
+    log_c = logw + 0.5 * logdet - 0.5 * 4 * nv.LOG_2PI
+    src = SourceComponents(means, P, logdet, logw, log_rho, np.arange(3), True)
+    X = rng.normal(size=(7, 5))
+    if bad is not None:
+        X[0, 3] = bad
+    G = np.ascontiguousarray(P[0].T @ H)
+    g = P[0].T @ b
+    nu = np.ascontiguousarray(means @ P[0])
+    out = np.empty((7, 3))
+    estep.mapped_log_posteriors_shared(X, G, g, nu, log_c, log_rho, out)
+    with np.errstate(invalid="ignore"):
+        want, _ = nv.class_log_posteriors(X @ H.T + b, src)
+    ok = np.ones(7, bool)
+    if bad is not None:
+        ok[0] = False
+        assert np.isnan(out[0]).all()
+    np.testing.assert_allclose(out[ok], want[ok], rtol=1e-10, atol=1e-10)
+    K = len(means)
+    proba = np.empty(3)
+    for j in range(7):
+        idx = estep.classify_one_shared(X[j].copy(), G, g, nu, log_c, log_rho, np.empty(4),
+                                        np.empty(K), np.empty(K), proba)
+        if ok[j]:
+            assert idx == np.argmax(want[j])
+            np.testing.assert_allclose(proba, np.exp(want[j]), rtol=1e-10, atol=1e-12)
+        else:
+            assert idx == -1

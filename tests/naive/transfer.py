@@ -1,0 +1,149 @@
+"""Plain-numpy twins of the transfer-EM kernels and of a whole transfer-EM fit.
+
+Slow and obvious on purpose: no numba, no gathering of rows, no Cholesky
+tricks. Conventions as in emtl_stream.kernels.estep / mstep.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LOG_2PI = np.log(2.0 * np.pi)
+
+
+# ----------------------------------------------------------------- linalg
+def logsumexp_row(v):
+    v = np.asarray(v, float)
+    if np.isnan(v).any():
+        return np.nan
+    if v.size == 0 or np.all(v == -np.inf):
+        return -np.inf
+    if np.any(v == np.inf):
+        return np.inf
+    mx = v.max()
+    return mx + np.log(np.sum(np.exp(v - mx)))
+
+
+# ----------------------------------------------------------------- E-step
+def log_joint_shared(Y, nu, log_base):
+    with np.errstate(invalid="ignore"):
+        d2 = ((Y[:, None, :] - nu[None, :, :]) ** 2).sum(-1)
+    out = np.where(log_base == -np.inf, -np.inf, log_base - 0.5 * d2)
+    out[~np.isfinite(Y).all(1)] = np.nan
+    return out
+
+
+def log_joint_full(Z, means, prec_factor, log_base):
+    out = np.empty(log_base.shape)
+    for k in range(means.shape[0]):
+        Lam = prec_factor[k] @ prec_factor[k].T
+        D = Z - means[k]
+        with np.errstate(invalid="ignore"):
+            out[:, k] = log_base[:, k] - 0.5 * np.einsum("ji,il,jl->j", D, Lam, D)
+    out = np.where(log_base == -np.inf, -np.inf, out)
+    out[~np.isfinite(Z).all(1)] = np.nan
+    return out
+
+
+def log_responsibilities(log_a):
+    ll = np.array([logsumexp_row(r) for r in log_a])
+    with np.errstate(invalid="ignore"):
+        resp = np.exp(log_a - ll[:, None])
+    resp[~np.isfinite(ll)] = np.nan
+    return resp, ll
+
+
+def class_log_posteriors(Z, src):
+    """(log P(y|z) (N, L), log p(z) (N,)) from SourceComponents.log_gauss."""
+    lj = src.log_gauss(Z) + src.log_weights
+    L = src.log_label_given_comp.shape[0]
+    joint = np.empty((Z.shape[0], L))
+    for l in range(L):
+        joint[:, l] = [logsumexp_row(r) for r in lj + src.log_label_given_comp[l]]
+    norm = np.array([logsumexp_row(r) for r in joint])
+    marg = np.array([logsumexp_row(r) for r in lj])
+    return joint - norm[:, None], marg
+
+
+# ----------------------------------------------------------------- M-step
+def weighted_stats(Xt, resp):
+    C = np.einsum("jk,ja,jb->kab", resp, Xt, Xt)
+    c = resp.T @ Xt
+    return C, c
+
+
+def shared_rhs(resp, means, Xt):
+    return Xt.T @ (resp @ means)
+
+
+def kron_assemble(Lam, A):
+    # row-major vec: vec(Λ H A) = (Λ ⊗ Aᵀ) vec(H); A is symmetric here.
+    return sum(np.kron(Lam[k], A[k].T) for k in range(Lam.shape[0]))
+
+
+def sylvester_matvec(Lam, A, H):
+    return sum(Lam[k] @ H @ A[k] for k in range(Lam.shape[0]))
+
+
+# ----------------------------------------------------------------- whole fit
+def log_base(src, yi):
+    m = src.means.shape[1]
+    c = src.log_weights + 0.5 * src.log_det_prec - 0.5 * m * LOG_2PI
+    base = np.tile(c, (len(yi), 1))
+    for j, l in enumerate(yi):
+        if l >= 0:
+            base[j] = base[j] + src.log_label_given_comp[l]
+    return base
+
+
+def penalised_objective(src, Xt, yi, Ht, H0, lam, n):
+    """Penalised mean log-likelihood with Λ̄ = Σ π_k Λ_k (independent of the kernels)."""
+    Z = Xt @ Ht.T
+    lg = src.log_gauss(Z) + log_base(src, yi) - (
+        0.5 * src.log_det_prec - 0.5 * src.means.shape[1] * LOG_2PI)
+    ll = np.array([logsumexp_row(r) for r in lg])
+    pi = np.exp(src.log_weights) / np.exp(src.log_weights).sum()
+    Lam_bar = np.einsum("k,kij->ij", pi, src.precisions)
+    Dl = Ht[:, :n] - H0
+    return (ll.sum() - 0.5 * lam * np.trace(Dl.T @ Lam_bar @ Dl)) / len(Xt)
+
+
+def exact_mstep(src, Xt, resp, H0, lam, bias):
+    """Minimiser of Σ_jk γ_jk‖H x̃_j − μ_k‖²_Λk + λ Σ_k π_k ‖H − H₀‖²_Λk by a dense vec solve."""
+    m = src.means.shape[1]
+    n1 = Xt.shape[1]
+    n = n1 - 1 if bias else n1
+    Dm = np.eye(n1)
+    if bias:
+        Dm[-1, -1] = 0.0
+    H0t = np.zeros((m, n1))
+    H0t[:, :n] = H0
+    pi = np.exp(src.log_weights) / np.exp(src.log_weights).sum()
+    Lams = src.precisions
+    S = np.zeros((m * n1, m * n1))
+    R = np.zeros((m, n1))
+    for k in range(len(pi)):
+        Ck = (Xt * resp[:, k:k + 1]).T @ Xt
+        ck = resp[:, k] @ Xt
+        Ak = Ck + lam * pi[k] * Dm
+        S += np.kron(Lams[k], Ak)
+        R += Lams[k] @ (np.outer(src.means[k], ck) + lam * pi[k] * H0t @ Dm)
+    return np.linalg.solve(S, R.ravel()).reshape(m, n1)
+
+
+def transfer_em(src, X, yi, H_start, H0, lam, bias=False, n_iter=5):
+    """Plain EM: exact per-component M-step; returns (H̃ (m, n'), trace)."""
+    Xt = np.hstack([X, np.ones((len(X), 1))]) if bias else X
+    n = X.shape[1]
+    Ht = np.zeros((src.means.shape[1], Xt.shape[1]))
+    Ht[:, :n] = H_start
+    base = log_base(src, yi)
+    trace = []
+    for _ in range(n_iter):
+        trace.append(penalised_objective(src, Xt, yi, Ht, H0, lam, n))
+        Z = Xt @ Ht.T
+        la = src.log_gauss(Z) + base - (0.5 * src.log_det_prec - 0.5 * src.means.shape[1] * LOG_2PI)
+        resp, _ = log_responsibilities(la)
+        Ht = exact_mstep(src, Xt, resp, H0, lam, bias)
+    trace.append(penalised_objective(src, Xt, yi, Ht, H0, lam, n))
+    return Ht, trace
