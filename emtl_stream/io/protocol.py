@@ -1,0 +1,437 @@
+"""The wire format as pure functions (no sockets): published frames and control requests.
+
+Published messages are one frame each, ``<topic> <space> <UTF-8 compact JSON object>``,
+so a subscriber with ``ZMQ_CONFLATE`` always holds one whole, newest message. Control
+requests are one JSON object ``{"v": 1, "cmd": NAME, ...}`` and every request gets one
+reply ``{"v": 1, "ok": true, ...}`` or ``{"v": 1, "ok": false, "error": REASON}``.
+
+Every JSON message carries ``"v": PROTOCOL_VERSION``. Floats must be finite: JSON has
+no NaN, and a NaN that reached a control loop would be worse than an error here.
+``docs/protocol.md`` is the prose version of this module.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ..errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+#: Published topics and their required fields (besides ``v``), in protocol.md order.
+TOPICS: dict[str, tuple[str, ...]] = {
+    "pred": ("seq", "t", "t_pub", "label", "index", "proba", "confidence", "rejected", "model"),
+    "feat": ("seq", "t", "x", "model"),
+    "event": ("kind", "t_pub"),
+    "prompt": ("class", "remaining_s", "step", "of"),
+}
+
+#: Event kinds and the kind-specific fields each one must carry.
+EVENT_KINDS: dict[str, tuple[str, ...]] = {
+    "state": ("state",),
+    "calibration_started": ("classes",),
+    "calibration_done": ("model",),
+    "calibration_failed": ("reason",),
+    "model_swapped": ("model",),
+    "rollback": ("model", "previous"),
+    "stream_lost": ("reason",),
+    "stream_restored": (),
+    "bad_input": ("reason",),
+    "shift_suspected": ("reason",),
+}
+
+DEFAULT_MAX_REQUEST_BYTES = 65536
+
+
+# --------------------------------------------------------------------------- JSON helpers
+def _json_default(obj):
+    """Let numpy scalars and arrays through ``json.dumps`` (as plain numbers and lists)."""
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (tuple, set, frozenset)):
+        return list(obj)
+    raise TypeError(f"{type(obj).__name__} {obj!r} is not JSON serialisable")
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact UTF-8 JSON; ``ProtocolError`` on NaN/inf or unserialisable values."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                          default=_json_default).encode("utf-8")
+    except ValueError as exc:  # allow_nan=False
+        raise ProtocolError(f"message contains NaN or infinity, which JSON cannot carry "
+                            f"({exc}); replace non-finite numbers before sending.") from exc
+    except TypeError as exc:
+        raise ProtocolError(f"message is not JSON serialisable: {exc}") from exc
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON (JSON numbers must be finite)")
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def loads(data: bytes | str) -> Any:
+    """Strict JSON: rejects NaN/Infinity and duplicate keys (``ValueError``)."""
+    return json.loads(data, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+
+
+# --------------------------------------------------------------------------- publishing
+def _check_topic(topic: str) -> bytes:
+    if not isinstance(topic, str) or not topic or not topic.isascii() or any(
+            c.isspace() for c in topic) or "\0" in topic:
+        raise ProtocolError(f"topic must be a non-empty ASCII word without spaces, got {topic!r}.")
+    return topic.encode("ascii")
+
+
+def encode_pub(topic: str, obj: Mapping[str, Any]) -> bytes:
+    """One published frame: ``topic + b" " + compact JSON``.
+
+    Parameters
+    ----------
+    topic : str
+        An ASCII word without spaces (``"pred"``, ``"feat"``, ``"event"``, ``"prompt"``).
+    obj : mapping
+        The message; should contain ``"v"`` (the builders below add it).
+
+    Raises
+    ------
+    ProtocolError
+        Bad topic, not a mapping, NaN/inf values, unserialisable values.
+    """
+    t = _check_topic(topic)
+    if not isinstance(obj, Mapping):
+        raise ProtocolError(f"a published message must be a JSON object (dict), got "
+                            f"{type(obj).__name__}.")
+    return t + b" " + dumps(dict(obj))
+
+
+def decode_pub(frame: bytes) -> tuple[str, dict]:
+    """Inverse of :func:`encode_pub`: ``(topic, obj)``; ``ProtocolError`` if malformed."""
+    if not isinstance(frame, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"a published frame must be bytes, got {type(frame).__name__}.")
+    topic, sep, body = bytes(frame).partition(b" ")
+    if not sep or not topic:
+        raise ProtocolError("published frame has no '<topic> <json>' separator.")
+    try:
+        obj = loads(body.decode("utf-8"))
+        topic_s = topic.decode("ascii")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"published frame on topic {topic!r} is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"published message on {topic_s!r} is not a JSON object.")
+    return topic_s, obj
+
+
+def _finite(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ProtocolError(f"{name} must be a number, got {type(value).__name__} {value!r}.")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ProtocolError(f"{name} must be finite, got {value}.")
+    return value
+
+
+def _int(value, name: str, minimum: int | None = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ProtocolError(f"{name} must be an integer, got {type(value).__name__} {value!r}.")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ProtocolError(f"{name} must be >= {minimum}, got {value}.")
+    return value
+
+
+def _float_list(values, name: str) -> list[float]:
+    arr = np.asarray(values, dtype=np.float64).ravel()
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.flatnonzero(~np.isfinite(arr))[0])
+        raise ProtocolError(f"{name} must be finite, element {bad} is {arr[bad]}.")
+    return arr.tolist()
+
+
+def _with_extra(msg: dict, extra: Mapping[str, Any], builder: str) -> dict:
+    clash = set(extra) & set(msg)
+    if clash:
+        raise ProtocolError(f"{builder}: extra field(s) {sorted(clash)} would overwrite "
+                            "required fields.")
+    msg.update(extra)
+    return msg
+
+
+def pred_msg(*, seq: int, t: float, t_pub: float, label: str, index: int, proba,
+             confidence: float, rejected: bool, model: int | None, **extra) -> dict:
+    """A ``pred`` message (one per window).
+
+    Parameters
+    ----------
+    seq : int
+        Window counter, contiguous from 1; a gap tells the subscriber it lost messages.
+    t : float
+        LSL timestamp (local clock) of the window's last sample.
+    t_pub : float
+        Local LSL clock when published (``t_pub - t`` is the processing latency).
+    label : str
+        Predicted class name.
+    index : int
+        Its index in ``proba`` (and in ``classes`` of ``status``).
+    proba : sequence of float of shape (n_classes,)
+    confidence : float
+        Maximum posterior.
+    rejected : bool
+        True when ``confidence`` is below ``[classify] reject_below``.
+    model : int or None
+        Version of the live map H.
+    **extra
+        Additional fields (must not clash with the required ones).
+    """
+    msg = {"v": PROTOCOL_VERSION, "seq": _int(seq, "seq"), "t": _finite(t, "t"),
+           "t_pub": _finite(t_pub, "t_pub"), "label": str(label), "index": _int(index, "index"),
+           "proba": _float_list(proba, "proba"), "confidence": _finite(confidence, "confidence"),
+           "rejected": bool(rejected),
+           "model": None if model is None else _int(model, "model")}
+    return _with_extra(msg, extra, "pred_msg")
+
+
+def feat_msg(*, seq: int, t: float, x, model: int | None, **extra) -> dict:
+    """A ``feat`` message: the mapped feature vector ``H x (+ b)`` of window ``seq``."""
+    msg = {"v": PROTOCOL_VERSION, "seq": _int(seq, "seq"), "t": _finite(t, "t"),
+           "x": _float_list(x, "x"), "model": None if model is None else _int(model, "model")}
+    return _with_extra(msg, extra, "feat_msg")
+
+
+def event_msg(kind: str, *, t_pub: float, **fields) -> dict:
+    """An ``event`` message.
+
+    Parameters
+    ----------
+    kind : str
+        One of :data:`EVENT_KINDS`.
+    t_pub : float
+        Local LSL clock when published.
+    **fields
+        Kind-specific fields; the ones listed in ``EVENT_KINDS[kind]`` are required
+        (``reason`` on every failure kind).
+    """
+    if kind not in EVENT_KINDS:
+        raise ProtocolError(f"event kind must be one of {sorted(EVENT_KINDS)}, got {kind!r}.")
+    missing = [f for f in EVENT_KINDS[kind] if f not in fields]
+    if missing:
+        raise ProtocolError(f"event {kind!r} needs field(s) {missing}.")
+    if "v" in fields:
+        raise ProtocolError("event_msg: 'v' is set by the builder.")
+    msg = {"v": PROTOCOL_VERSION, "kind": kind, "t_pub": _finite(t_pub, "t_pub")}
+    msg.update(fields)
+    dumps(msg)  # fail here, in the caller's frame, on NaN or unserialisable fields
+    return msg
+
+
+def prompt_msg(*, cls: str, remaining_s: float, step: int, of: int, **extra) -> dict:
+    """A ``prompt`` message: what the user should do now.
+
+    Parameters
+    ----------
+    cls : str
+        Class name to perform, or ``"rest"`` between class prompts (wire field ``class``).
+    remaining_s : float
+        Seconds left in this step.
+    step, of : int
+        1-based step number and total number of steps.
+    """
+    step, of = _int(step, "step", 1), _int(of, "of", 1)
+    if step > of:
+        raise ProtocolError(f"prompt step {step} is beyond of={of}.")
+    msg = {"v": PROTOCOL_VERSION, "class": str(cls),
+           "remaining_s": max(0.0, _finite(remaining_s, "remaining_s")), "step": step, "of": of}
+    return _with_extra(msg, extra, "prompt_msg")
+
+
+# --------------------------------------------------------------------------- control requests
+@dataclass(frozen=True)
+class FieldSpec:
+    """One optional/required request field: a checker that returns the clean value."""
+
+    check: Callable[[Any, str], Any]
+    required: bool = False
+    doc: str = ""
+
+
+def _opt_classes(v, name):
+    if v is None:
+        return None
+    if not isinstance(v, list) or not v or not all(isinstance(c, str) and c for c in v):
+        raise ProtocolError(f"{name} must be a non-empty list of class names or null, got {v!r}.")
+    if len(set(v)) != len(v):
+        raise ProtocolError(f"{name} lists a class twice: {v!r}.")
+    return list(v)
+
+
+def _opt_pos_number(v, name):
+    if v is None:
+        return None
+    v = _finite(v, name)
+    if v <= 0:
+        raise ProtocolError(f"{name} must be > 0, got {v}.")
+    return v
+
+
+def _opt_int(minimum):
+    def check(v, name):
+        return None if v is None else _int(v, name, minimum)
+    return check
+
+
+def _label(v, name):
+    if v is not None and (not isinstance(v, str) or not v):
+        raise ProtocolError(f"{name} must be a class name (string) or null, got {v!r}.")
+    return v
+
+
+#: Control commands and their fields. A field not listed is an error.
+COMMANDS: dict[str, dict[str, FieldSpec]] = {
+    "status": {},
+    "recalibrate": {
+        "classes": FieldSpec(_opt_classes, doc="subset of classes to prompt (default all)"),
+        "seconds_per_class": FieldSpec(_opt_pos_number, doc="recorded seconds per class"),
+        "repetitions": FieldSpec(_opt_int(1), doc="how often the class sequence is prompted"),
+    },
+    "train": {
+        "classes": FieldSpec(_opt_classes, doc="classes of the new source model"),
+        "seconds_per_class": FieldSpec(_opt_pos_number, doc="recorded seconds per class"),
+        "repetitions": FieldSpec(_opt_int(1), doc="how often the class sequence is prompted"),
+    },
+    "label": {"label": FieldSpec(_label, required=True,
+                                 doc="class of the windows from now on, or null to stop")},
+    "fit": {"min_windows": FieldSpec(_opt_int(1), doc="refuse to fit on fewer labelled windows")},
+    "cancel": {},
+    "rollback": {"version": FieldSpec(_opt_int(0), doc="map version (default: the previous one)")},
+    "save": {},
+    "shutdown": {},
+}
+
+
+@dataclass(frozen=True)
+class Request:
+    """A validated control request.
+
+    Attributes
+    ----------
+    cmd : str
+        One of :data:`COMMANDS`.
+    fields : dict
+        Only the fields the client sent (validated and normalised), so a handler can
+        be called as ``handler(**request.fields)``.
+    """
+
+    cmd: str
+    fields: dict = field(default_factory=dict)
+
+
+def parse_request(data: bytes, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> Request:
+    """Decode and validate a control request.
+
+    Parameters
+    ----------
+    data : bytes
+        The request frame.
+    max_bytes : int
+        Size limit; checked before decoding.
+
+    Returns
+    -------
+    Request
+
+    Raises
+    ------
+    ProtocolError
+        With a human-readable reason: too large, not UTF-8, not JSON, not an object,
+        missing or other ``"v"``, missing/unknown ``"cmd"``, unknown or bad fields.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"request must be bytes, got {type(data).__name__}.")
+    n = len(data)
+    if n > max_bytes:
+        raise ProtocolError(f"request of {n} bytes exceeds the limit of {max_bytes} bytes.")
+    try:
+        text = bytes(data).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError(f"request is not UTF-8 ({exc.reason} at byte {exc.start}).") from None
+    try:
+        obj = loads(text)
+    except ValueError as exc:
+        raise ProtocolError(f"request is not valid JSON: {exc}.") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"request must be a JSON object like {{\"v\": {PROTOCOL_VERSION}, "
+                            f"\"cmd\": \"status\"}}, got a JSON {type(obj).__name__}.")
+    if "v" not in obj:
+        raise ProtocolError(f"request has no protocol version field \"v\" (this daemon speaks "
+                            f"v={PROTOCOL_VERSION}).")
+    v = obj.pop("v")
+    if isinstance(v, bool) or v != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version v={v!r}; this daemon speaks "
+                            f"v={PROTOCOL_VERSION}.")
+    if "cmd" not in obj:
+        raise ProtocolError("request has no \"cmd\" field; commands: " + ", ".join(COMMANDS) + ".")
+    cmd = obj.pop("cmd")
+    if not isinstance(cmd, str) or cmd not in COMMANDS:
+        raise ProtocolError(f"unknown command {cmd!r}; commands: {', '.join(COMMANDS)}.")
+    spec = COMMANDS[cmd]
+    unknown = sorted(set(obj) - set(spec))
+    if unknown:
+        known = ", ".join(spec) or "none"
+        raise ProtocolError(f"unknown field(s) {unknown} for command {cmd!r} (fields: {known}).")
+    fields = {}
+    for name, fs in spec.items():
+        if name not in obj:
+            if fs.required:
+                raise ProtocolError(f"command {cmd!r} needs field {name!r} ({fs.doc}).")
+            continue
+        fields[name] = fs.check(obj[name], f"{cmd}.{name}")
+    return Request(cmd, fields)
+
+
+def encode_request(cmd: str, **fields) -> bytes:
+    """Client side: ``{"v": 1, "cmd": cmd, **fields}`` as bytes (no validation of fields)."""
+    if "v" in fields or "cmd" in fields:
+        raise ProtocolError("'v' and 'cmd' are set by encode_request.")
+    return dumps({"v": PROTOCOL_VERSION, "cmd": cmd, **fields})
+
+
+def reply_ok(**fields) -> bytes:
+    """``{"v": 1, "ok": true, **fields}`` as bytes."""
+    if "v" in fields or "ok" in fields:
+        raise ProtocolError("'v' and 'ok' are set by reply_ok.")
+    return dumps({"v": PROTOCOL_VERSION, "ok": True, **fields})
+
+
+def reply_error(reason: str) -> bytes:
+    """``{"v": 1, "ok": false, "error": reason}`` as bytes."""
+    return dumps({"v": PROTOCOL_VERSION, "ok": False, "error": str(reason) or "error"})
+
+
+def parse_reply(data: bytes) -> dict:
+    """Client side: decode a reply; ``ProtocolError`` unless it is a v1 object with ``ok``."""
+    try:
+        obj = loads(bytes(data).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise ProtocolError(f"reply is not UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("ok"), bool):
+        raise ProtocolError(f"reply is not an object with a boolean \"ok\": {obj!r:.200}")
+    if obj.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"reply has protocol version {obj.get('v')!r}; this client speaks "
+                            f"v={PROTOCOL_VERSION}.")
+    return obj

@@ -1,0 +1,191 @@
+"""Wire format: round trips, builders' required fields, every malformed request."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emtl_stream.errors import ProtocolError
+from emtl_stream.io import protocol as P
+
+PRED = dict(seq=3, t=12.5, t_pub=12.51, label="fist", index=1, proba=[0.1, 0.9],
+            confidence=0.9, rejected=False, model=2)
+
+
+def test_pub_frame_is_topic_space_compact_json():
+    frame = P.encode_pub("pred", P.pred_msg(**PRED))
+    topic, _, body = frame.partition(b" ")
+    assert topic == b"pred"
+    assert json.loads(body) == {"v": 1, **PRED}
+    assert b", " not in body and b": " not in body  # compact
+
+
+def test_pub_round_trip_with_unicode_and_numpy_values():
+    obj = {"v": 1, "label": "Faust ✊", "x": np.arange(3.0), "n": np.int64(4), "f": np.float32(0.5)}
+    topic, back = P.decode_pub(P.encode_pub("feat", obj))
+    assert topic == "feat"
+    assert back == {"v": 1, "label": "Faust ✊", "x": [0.0, 1.0, 2.0], "n": 4, "f": 0.5}
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**53, 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                  max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), json_values, max_size=6),
+       st.sampled_from(list(P.TOPICS)))
+def test_pub_round_trip_property(obj, topic):
+    assert P.decode_pub(P.encode_pub(topic, obj)) == (topic, obj)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_floats_are_refused(bad):
+    with pytest.raises(ProtocolError, match="NaN or infinity"):
+        P.encode_pub("pred", {"v": 1, "x": [1.0, bad]})
+    with pytest.raises(ProtocolError, match="finite"):
+        P.pred_msg(**{**PRED, "proba": [bad, 1.0]})
+    with pytest.raises(ProtocolError, match="confidence"):
+        P.pred_msg(**{**PRED, "confidence": bad})
+    with pytest.raises(ProtocolError, match="x must be finite"):
+        P.feat_msg(seq=1, t=0.0, x=np.array([0.0, bad]), model=1)
+    with pytest.raises(ProtocolError, match="NaN"):
+        P.event_msg("shift_suspected", t_pub=1.0, reason="r", log_likelihood=bad)
+
+
+@pytest.mark.parametrize("topic", ["", "pr ed", "préd", 5, "a\0"])
+def test_bad_topics(topic):
+    with pytest.raises(ProtocolError, match="topic"):
+        P.encode_pub(topic, {"v": 1})
+
+
+@pytest.mark.parametrize("frame", [b"pred", b" {}", b"pred {", b"pred [1]", b"pred \xff",
+                                   b"pred {\"a\": NaN}"])
+def test_decode_pub_rejects_malformed_frames(frame):
+    with pytest.raises(ProtocolError):
+        P.decode_pub(frame)
+
+
+def test_builders_have_exactly_the_required_fields():
+    assert set(P.pred_msg(**PRED)) == {"v", *P.TOPICS["pred"]}
+    assert set(P.feat_msg(seq=1, t=0.0, x=[1.0], model=1)) == {"v", *P.TOPICS["feat"]}
+    assert set(P.prompt_msg(cls="fist", remaining_s=0.5, step=1, of=4)) == {"v", *P.TOPICS["prompt"]}
+    for kind, required in P.EVENT_KINDS.items():
+        fields = {f: "x" for f in required}
+        assert set(P.event_msg(kind, t_pub=1.0, **fields)) == {"v", "kind", "t_pub", *required}
+
+
+def test_builders_validate_and_keep_extras():
+    assert P.pred_msg(**PRED, voted=True)["voted"] is True
+    with pytest.raises(ProtocolError, match="overwrite"):
+        P.pred_msg(**PRED, v=2)
+    with pytest.raises(ProtocolError, match="seq"):
+        P.pred_msg(**{**PRED, "seq": -1})
+    with pytest.raises(ProtocolError, match="index"):
+        P.pred_msg(**{**PRED, "index": True})
+    with pytest.raises(ProtocolError, match="event kind"):
+        P.event_msg("exploded", t_pub=1.0)
+    with pytest.raises(ProtocolError, match="reason"):
+        P.event_msg("calibration_failed", t_pub=1.0)
+    with pytest.raises(ProtocolError, match="beyond"):
+        P.prompt_msg(cls="fist", remaining_s=0.5, step=5, of=4)
+    assert P.prompt_msg(cls="rest", remaining_s=-0.01, step=1, of=1)["remaining_s"] == 0.0
+
+
+# ------------------------------------------------------------------ requests
+def req(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+@pytest.mark.parametrize("obj,cmd,fields", [
+    ({"v": 1, "cmd": "status"}, "status", {}),
+    ({"v": 1, "cmd": "recalibrate"}, "recalibrate", {}),
+    ({"v": 1, "cmd": "recalibrate", "classes": ["a", "b"], "seconds_per_class": 1,
+      "repetitions": 2}, "recalibrate", {"classes": ["a", "b"], "seconds_per_class": 1.0,
+                                         "repetitions": 2}),
+    ({"v": 1, "cmd": "recalibrate", "classes": None}, "recalibrate", {"classes": None}),
+    ({"v": 1, "cmd": "label", "label": "fist"}, "label", {"label": "fist"}),
+    ({"v": 1, "cmd": "label", "label": None}, "label", {"label": None}),
+    ({"v": 1, "cmd": "fit", "min_windows": 5}, "fit", {"min_windows": 5}),
+    ({"v": 1, "cmd": "rollback", "version": 0}, "rollback", {"version": 0}),
+    ({"v": 1, "cmd": "rollback"}, "rollback", {}),
+    ({"v": 1, "cmd": "cancel"}, "cancel", {}),
+    ({"v": 1, "cmd": "save"}, "save", {}),
+    ({"v": 1, "cmd": "shutdown"}, "shutdown", {}),
+])
+def test_good_requests(obj, cmd, fields):
+    r = P.parse_request(req(obj))
+    assert r == P.Request(cmd, fields)
+    assert type(r.fields.get("seconds_per_class", 0.0)) is float
+
+
+def test_encode_request_round_trips_for_every_command():
+    for cmd in P.COMMANDS:
+        fields = {"label": "a"} if cmd == "label" else {}
+        assert P.parse_request(P.encode_request(cmd, **fields)) == P.Request(cmd, fields)
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"x" * 65537, "exceeds the limit of 65536"),
+    (b"\xff\xfe{}", "not UTF-8"),
+    (b"status", "not valid JSON"),
+    (b"", "not valid JSON"),
+    (b'{"v": 1, "cmd": "status", "x": NaN}', "not valid JSON"),
+    (b'{"v": 1, "v": 1, "cmd": "status"}', "duplicate key"),
+    (b"[1, 2]", "must be a JSON object"),
+    (b'"status"', "must be a JSON object"),
+    (b'{"cmd": "status"}', 'no protocol version field "v"'),
+    (b'{"v": 2, "cmd": "status"}', "unsupported protocol version v=2"),
+    (b'{"v": "1", "cmd": "status"}', "unsupported protocol version"),
+    (b'{"v": true, "cmd": "status"}', "unsupported protocol version"),
+    (b'{"v": 1}', 'no "cmd" field'),
+    (b'{"v": 1, "cmd": "explode"}', "unknown command 'explode'"),
+    (b'{"v": 1, "cmd": 3}', "unknown command 3"),
+    (b'{"v": 1, "cmd": "status", "verbose": true}', "unknown field(s) ['verbose']"),
+    (b'{"v": 1, "cmd": "label"}', "needs field 'label'"),
+    (b'{"v": 1, "cmd": "label", "label": 3}', "label.label must be a class name"),
+    (b'{"v": 1, "cmd": "label", "label": ""}', "class name"),
+    (b'{"v": 1, "cmd": "recalibrate", "classes": "fist"}', "recalibrate.classes must be a"),
+    (b'{"v": 1, "cmd": "recalibrate", "classes": []}', "non-empty list"),
+    (b'{"v": 1, "cmd": "recalibrate", "classes": ["a", "a"]}', "twice"),
+    (b'{"v": 1, "cmd": "recalibrate", "seconds_per_class": -1}', "must be > 0"),
+    (b'{"v": 1, "cmd": "recalibrate", "seconds_per_class": "1"}', "must be a number"),
+    (b'{"v": 1, "cmd": "recalibrate", "repetitions": 1.5}', "must be an integer"),
+    (b'{"v": 1, "cmd": "recalibrate", "repetitions": 0}', "must be >= 1"),
+    (b'{"v": 1, "cmd": "fit", "min_windows": false}', "must be an integer"),
+    (b'{"v": 1, "cmd": "rollback", "version": -1}', "must be >= 0"),
+])
+def test_malformed_requests_give_a_readable_reason(data, reason):
+    with pytest.raises(ProtocolError) as info:
+        P.parse_request(data, max_bytes=65536)
+    assert reason in str(info.value)
+
+
+def test_size_limit_is_checked_before_decoding():
+    # exactly at the limit passes the size check (then fails as JSON), one over does not
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        P.parse_request(b" " * 100, max_bytes=100)
+    with pytest.raises(ProtocolError, match="101 bytes exceeds"):
+        P.parse_request(b" " * 101, max_bytes=100)
+
+
+def test_replies():
+    assert json.loads(P.reply_ok(state="streaming")) == {"v": 1, "ok": True, "state": "streaming"}
+    assert json.loads(P.reply_error("nope")) == {"v": 1, "ok": False, "error": "nope"}
+    assert P.parse_reply(P.reply_ok(a=[1])) == {"v": 1, "ok": True, "a": [1]}
+    with pytest.raises(ProtocolError, match="NaN"):
+        P.reply_ok(x=float("nan"))
+    with pytest.raises(ProtocolError):
+        P.reply_ok(ok=False)
+    with pytest.raises(ProtocolError, match="boolean"):
+        P.parse_reply(b'{"v": 1}')
+    with pytest.raises(ProtocolError, match="version"):
+        P.parse_reply(b'{"v": 9, "ok": true}')
