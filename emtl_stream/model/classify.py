@@ -1,0 +1,165 @@
+"""Classify target-space windows through a transfer map H with the source model.
+
+:class:`MappedClassifier` is the daemon's per-window hot path: features x →
+z = H x + b → class log-posteriors (per-row log-sum-exp) → label index and
+probabilities. Every row is processed on its own by the same numba kernel, so a
+window's result never depends on the other windows in a batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._checks import as_float_matrix
+from ..errors import ModelError
+from .source import SourceComponents
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+def as_components(source) -> SourceComponents:
+    """Return ``source`` as :class:`SourceComponents` (calling ``to_components()`` if needed)."""
+    if isinstance(source, SourceComponents):
+        return source
+    to = getattr(source, "to_components", None)
+    if callable(to):
+        comp = to()
+        if isinstance(comp, SourceComponents):
+            return comp
+    raise TypeError(
+        "source must be a SourceComponents or an object with a to_components() method "
+        f"returning one (e.g. a fitted LabelledGMM), got {type(source).__name__}."
+    )
+
+
+class MappedClassifier:
+    """Source-model classifier applied to mapped target features ``X @ H.T + b``.
+
+    Parameters
+    ----------
+    source_components : SourceComponents or object with ``to_components()``
+        The source lGMM (K components, m features, L classes).
+    H : ndarray of shape (m, n)
+        Transfer map, target → source.
+    b : ndarray of shape (m,), optional
+        Offset; zeros when omitted.
+
+    Attributes
+    ----------
+    classes : ndarray of shape (L,)
+    n_features_in : int
+        Target dimension n.
+    """
+
+    def __init__(self, source_components, H, b=None):
+        from ..kernels import estep  # deferred: importing the package compiles nothing
+
+        self._k = estep
+        src = as_components(source_components)
+        self.source = src
+        K, m = src.means.shape
+        H = np.ascontiguousarray(H, dtype=np.float64)
+        if H.ndim != 2 or H.shape[0] != m:
+            raise ValueError(f"H must have shape ({m}, n) for this source model, got {H.shape}.")
+        if not np.all(np.isfinite(H)):
+            raise ModelError("H contains NaN or inf; refusing to classify with it.")
+        b = np.zeros(m) if b is None else np.ascontiguousarray(b, dtype=np.float64).reshape(-1)
+        if b.shape != (m,) or not np.all(np.isfinite(b)):
+            raise ValueError(f"b must be a finite vector of shape ({m},), got shape {b.shape}.")
+        self.H, self.b = H, b
+        self.classes = src.classes
+        self.n_features_in = H.shape[1]
+        # Constant part of each component's log joint.
+        self._log_c = np.ascontiguousarray(
+            src.log_weights + 0.5 * src.log_det_prec - 0.5 * m * _LOG_2PI
+        )
+        self._log_rho = src.log_label_given_comp
+        self._shared = bool(src.shared_precision)
+        if self._shared:
+            # Whitening folded into the map: y = Pᵀ(Hx + b) = G x + g, so a window
+            # costs m·n + K·m flops instead of K·m².
+            P = src.prec_factor[0]
+            self._G = np.ascontiguousarray(P.T @ H)
+            self._g = np.ascontiguousarray(P.T @ b)
+            self._nu = np.ascontiguousarray(src.means @ P)
+        L = len(self.classes)
+        # Preallocated buffers for classify_one (one caller thread at a time).
+        self._buf1 = np.empty(m)
+        self._buf2 = np.empty(m)
+        self._lj = np.empty(K)
+        self._tb = np.empty(K)
+        self._proba = np.empty(L)
+
+    # ------------------------------------------------------------------ batch
+    def _run(self, X):
+        X = as_float_matrix(X, "X", allow_nonfinite=True, n_columns=self.n_features_in)
+        out = np.empty((X.shape[0], len(self.classes)))
+        if self._shared:
+            marg = self._k.mapped_log_posteriors_shared(
+                X, self._G, self._g, self._nu, self._log_c, self._log_rho, out)
+        else:
+            s = self.source
+            marg = self._k.mapped_log_posteriors_full(
+                X, self.H, self.b, s.means, s.prec_factor, self._log_c, self._log_rho, out)
+        return out, marg
+
+    def log_posteriors(self, X) -> np.ndarray:
+        """Class log-posteriors log P(y = l | H x + b).
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n)
+            A row with NaN/inf gives a NaN row; other rows are unaffected.
+
+        Returns
+        -------
+        ndarray of shape (N, L)
+        """
+        return self._run(X)[0]
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, shape (N, L), columns in ``classes`` order."""
+        return np.exp(self.log_posteriors(X))
+
+    def predict_index(self, X) -> np.ndarray:
+        """Index of the most probable class per row, shape (N,); −1 for a non-finite row."""
+        lp = self.log_posteriors(X)
+        idx = np.argmax(np.nan_to_num(lp, nan=-np.inf), axis=1)
+        idx[np.isnan(lp).any(axis=1)] = -1
+        return idx
+
+    def log_marginal(self, X) -> np.ndarray:
+        """log p(H x + b) under the source mixture, shape (N,) (for shift detection)."""
+        return self._run(X)[1]
+
+    # ---------------------------------------------------------------- one row
+    def classify_one(self, x):
+        """Classify one window.
+
+        Parameters
+        ----------
+        x : ndarray of shape (n,)
+            float64, C-contiguous for the fast path (other inputs are converted).
+
+        Returns
+        -------
+        index : int
+            Most probable class index, −1 if ``x`` is not finite.
+        proba : ndarray of shape (L,)
+            A view of an internal buffer, overwritten by the next call; copy it to keep it.
+        """
+        if not (isinstance(x, np.ndarray) and x.dtype == np.float64 and x.flags.c_contiguous
+                and x.ndim == 1):
+            x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+        if x.shape[0] != self.n_features_in:
+            raise ValueError(f"x must have {self.n_features_in} features, got {x.shape[0]}.")
+        if self._shared:
+            idx = self._k.classify_one_shared(x, self._G, self._g, self._nu, self._log_c,
+                                              self._log_rho, self._buf1, self._lj, self._tb,
+                                              self._proba)
+        else:
+            s = self.source
+            idx = self._k.classify_one_full(x, self.H, self.b, s.means, s.prec_factor,
+                                            self._log_c, self._log_rho, self._buf1, self._buf2,
+                                            self._lj, self._tb, self._proba)
+        return int(idx), self._proba

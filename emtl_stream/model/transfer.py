@@ -1,0 +1,548 @@
+"""Expectation-maximisation transfer learning (Paassen et al. 2018), done exactly.
+
+:class:`TransferEM` learns a map H (m, n) (and optionally an offset b) from a short
+calibration burst of target-space features so that ``X @ H.T + b`` fits the source
+labelled Gaussian mixture. See algorithm.md §2-§3 and reference-notes.md for the
+mathematics and the reference's bugs this avoids (W1-W14).
+
+Objective (maximised; reported per iteration, divided by N)::
+
+    Σ_j log p(H x̃_j, y_j)  −  ½ λ tr((H − H₀)ᵀ Λ̄ (H − H₀)),   Λ̄ = Σ_k π_k Λ_k
+
+where unlabelled rows use the label-marginal p(z). For a shared precision Λ̄ = Λ
+and the M-step is the ridge closed form of algorithm.md §2; with per-component
+precisions the M-step solves Σ_k Λ_k H (C_k + λ π_k D) = Σ_k Λ_k (μ_k c_kᵀ + λ π_k H₀ D)
+exactly (the per-component penalty weights λ_k = λ π_k make the full kind coincide
+with the shared kind when all Λ_k are equal). Both are exact maximisers of the
+expected complete-data objective, so the trace never decreases.
+
+The offset b (``bias=True``, x̃ = [x, 1]) is **not penalised** (D = diag(1, …, 1, 0)):
+an offset has no natural prior, and any penalty on it would need its own scale to
+keep results invariant to the feature units. The relative λ is therefore computed
+from the feature columns only: λ = reg · tr(XᵀX) / n.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+
+import numpy as np
+from scipy import linalg
+
+from .. import _checks
+from ..errors import BurstTooShort, DegenerateBurst, TransferConvergenceWarning
+from ..kernels import estep, linalg as klinalg, mstep
+from ..logs import logger
+from .classify import MappedClassifier, as_components
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+#: Largest number of unknowns m·n' for which the per-component M-step assembles
+#: and factors the dense Kronecker system; above it, preconditioned CG.
+DENSE_MAX_UNKNOWNS = 2500
+
+
+def rectangular_identity(m: int, n: int) -> np.ndarray:
+    """Identity padded with zeros, shape (m, n)."""
+    return np.eye(m, n)
+
+
+def ring_roll_matrix(n: int, n_channels: int, roll: int) -> np.ndarray:
+    """Block permutation that circularly rolls channel-major features by ``roll`` channels.
+
+    ``x @ ring_roll_matrix(n, C, r).T == np.roll(x.reshape(C, n // C), r, axis=0).ravel()``.
+
+    Parameters
+    ----------
+    n : int
+        Feature dimension (channel-major, ``n // n_channels`` features per channel).
+    n_channels : int
+    roll : int
+
+    Returns
+    -------
+    ndarray of shape (n, n)
+    """
+    idx = np.roll(np.arange(n).reshape(n_channels, n // n_channels), roll, axis=0).ravel()
+    P = np.zeros((n, n))
+    P[np.arange(n), idx] = 1.0
+    return P
+
+
+class TransferEM:
+    """Learn a linear (or affine) map from a target feature space to a source lGMM.
+
+    Parameters
+    ----------
+    source : SourceComponents or object with ``to_components()``
+        The source model: K components in m dimensions, L classes.
+    kind : {"auto", "shared", "full"}
+        M-step type. "auto" is "shared" when ``source.shared_precision`` else "full".
+        "shared" on a source with different precisions uses the closed form with
+        Λ dropped (fast, but then the trace is not guaranteed monotone).
+    bias : bool
+        Also fit an offset b (not penalised, see the module docstring).
+    reg : float
+        Regularisation strength (≥ 0).
+    reg_scale : {"relative", "absolute"}
+        "relative": λ = reg · tr(XᵀX)/n (invariant to the feature units);
+        "absolute": λ = reg.
+    shrink_to : {"identity", "zero"} or ndarray of shape (m, n)
+        Prior map H₀ of the penalty λ‖H − H₀‖²_Λ̄. Also the start of EM unless
+        ``H_init`` is given ("zero" starts from the identity, as the reference does).
+    max_iter : int
+        Maximum EM iterations (M-steps) per start.
+    tol : float
+        Stop when the change of the penalised mean log-likelihood is at most
+        ``tol · max(1, |previous value|)``.
+    ring_channels : int, optional
+        Number of electrodes C on a ring (requires m == n and n % C == 0, features
+        channel-major). EM is also started from every circular roll of the channel
+        blocks (each with its roll as shrink target) and the best penalised
+        likelihood wins.
+    solver : {"auto", "dense", "cg"}
+        Per-component M-step solver: dense Kronecker Cholesky or preconditioned CG.
+        "auto" uses dense while m·n' ≤ ``dense_max``.
+    dense_max : int
+        Threshold for ``solver="auto"``.
+    cg_rtol : float
+        Relative residual at which CG stops.
+
+    Attributes
+    ----------
+    H_ : ndarray of shape (m, n)
+    b_ : ndarray of shape (m,)
+    n_iter_ : int
+    converged_ : bool
+    log_likelihood_ : list of float
+        Penalised mean log-likelihood, one per iteration.
+    kind_ : str
+    lambda_ : float
+        Absolute λ used.
+    H0_ : ndarray of shape (m, n)
+        Shrink target of the winning start.
+    best_roll_ : int or None
+    roll_objectives_ : dict
+        roll → final objective, when ``ring_channels`` is set.
+    classifier_ : MappedClassifier
+    """
+
+    def __init__(self, source, kind="auto", bias=False, reg=1.0, reg_scale="relative",
+                 shrink_to="identity", max_iter=100, tol=1e-6, ring_channels=None, *,
+                 solver="auto", dense_max=DENSE_MAX_UNKNOWNS, cg_rtol=1e-10):
+        self.source = as_components(source)
+        self.kind = _checks.check_option(kind, ("auto", "shared", "full"), "kind")
+        self.bias = bool(bias)
+        self.reg = _checks.ensure_float(reg, "reg", minimum=0.0)
+        self.reg_scale = _checks.check_option(reg_scale, ("relative", "absolute"), "reg_scale")
+        self.shrink_to = shrink_to
+        if isinstance(shrink_to, str):
+            _checks.check_option(shrink_to, ("identity", "zero"), "shrink_to")
+        self.max_iter = _checks.ensure_int(max_iter, "max_iter", minimum=1)
+        self.tol = _checks.ensure_float(tol, "tol", minimum=0.0)
+        self.ring_channels = (None if ring_channels is None
+                              else _checks.ensure_int(ring_channels, "ring_channels", minimum=1))
+        self.solver = _checks.check_option(solver, ("auto", "dense", "cg"), "solver")
+        self.dense_max = _checks.ensure_int(dense_max, "dense_max", minimum=0)
+        self.cg_rtol = _checks.ensure_float(cg_rtol, "cg_rtol", minimum=0.0)
+        src = self.source
+        self._m = src.n_features
+        self._pi = np.exp(src.log_weights - np.logaddexp.reduce(src.log_weights))
+        self._Lam = np.ascontiguousarray(src.precisions)
+        self._Lam_bar = np.ascontiguousarray(np.einsum("k,kij->ij", self._pi, self._Lam))
+        impossible = np.all(src.log_label_given_comp == -np.inf, axis=1)
+        self._class_without_comp = set(np.flatnonzero(impossible).tolist())
+
+    # ---------------------------------------------------------------- helpers
+    def _kind(self):
+        if self.kind == "auto":
+            return "shared" if self.source.shared_precision else "full"
+        return self.kind
+
+    def label_indices(self, y, n_rows: int) -> np.ndarray:
+        """Map labels to class indices; −1 for unlabelled (None, or −1 for integer classes).
+
+        Parameters
+        ----------
+        y : sequence of length N or None
+        n_rows : int
+
+        Returns
+        -------
+        ndarray of shape (N,), int64
+        """
+        if y is None:
+            return np.full(n_rows, -1, dtype=np.int64)
+        y = list(y) if not isinstance(y, np.ndarray) else y.tolist()
+        if len(y) != n_rows:
+            raise ValueError(f"y must have one label per row of X ({n_rows}), got {len(y)}.")
+        classes = self.source.classes
+        lookup = {c: i for i, c in enumerate(classes.tolist())}
+        int_classes = classes.dtype.kind in "iu"
+        out = np.empty(n_rows, dtype=np.int64)
+        for j, lab in enumerate(y):
+            if lab is None or (int_classes and isinstance(lab, numbers.Integral)
+                               and not isinstance(lab, bool) and lab == -1
+                               and -1 not in lookup):
+                out[j] = -1
+                continue
+            if isinstance(lab, float) and math.isnan(lab):
+                out[j] = -1
+                continue
+            try:
+                idx = lookup[lab]
+            except (KeyError, TypeError):
+                raise ValueError(
+                    f"y contains label {lab!r} (row {j}) that the source model does not know; "
+                    f"known classes: {classes.tolist()}. Use None"
+                    f"{' or -1' if int_classes else ''} for unlabelled rows."
+                ) from None
+            if idx in self._class_without_comp:
+                raise ValueError(f"class {lab!r} has no component in the source model.")
+            out[j] = idx
+        return out
+
+    def _prepare_X(self, X):
+        X = _checks.as_float_matrix(X, "X", allow_nonfinite=True)
+        if X.shape[0] < 2:
+            raise BurstTooShort(
+                f"X has {X.shape[0]} row(s); transfer EM needs at least 2 calibration windows."
+            )
+        bad = ~np.isfinite(X).all(axis=1)
+        if bad.any():
+            raise DegenerateBurst(
+                f"X contains NaN or inf in {int(bad.sum())} of {X.shape[0]} rows; drop those "
+                "windows before fitting."
+            )
+        return X
+
+    def _augment(self, X):
+        if self.bias:
+            return np.ascontiguousarray(np.hstack([X, np.ones((X.shape[0], 1))]))
+        return X
+
+    def _log_base(self, yi):
+        """(N, K) per-row constants: log π + log ρ_{y_j} (0 if unlabelled) + ½ log det − ½ m log 2π."""
+        src = self.source
+        c = src.log_weights + 0.5 * src.log_det_prec - 0.5 * self._m * _LOG_2PI
+        base = np.tile(c, (len(yi), 1))
+        lab = yi >= 0
+        base[lab] += src.log_label_given_comp[yi[lab]]
+        return np.ascontiguousarray(base)
+
+    def _resolve_H0(self, n, shrink_to=None):
+        st = self.shrink_to if shrink_to is None else shrink_to
+        if isinstance(st, str):
+            return np.zeros((self._m, n)) if st == "zero" else rectangular_identity(self._m, n)
+        H0 = np.ascontiguousarray(st, dtype=np.float64)
+        if H0.shape != (self._m, n):
+            raise ValueError(f"shrink_to must have shape ({self._m}, {n}), got {H0.shape}.")
+        if not np.all(np.isfinite(H0)):
+            raise ValueError("shrink_to contains NaN or inf.")
+        return H0
+
+    def _penalty(self, Ht, H0, n):
+        Dlt = Ht[:, :n] - H0
+        return float(np.sum(Dlt * (self._Lam_bar @ Dlt)))
+
+    def _estep(self, Xt, Ht, log_base, log_a, resp):
+        Z = np.ascontiguousarray(Xt @ Ht.T)
+        src = self.source
+        if src.shared_precision:
+            P = src.prec_factor[0]
+            estep.log_joint_shared(np.ascontiguousarray(Z @ P), self._nu, log_base, log_a)
+        else:
+            estep.log_joint_full(Z, src.means, src.prec_factor, log_base, log_a)
+        return estep.log_responsibilities(log_a, resp)
+
+    # ---------------------------------------------------------------- M-steps
+    def _mstep_shared(self, Xt, resp, H0t, lam, chol):
+        rhs = np.empty((Xt.shape[1], self._m))
+        mstep.shared_rhs(resp, self.source.means, Xt, rhs)
+        rhs += lam * H0t.T
+        return np.ascontiguousarray(linalg.cho_solve(chol, rhs).T)
+
+    def _mstep_full(self, Xt, resp, Ht, H0t, lam, Dvec, Pr, use_dense):
+        K = self._Lam.shape[0]
+        n1 = Xt.shape[1]
+        C = np.empty((K, n1, n1))
+        c = np.empty((K, n1))
+        mstep.weighted_stats(Xt, resp, C, c)
+        A = C + (lam * self._pi)[:, None, None] * np.diag(Dvec)[None]
+        A = np.ascontiguousarray(A)
+        R = self._Lam_mu.T @ c + lam * (self._Lam_bar @ H0t)
+        R = np.ascontiguousarray(R)
+        if use_dense:
+            p = self._m * n1
+            S = np.empty((p, p))
+            mstep.kron_assemble(self._Lam, A, S)
+            try:
+                sol = linalg.cho_solve(linalg.cho_factor(S, lower=True, check_finite=False),
+                                       R.ravel(), check_finite=False)
+            except linalg.LinAlgError:
+                raise DegenerateBurst(
+                    "the per-component M-step system is singular (rank-deficient burst with "
+                    "reg=0?); increase reg."
+                ) from None
+            return sol.reshape(self._m, n1)
+        w = np.trace(A, axis1=1, axis2=2)
+        Lw = np.ascontiguousarray(np.einsum("k,kij->ij", w / w.sum(), self._Lam))
+        Pl = klinalg.spd_inverse(Lw)
+        if not np.all(np.isfinite(Pl)):
+            Pl = np.ascontiguousarray(np.linalg.pinv(Lw))
+        H = np.array(Ht, copy=True)
+        maxiter = max(50, 10 * self._m * n1) if self.cg_rtol > 0 else 10 * self._m * n1
+        it, rel = mstep.pcg_sylvester(self._Lam, A, R, Pl, Pr, H, self.cg_rtol, maxiter)
+        self._cg_iters.append(int(it))
+        if rel > 1e-6:
+            logger.warning("CG M-step stopped at relative residual %s after %s iterations",
+                           rel, int(it))
+        return H
+
+    # ---------------------------------------------------------------- one EM run
+    def _run_em(self, Xt, log_base, Hstart, H0, lam, n, setup):
+        N, n1 = Xt.shape
+        kind = setup["kind"]
+        H0t = np.zeros((self._m, n1))
+        H0t[:, :n] = H0
+        Ht = np.ascontiguousarray(Hstart, dtype=np.float64)
+        K = self.source.n_components
+        log_a = np.empty((N, K))
+        resp = np.empty((N, K))
+        trace = []
+        converged = False
+        n_iter = 0
+        prev = None
+        while True:
+            ll = self._estep(Xt, Ht, log_base, log_a, resp)
+            obj = (float(ll.sum()) - 0.5 * lam * self._penalty(Ht, H0, n)) / N
+            if not np.isfinite(obj):
+                raise DegenerateBurst(
+                    f"the penalised log-likelihood became {obj} at iteration {n_iter}; the burst "
+                    "is too far from the source model (check feature scaling)."
+                )
+            trace.append(obj)
+            if prev is not None and abs(obj - prev) <= self.tol * max(1.0, abs(prev)):
+                converged = True
+                break
+            if n_iter >= self.max_iter:
+                break
+            prev = obj
+            if kind == "shared":
+                Hn = self._mstep_shared(Xt, resp, H0t, lam, setup["chol"])
+            else:
+                Hn = self._mstep_full(Xt, resp, Ht, H0t, lam, setup["Dvec"], setup["Pr"],
+                                      setup["dense"])
+            if not np.all(np.isfinite(Hn)):
+                raise DegenerateBurst(
+                    "the M-step produced a non-finite H (singular burst); increase reg."
+                )
+            Ht = np.ascontiguousarray(Hn)
+            n_iter += 1
+        return Ht, trace, n_iter, converged
+
+    # ---------------------------------------------------------------- public
+    def fit(self, X, y=None, *, H_init=None, b_init=None) -> "TransferEM":
+        """Learn H (and b) from a calibration burst.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n)
+            Target-space features, one window per row; N ≥ 2, all finite.
+        y : sequence of length N, optional
+            Labels in ``source.classes``' type; None (or −1 for integer classes)
+            marks an unlabelled row. None means all rows are unlabelled.
+        H_init : ndarray of shape (m, n), optional
+            Start of EM (e.g. the current H on recalibration).
+        b_init : ndarray of shape (m,), optional
+            Start of the offset (only with ``bias=True``).
+
+        Returns
+        -------
+        self
+        """
+        X = self._prepare_X(X)
+        N, n = X.shape
+        m = self._m
+        yi = self.label_indices(y, N)
+        kind = self._kind()
+        if self.ring_channels is not None:
+            C = self.ring_channels
+            if m != n or n % C:
+                raise ValueError(
+                    f"ring_channels={C} needs a square map with n divisible by it; got m={m}, "
+                    f"n={n}."
+                )
+        Xt = self._augment(X)
+        n1 = Xt.shape[1]
+        # λ from the feature columns only, so the unpenalised offset column cannot
+        # break scale invariance.
+        if self.reg_scale == "relative":
+            energy = float(np.einsum("ij,ij->", X, X)) / n
+            if energy == 0.0:
+                raise DegenerateBurst("X is all zeros; a relative regulariser has no scale.")
+            lam = self.reg * energy
+        else:
+            lam = self.reg
+        Dvec = np.ones(n1)
+        if self.bias:
+            Dvec[-1] = 0.0
+        A_bar = Xt.T @ Xt + lam * np.diag(Dvec)
+        setup = {"kind": kind, "Dvec": Dvec}
+        try:
+            chol = linalg.cho_factor(A_bar, lower=True, check_finite=False)
+        except linalg.LinAlgError:
+            raise DegenerateBurst(
+                f"X̃ᵀX̃ + λI is singular (λ={lam:g}, rank-deficient burst); use reg > 0."
+            ) from None
+        dg = np.abs(np.diag(chol[0]))
+        if not dg.min() > 1e-7 * dg.max():  # condition number of X̃ᵀX̃ + λD above ~1e14
+            raise DegenerateBurst(
+                f"X̃ᵀX̃ + λI is numerically singular (λ={lam:g}, rank-deficient or constant "
+                "features); use reg > 0."
+            )
+        setup["chol"] = chol
+        src = self.source
+        if src.shared_precision:
+            self._nu = np.ascontiguousarray(src.means @ src.prec_factor[0])
+        if kind == "full":
+            self._Lam_mu = np.einsum("kij,kj->ki", self._Lam, src.means)
+            setup["Pr"] = np.ascontiguousarray(linalg.cho_solve(chol, np.eye(n1)))
+            if self.solver == "auto":
+                setup["dense"] = m * n1 <= self.dense_max
+            else:
+                setup["dense"] = self.solver == "dense"
+        self._cg_iters = []
+        log_base = self._log_base(yi)
+        if np.any(np.all(log_base == -np.inf, axis=1)):
+            raise ValueError("a labelled row has no component that can carry its label.")
+
+        b0 = np.zeros(m)
+        if b_init is not None:
+            b0 = np.asarray(b_init, dtype=np.float64).reshape(-1)
+            if b0.shape != (m,) or not np.all(np.isfinite(b0)):
+                raise ValueError(f"b_init must be a finite vector of shape ({m},).")
+
+        def start(Hs):
+            Ht = np.zeros((m, n1))
+            Ht[:, :n] = Hs
+            if self.bias:
+                Ht[:, n] = b0
+            return Ht
+
+        starts = []  # (label, H start, shrink target)
+        H0_user = self._resolve_H0(n)
+        if H_init is not None:
+            Hi = np.ascontiguousarray(H_init, dtype=np.float64)
+            if Hi.shape != (m, n) or not np.all(np.isfinite(Hi)):
+                raise ValueError(f"H_init must be a finite array of shape ({m}, {n}).")
+        if self.ring_channels is not None:
+            for r in range(self.ring_channels):
+                Pr_ = ring_roll_matrix(n, self.ring_channels, r)
+                starts.append((r, Pr_, Pr_))
+            if H_init is not None:
+                starts.append((None, Hi, H0_user))
+        else:
+            if H_init is not None:
+                Hs = Hi
+            elif isinstance(self.shrink_to, str):
+                Hs = rectangular_identity(m, n)
+            else:
+                Hs = H0_user
+            starts.append((None, Hs, H0_user))
+
+        best = None
+        roll_obj = {}
+        for label, Hs, H0 in starts:
+            Ht, trace, n_iter, conv = self._run_em(Xt, log_base, start(Hs), H0, lam, n, setup)
+            if label is not None:
+                roll_obj[label] = trace[-1]
+            logger.debug("transfer EM start %s: objective %s after %s iterations", label,
+                         trace[-1], n_iter)
+            if best is None or trace[-1] > best[1][-1]:
+                best = (Ht, trace, n_iter, conv, label, H0)
+        Ht, trace, n_iter, conv, label, H0 = best
+        self.H_ = np.ascontiguousarray(Ht[:, :n])
+        self.b_ = np.ascontiguousarray(Ht[:, n]) if self.bias else np.zeros(m)
+        self.n_iter_ = n_iter
+        self.converged_ = conv
+        self.log_likelihood_ = trace
+        self.kind_ = kind
+        self.lambda_ = lam
+        self.H0_ = H0
+        self.best_roll_ = label
+        self.roll_objectives_ = roll_obj
+        self.classifier_ = MappedClassifier(src, self.H_, self.b_)
+        if not conv:
+            warnings.warn(
+                f"transfer EM stopped at max_iter={self.max_iter} before the objective changed "
+                f"by less than tol={self.tol:g}; increase max_iter or tol.",
+                TransferConvergenceWarning, stacklevel=2,
+            )
+        logger.info("transfer EM (%s) fitted: %s iterations, objective %.6g, roll %s", kind,
+                    n_iter, trace[-1], label)
+        return self
+
+    def _check_fitted(self):
+        if not hasattr(self, "H_"):
+            raise RuntimeError("this TransferEM is not fitted yet; call fit(X, y) first.")
+
+    def transform(self, X) -> np.ndarray:
+        """Map target features to the source space: ``X @ H_.T + b_``, shape (N, m)."""
+        self._check_fitted()
+        X = _checks.as_float_matrix(X, "X", allow_nonfinite=True, n_columns=self.H_.shape[1])
+        return X @ self.H_.T + self.b_
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities of mapped rows, shape (N, L), columns in ``source.classes`` order."""
+        self._check_fitted()
+        return self.classifier_.predict_proba(X)
+
+    def predict(self, X) -> np.ndarray:
+        """Most probable class (values of ``source.classes``), shape (N,)."""
+        self._check_fitted()
+        idx = self.classifier_.predict_index(X)
+        if np.any(idx < 0):
+            raise ValueError("X contains NaN or inf rows; drop them before predict().")
+        return self.source.classes[idx]
+
+    def objective(self, X, y=None, H=None, b=None) -> float:
+        """Penalised mean log-likelihood of a burst under a given map.
+
+        Uses the fitted λ and shrink target, so the daemon can compare a new H with
+        the current one on the same burst.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n)
+        y : sequence of length N, optional
+        H : ndarray of shape (m, n), optional
+            Default: ``H_``.
+        b : ndarray of shape (m,), optional
+            Default: ``b_`` (ignored without bias unless given).
+
+        Returns
+        -------
+        float
+        """
+        self._check_fitted()
+        X = self._prepare_X(X)
+        N, n = X.shape
+        if n != self.H_.shape[1]:
+            raise ValueError(f"X must have {self.H_.shape[1]} columns, got {n}.")
+        H = self.H_ if H is None else np.ascontiguousarray(H, dtype=np.float64)
+        if H.shape != self.H_.shape:
+            raise ValueError(f"H must have shape {self.H_.shape}, got {H.shape}.")
+        b = self.b_ if b is None else np.asarray(b, dtype=np.float64).reshape(-1)
+        if not (np.all(np.isfinite(H)) and np.all(np.isfinite(b))):
+            return -np.inf
+        yi = self.label_indices(y, N)
+        Ht = np.ascontiguousarray(np.hstack([H, b[:, None]]))
+        Xt = np.ascontiguousarray(np.hstack([X, np.ones((N, 1))]))
+        K = self.source.n_components
+        if self.source.shared_precision and not hasattr(self, "_nu"):
+            self._nu = np.ascontiguousarray(self.source.means @ self.source.prec_factor[0])
+        ll = self._estep(Xt, Ht, self._log_base(yi), np.empty((N, K)), np.empty((N, K)))
+        return (float(ll.sum()) - 0.5 * self.lambda_ * self._penalty(Ht, self.H0_, n)) / N
