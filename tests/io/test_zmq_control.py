@@ -1,0 +1,221 @@
+"""Control server: every request gets exactly one reply; oversize, bad input, exceptions, CURVE."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+import zmq
+import zmq.auth
+
+from emtl_stream.errors import CalibrationError
+from emtl_stream.io.protocol import Request
+from emtl_stream.io.zmq_control import ControlServer
+from emtl_stream.io.zmq_pub import CurveConfig
+
+RECV_MS = 5000
+
+
+@pytest.fixture
+def ctx():
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+def handler(req: Request) -> dict:
+    """Echoes the request; some commands misbehave on purpose."""
+    if req.cmd == "fit":
+        raise CalibrationError("only 3 labelled windows, fewer than min_windows=5")
+    if req.cmd == "save":
+        return {"bad": float("nan")}
+    if req.cmd == "cancel":
+        return {"ok": False, "error": "nothing to cancel"}
+    if req.cmd == "shutdown":
+        return None
+    return {"cmd": req.cmd, "fields": req.fields}
+
+
+@pytest.fixture
+def server(ctx):
+    srv = ControlServer("tcp://127.0.0.1:*", handler, context=ctx, max_message_bytes=65536)
+    yield srv
+    srv.close()
+
+
+def req_socket(ctx, address, kind=zmq.REQ, curve=None):
+    s = ctx.socket(kind)
+    s.linger = 0
+    if curve:
+        s.curve_serverkey, s.curve_publickey, s.curve_secretkey = curve
+    s.connect(address)
+    return s
+
+
+def ask(server, sock, data, frames=None):
+    """Send ``data`` (bytes) and drive the server until the reply arrives."""
+    if frames is not None:
+        sock.send_multipart(frames)
+    else:
+        sock.send(data)
+    for _ in range(100):
+        server.poll_once(50)
+        if sock.poll(0, zmq.POLLIN):
+            parts = sock.recv_multipart()
+            return json.loads(parts[-1])
+    raise AssertionError("no reply within 5 s")
+
+
+def J(obj):
+    return json.dumps(obj).encode()
+
+
+def test_good_request_reaches_the_handler(server, ctx):
+    sock = req_socket(ctx, server.address)
+    r = ask(server, sock, J({"v": 1, "cmd": "recalibrate", "classes": ["fist"],
+                             "seconds_per_class": 2}))
+    assert r == {"v": 1, "ok": True, "cmd": "recalibrate",
+                 "fields": {"classes": ["fist"], "seconds_per_class": 2.0}}
+    # the REQ socket is usable again: exactly one reply came back
+    assert ask(server, sock, J({"v": 1, "cmd": "status"}))["ok"] is True
+
+
+@pytest.mark.parametrize("data,reason", [
+    (b"not json", "not valid JSON"),
+    (b"\xff\xff", "not UTF-8"),
+    (J({"v": 1, "cmd": "explode"}), "unknown command"),
+    (J({"v": 1, "cmd": "rollback", "version": "latest"}), "rollback.version must be an integer"),
+    (J({"v": 1, "cmd": "status", "extra": 1}), "unknown field"),
+    (J({"cmd": "status"}), '"v"'),
+    (J([1, 2]), "JSON object"),
+    (b"x" * 65537, "65537 bytes exceeds the limit of 65536"),
+    (J({"v": 1, "cmd": "status", "pad": "x" * 70000}), "exceeds the limit"),
+])
+def test_bad_requests_get_ok_false_with_the_reason(server, ctx, data, reason):
+    sock = req_socket(ctx, server.address)
+    r = ask(server, sock, data)
+    assert r["v"] == 1 and r["ok"] is False and reason in r["error"]
+    assert ask(server, sock, J({"v": 1, "cmd": "status"}))["ok"] is True
+
+
+def test_handler_exception_is_an_error_reply_and_logged_with_traceback(server, ctx, caplog):
+    sock = req_socket(ctx, server.address)
+    with caplog.at_level(logging.WARNING, logger="emtl_stream"):
+        r = ask(server, sock, J({"v": 1, "cmd": "fit", "min_windows": 5}))
+    assert r == {"v": 1, "ok": False, "error": "only 3 labelled windows, fewer than min_windows=5"}
+    rec = [x for x in caplog.records if "fit" in x.getMessage()]
+    assert rec and rec[0].exc_info is not None
+
+
+def test_unserialisable_or_error_results_still_get_one_reply(server, ctx):
+    sock = req_socket(ctx, server.address)
+    r = ask(server, sock, J({"v": 1, "cmd": "save"}))
+    assert r["ok"] is False and "internal error" in r["error"]
+    assert ask(server, sock, J({"v": 1, "cmd": "cancel"})) == {
+        "v": 1, "ok": False, "error": "nothing to cancel"}
+    assert ask(server, sock, J({"v": 1, "cmd": "shutdown"})) == {"v": 1, "ok": True}
+
+
+def test_multi_frame_body_and_dealer_without_delimiter(server, ctx):
+    dealer = req_socket(ctx, server.address, zmq.DEALER)
+    r = ask(server, dealer, None, frames=[b"", J({"v": 1, "cmd": "status"}), b"more"])
+    assert r["ok"] is False and "exactly one frame" in r["error"]
+    r = ask(server, dealer, None, frames=[J({"v": 1, "cmd": "status"})])
+    assert r["ok"] is True
+
+
+def test_every_request_gets_exactly_one_reply(server, ctx):
+    dealer = req_socket(ctx, server.address, zmq.DEALER)
+    bodies = [J({"v": 1, "cmd": "status"}), b"junk", b"x" * 70000, J({"v": 1, "cmd": "fit"}),
+              J({"v": 1, "cmd": "nope"})] * 4
+    for i, body in enumerate(bodies):
+        dealer.send_multipart([b"", body])
+    replies = []
+    for _ in range(200):
+        server.poll_once(20)
+        while dealer.poll(0, zmq.POLLIN):
+            replies.append(json.loads(dealer.recv_multipart()[-1]))
+        if len(replies) >= len(bodies):
+            break
+    assert [r["ok"] for r in replies] == [True, False, False, False, False] * 4
+    server.poll_once(100)
+    assert not dealer.poll(100, zmq.POLLIN)
+    assert server.n_requests == len(bodies)
+
+
+def test_frames_over_the_hard_limit_drop_the_peer_without_hurting_the_server(ctx):
+    srv = ControlServer("tcp://127.0.0.1:*", handler, context=ctx, max_message_bytes=1000,
+                        hard_limit_bytes=4000)
+    try:
+        hostile = req_socket(ctx, srv.address)
+        hostile.send(b"x" * 100_000)  # libzmq drops this connection before allocating
+        for _ in range(10):
+            srv.poll_once(20)
+        assert not hostile.poll(100, zmq.POLLIN)
+        assert srv.n_requests == 0
+        ok = req_socket(ctx, srv.address)
+        r = ask(srv, ok, b"y" * 2000)  # between the limits: refused with a reply
+        assert r["ok"] is False and "2000 bytes exceeds the limit of 1000" in r["error"]
+        assert ask(srv, ok, J({"v": 1, "cmd": "status"}))["ok"] is True
+    finally:
+        srv.close()
+
+
+def test_thread_variant_serves_and_stops(ctx):
+    srv = ControlServer("tcp://127.0.0.1:*", handler, context=ctx).start(poll_ms=10)
+    try:
+        sock = req_socket(ctx, srv.address)
+        sock.send(J({"v": 1, "cmd": "status"}))
+        assert sock.poll(RECV_MS, zmq.POLLIN)
+        assert json.loads(sock.recv())["ok"] is True
+        with pytest.raises(RuntimeError, match="own thread"):
+            srv.poll_once(0)
+        with pytest.raises(RuntimeError, match="already started"):
+            srv.start()
+    finally:
+        srv.stop()
+    sock.send(J({"v": 1, "cmd": "status"}))
+    assert not sock.poll(200, zmq.POLLIN)  # stopped: nobody answers
+    assert srv.poll_once(RECV_MS) == 1  # now the caller's loop can serve it
+    assert json.loads(sock.recv())["ok"] is True
+    srv.close()
+    srv.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        srv.poll_once(0)
+
+
+def test_bind_policy_and_arguments(ctx):
+    with pytest.raises(ValueError, match="not loopback"):
+        ControlServer("tcp://*:*", handler, context=ctx)
+    with pytest.raises(TypeError, match="handler must be callable"):
+        ControlServer("tcp://127.0.0.1:*", None, context=ctx)
+    with pytest.raises(ValueError, match="hard_limit_bytes"):
+        ControlServer("tcp://127.0.0.1:*", handler, context=ctx, max_message_bytes=5000,
+                      hard_limit_bytes=100)
+
+
+def test_curve_unauthorised_clients_get_nothing(ctx, tmp_path):
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    keys.mkdir(), allowed.mkdir()
+    spub, ssec = zmq.curve_keypair()
+    good_key, good_secret = zmq.auth.create_certificates(str(keys), "good")
+    shutil.copy(good_key, allowed)
+    gpub, gsec = zmq.auth.load_certificate(good_secret)
+    bpub, bsec = zmq.curve_keypair()
+    srv = ControlServer("tcp://127.0.0.1:*", handler, context=ctx,
+                        curve=CurveConfig(ssec, spub, str(allowed)))
+    try:
+        bad = req_socket(ctx, srv.address, curve=(spub, bpub, bsec))
+        plain = req_socket(ctx, srv.address)
+        bad.send(J({"v": 1, "cmd": "status"}))
+        plain.send(J({"v": 1, "cmd": "status"}))
+        good = req_socket(ctx, srv.address, curve=(spub, gpub, gsec))
+        assert ask(srv, good, J({"v": 1, "cmd": "status"}))["ok"] is True
+        for _ in range(10):
+            srv.poll_once(20)
+        assert not bad.poll(100, zmq.POLLIN) and not plain.poll(100, zmq.POLLIN)
+        assert srv.n_requests == 1
+    finally:
+        srv.close()
