@@ -40,8 +40,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from scipy import linalg
-from scipy.special import logsumexp
 
 from .._checks import as_float_matrix, check_option, ensure_float, ensure_int
 from ..errors import FitConvergenceWarning, ModelError
@@ -90,14 +88,15 @@ def _cov_to_prec_chol(cov: np.ndarray, cov_type: str) -> np.ndarray:
            "number of components, or scale the features.")
     if cov_type in _MATRIX:
         mats = cov[None] if cov_type == "tied" else cov
-        out = np.empty_like(mats)
-        eye = np.eye(mats.shape[-1])
-        for k, c in enumerate(mats):
-            try:
-                chol = linalg.cholesky(c, lower=True)
-            except linalg.LinAlgError:
-                raise ValueError(msg) from None
-            out[k] = linalg.solve_triangular(chol, eye, lower=True).T
+        if not np.all(np.isfinite(mats)):
+            raise ValueError(msg)
+        try:
+            chol = np.linalg.cholesky(mats)  # batched; Σ = C Cᵀ, C lower
+        except np.linalg.LinAlgError:
+            raise ValueError(msg) from None
+        # P = C⁻ᵀ (upper triangular) so that P Pᵀ = C⁻ᵀ C⁻¹ = Σ⁻¹ = Λ.
+        eye = np.broadcast_to(np.eye(mats.shape[-1]), mats.shape)
+        out = np.swapaxes(np.linalg.solve(chol, eye), -1, -2)
         return out[0] if cov_type == "tied" else out
     if np.any(cov <= 0.0) or not np.all(np.isfinite(cov)):
         raise ValueError(msg)
@@ -108,12 +107,12 @@ def _prec_to_prec_chol(prec: np.ndarray, cov_type: str) -> np.ndarray:
     """Precision factor from precisions (lower Cholesky for matrix types)."""
     if cov_type in _MATRIX:
         mats = prec[None] if cov_type == "tied" else prec
-        out = np.empty_like(mats)
-        for k, p in enumerate(mats):
-            out[k] = linalg.cholesky(p, lower=True)  # LinAlgError handled by callers
+        if not np.allclose(mats, np.swapaxes(mats, -1, -2), rtol=1e-10, atol=0.0):
+            raise np.linalg.LinAlgError("precision matrix is not symmetric")
+        out = np.linalg.cholesky(mats)  # LinAlgError handled by callers
         return out[0] if cov_type == "tied" else out
     if np.any(prec <= 0.0):
-        raise linalg.LinAlgError("non-positive precision")
+        raise np.linalg.LinAlgError("non-positive precision")
     return np.sqrt(prec)
 
 
@@ -193,6 +192,15 @@ def _log_gauss(X: np.ndarray, means: np.ndarray, prec_chol: np.ndarray,
             maha[:, k] = np.einsum("ij,ij->i", y, y)
     half_logdet = 0.5 * _log_det_prec(prec_chol, cov_type, K, m)
     return -0.5 * (m * _LOG_2PI + maha) + half_logdet
+
+
+def logsumexp(a: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarray:
+    """log Σ exp(a) along ``axis``, shifted by each slice's own maximum (−inf slices give −inf)."""
+    amax = np.max(a, axis=axis, keepdims=True)
+    amax = np.where(np.isfinite(amax), amax, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.sum(np.exp(a - amax), axis=axis, keepdims=True)) + amax
+    return out if keepdims else np.squeeze(out, axis=axis)
 
 
 def _log_rho(rho: np.ndarray) -> np.ndarray:
@@ -559,7 +567,7 @@ class LabelledGMM:
                                  f"must have shape {shape}, got {p.shape}.")
             try:
                 out["prec_chol"] = _prec_to_prec_chol(p, self.covariance_type)
-            except linalg.LinAlgError:
+            except np.linalg.LinAlgError:
                 raise ValueError("precisions_init must be symmetric positive definite.") from None
         return out
 
@@ -739,6 +747,7 @@ class LabelledGMM:
 
     def predict(self, X) -> np.ndarray:
         """Most probable class of every row, shape (n_samples,), values from ``classes_``."""
+        self._check_fitted()
         return self.classes_[np.argmax(self._log_joint_class(X), axis=1)]
 
     def score_samples(self, X) -> np.ndarray:
@@ -852,7 +861,7 @@ class LabelledGMM:
                              f"with shape {shape}, got {prec.shape}.")
         try:
             prec_chol = _prec_to_prec_chol(prec, covariance_type)
-        except linalg.LinAlgError:
+        except np.linalg.LinAlgError:
             raise ModelError("precisions must be symmetric positive definite.") from None
         classes_ = np.unique(np.asarray(classes))
         comp = np.asarray(component_labels)
