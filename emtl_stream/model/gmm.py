@@ -290,8 +290,9 @@ class LabelledGMM:
     init_params : {"k-means++", "kmeans", "random", "random_from_data"}
         How the initial responsibilities are drawn, within each class for crisp labels
         ("k-means++": nearest k-means++ seed; "kmeans": plus Lloyd iterations).
-    random_state : int, numpy.random.Generator or None
-        Seed of initialisation and :meth:`sample` (``np.random.default_rng``).
+    random_state : int, numpy.random.Generator, numpy.random.RandomState or None
+        Seed of initialisation and :meth:`sample` (``np.random.default_rng``); the
+        global numpy RNG is never used.
     hard_assignments : bool, default=False
         Classification EM: responsibilities are one-hot at the most probable component.
     weight_concentration_prior : float or array of shape (K,), optional
@@ -408,13 +409,18 @@ class LabelledGMM:
     # ------------------------------------------------------------------ fitting
 
     def _rng(self, rng=None) -> np.random.Generator:
-        if rng is not None:
-            return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        """A Generator from ``rng`` or ``random_state``; never numpy's global RNG."""
+        source = self.random_state if rng is None else rng
+        if isinstance(source, np.random.Generator):
+            return source
+        if isinstance(source, np.random.RandomState):
+            # Share the RandomState's bit generator, so draws advance its state.
+            return np.random.Generator(source._bit_generator)
         try:
-            return np.random.default_rng(self.random_state)
-        except TypeError:
-            raise TypeError(f"random_state must be None, an int or a numpy.random.Generator, "
-                            f"got {type(self.random_state).__name__}.") from None
+            return np.random.default_rng(source)
+        except (TypeError, ValueError):
+            raise TypeError(f"random_state must be None, an int, a numpy.random.Generator or "
+                            f"RandomState, got {type(source).__name__} {source!r}.") from None
 
     def fit(self, X, y) -> "LabelledGMM":
         """Fit the mixture by (MAP) EM on labelled data.

@@ -329,6 +329,19 @@ def test_kmeans_plusplus_is_reproducible_and_uses_class_points(rng):
     assert not np.array_equal(m1.means_, m3.means_)
 
 
+def test_global_rng_untouched_and_random_state_kinds(rng):
+    X, y = _blobs(rng)
+    np.random.seed(0)
+    before = np.random.get_state()[1].copy()
+    fits = [_fit_quiet(LabelledGMM(2, "full", random_state=rs, max_iter=3), X, y).means_
+            for rs in (9, np.random.default_rng(9), np.random.RandomState(9), None)]
+    np.testing.assert_array_equal(np.random.get_state()[1], before)
+    np.testing.assert_array_equal(fits[0], fits[1])
+    with pytest.raises(TypeError, match="random_state"):
+        LabelledGMM(random_state="seed").fit(X, y)
+    assert "covariance_type='full'" in repr(LabelledGMM(covariance_type="full"))
+
+
 def test_n_init_keeps_the_best_lower_bound(rng):
     X, y = _blobs(rng, n_per=(100, 100))
     one = _fit_quiet(LabelledGMM(4, "full", random_state=2, init_params="random"), X, y)
