@@ -195,7 +195,10 @@ def _log_gauss(X: np.ndarray, means: np.ndarray, prec_chol: np.ndarray,
 
 
 def logsumexp(a: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarray:
-    """log Σ exp(a) along ``axis``, shifted by each slice's own maximum (−inf slices give −inf)."""
+    """log Σ exp(a) along ``axis``, shifted by each slice's own maximum.
+
+    Slices that are all −inf give −inf (no NaN).
+    """
     amax = np.max(a, axis=axis, keepdims=True)
     amax = np.where(np.isfinite(amax), amax, 0.0)
     with np.errstate(divide="ignore"):
@@ -509,7 +512,8 @@ class LabelledGMM:
             return np.repeat(np.arange(L), int(self.n_components_per_class))
         cl = np.asarray(self.component_labels_init)
         if cl.ndim != 1 or cl.size == 0:
-            raise ValueError(f"component_labels_init must be 1-D class values, got shape {cl.shape}.")
+            raise ValueError(f"component_labels_init must be 1-D class values, "
+                             f"got shape {cl.shape}.")
         idx = np.searchsorted(classes, cl)
         idx = np.clip(idx, 0, L - 1)
         if not np.all(classes[idx] == cl):
@@ -524,18 +528,22 @@ class LabelledGMM:
         if self.weight_concentration_prior is not None:
             alpha = np.broadcast_to(np.asarray(self.weight_concentration_prior, float), (K,)).copy()
             if not np.all(np.isfinite(alpha)) or np.any(alpha < 1.0):
-                raise ValueError(f"weight_concentration_prior must be >= 1 (the MAP weights are "
-                                 f"(N_k + α − 1)/(N + Σ(α − 1))), got {self.weight_concentration_prior!r}.")
+                raise ValueError(
+                    f"weight_concentration_prior must be >= 1 (the MAP weights are (N_k + α − 1)"
+                    f"/(N + Σ(α − 1))), got {self.weight_concentration_prior!r}.")
             prior["alpha"] = alpha
         if self.mean_prior is not None or self.mean_precision_prior is not None:
             kappa = 1.0 if self.mean_precision_prior is None else self.mean_precision_prior
-            prior["kappa"] = ensure_float(kappa, "mean_precision_prior", minimum=0.0, strict_min=True)
+            prior["kappa"] = ensure_float(kappa, "mean_precision_prior", minimum=0.0,
+                                          strict_min=True)
             m0 = X.mean(axis=0) if self.mean_prior is None else np.asarray(self.mean_prior, float)
             if m0.shape != (m,) or not np.all(np.isfinite(m0)):
-                raise ValueError(f"mean_prior must be a finite array of shape ({m},), got shape {m0.shape}.")
+                raise ValueError(f"mean_prior must be a finite array of shape ({m},), "
+                                 f"got shape {m0.shape}.")
             prior["m0"] = m0
         if self.covariance_prior is not None or self.degrees_of_freedom_prior is not None:
-            nu = float(m) if self.degrees_of_freedom_prior is None else self.degrees_of_freedom_prior
+            nu = self.degrees_of_freedom_prior
+            nu = float(m) if nu is None else nu
             lo = m - 1.0 if cov_type in _MATRIX else 0.0
             prior["nu"] = ensure_float(nu, "degrees_of_freedom_prior", minimum=lo, strict_min=True)
             if self.covariance_prior is None:
@@ -545,7 +553,8 @@ class LabelledGMM:
                     psi = float(np.mean(np.diag(emp)))
             else:
                 psi = np.asarray(self.covariance_prior, float)
-            want = (m, m) if cov_type in _MATRIX else (m,) if cov_type in ("diag", "tied_diag") else ()
+            want = ((m, m) if cov_type in _MATRIX
+                    else (m,) if cov_type in ("diag", "tied_diag") else ())
             psi = np.asarray(psi, float)
             if psi.shape != want or not np.all(np.isfinite(psi)):
                 raise ValueError(f"covariance_prior for covariance_type={cov_type!r} must be a "
@@ -558,7 +567,8 @@ class LabelledGMM:
         if self.weights_init is not None:
             w = np.asarray(self.weights_init, float)
             if w.shape != (K,) or np.any(w <= 0) or abs(w.sum() - 1.0) > 1e-6:
-                raise ValueError(f"weights_init must be {K} positive numbers summing to 1, got {w!r}.")
+                raise ValueError(f"weights_init must be {K} positive numbers summing to 1, "
+                                 f"got {w!r}.")
             out["weights"] = w / w.sum()
         if self.means_init is not None:
             mu = np.asarray(self.means_init, float)
@@ -584,7 +594,8 @@ class LabelledGMM:
             for l in range(L):
                 rows = np.flatnonzero(y_idx == l)
                 cols = np.flatnonzero(comp_labels == l)
-                resp[np.ix_(rows, cols)] = _init_block_resp(X[rows], len(cols), self.init_params, rng)
+                resp[np.ix_(rows, cols)] = _init_block_resp(X[rows], len(cols),
+                                                            self.init_params, rng)
             rho = np.zeros((L, K))
             rho[comp_labels, np.arange(K)] = 1.0
         else:
@@ -823,7 +834,8 @@ class LabelledGMM:
                 sd = 1.0 / _diag_factor(self.precisions_cholesky_, ct, K, m)[k]
                 X[rows] = self.means_[k] + z * sd
             if class_ is None:
-                y_idx[rows] = gen.choice(len(self.classes_), size=rows.size, p=rho[:, k] / rho[:, k].sum())
+                p_lab = rho[:, k] / rho[:, k].sum()
+                y_idx[rows] = gen.choice(len(self.classes_), size=rows.size, p=p_lab)
             else:
                 y_idx[rows] = l
         return X, self.classes_[y_idx]
@@ -855,7 +867,8 @@ class LabelledGMM:
         check_option(covariance_type, COVARIANCE_TYPES, "covariance_type")
         means = np.asarray(means, float)
         if means.ndim != 2 or not np.all(np.isfinite(means)):
-            raise ModelError(f"means must be a finite (n_components, n_features) array, got shape {means.shape}.")
+            raise ModelError(f"means must be a finite (n_components, n_features) array, "
+                             f"got shape {means.shape}.")
         K, m = means.shape
         weights = np.asarray(weights, float)
         if weights.shape != (K,) or np.any(~(weights > 0)) or abs(weights.sum() - 1.0) > 1e-6:
@@ -1021,8 +1034,8 @@ class LabelledGMM:
 
     def __repr__(self) -> str:
         nondefault = []
-        defaults = {k: v.default for k, v in inspect.signature(type(self).__init__).parameters.items()
-                    if k != "self"}
+        sig = inspect.signature(type(self).__init__).parameters
+        defaults = {k: v.default for k, v in sig.items() if k != "self"}
         for key, value in self.get_params().items():
             if value is not defaults[key] and not (
                     np.isscalar(value) and np.isscalar(defaults[key]) and value == defaults[key]):

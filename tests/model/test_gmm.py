@@ -241,7 +241,8 @@ def test_crisp_components_ignore_other_classes(rng):
     b = _fit_quiet(LabelledGMM(2, **kw), moved, y)
     np.testing.assert_array_equal(a.component_labels_, [0, 0, 1, 1])
     for name in ("means_", "covariances_", "weights_"):
-        np.testing.assert_allclose(getattr(a, name)[:2], getattr(b, name)[:2], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(getattr(a, name)[:2], getattr(b, name)[:2],
+                                   rtol=1e-12, atol=1e-12)
     assert not np.allclose(a.means_[2:], b.means_[2:])
     np.testing.assert_array_equal(a.label_distribution_, [[1, 1, 0, 0], [0, 0, 1, 1]])
 
