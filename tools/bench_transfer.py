@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Benchmark TransferEM against the reference package (em-transfer-learning), side by side.
+
+Problem (same spirit as /work/shared/tools/bench_reference.py): L = 8 classes with
+1 or 3 Gaussian components per class in d dimensions, known ("oracle") source
+parameters, a random target map B (x = B⁻¹ z + noise, so the ideal H is B), and a
+labelled calibration set of m points. Both implementations get identical inputs
+and the reference's own settings: λ = 1e-5 absolute, shrink towards zero, no
+offset, at most 50 EM iterations.
+
+Reported per cell: median fit time over repeats after one untimed warm-up (a
+single run when the first call is slower than --slow), the ratio reference/ours,
+and the penalised mean log-likelihood of both H under *our* objective (same λ)
+— ours should be equal or higher (the reference's full-precision M-step is an
+inexact BFGS with a wrong gradient, W5). The reference's full model above
+--bfgs-max-d is skipped (hours per fit at d = 128, see benchmarks-reference.md).
+
+Separately: numba compile time (fresh cache dir, a child process) and the time a
+second process needs to import and load the cached kernels.
+
+Usage::
+
+    python tools/bench_transfer.py                 # default grid, about 5 minutes
+    python tools/bench_transfer.py --quick         # d = 8, 32, 128; m = 200; ~1 minute
+    python tools/bench_transfer.py --no-reference --dims 128 --ks 3 --ms 1000 --kinds full
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+
+from emtl_stream.errors import TransferConvergenceWarning
+from emtl_stream.model.source import SourceComponents
+from emtl_stream.model.transfer import TransferEM
+
+
+def make_problem(d, per_class, L, shared, seed):
+    """Oracle source parameters, a target map and a sampler."""
+    rng = np.random.default_rng(seed)
+    K = L * per_class
+    Q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    base_var = np.exp(rng.uniform(np.log(0.1), 0.0, d))
+    covs = []
+    for _ in range(K):
+        s = base_var if shared else base_var * np.exp(0.3 * rng.normal(size=d))
+        covs.append((Q * s) @ Q.T)
+    Lsqrt = Q * np.sqrt(base_var)  # base-Mahalanobis unit
+    centres = rng.normal(size=(L, d))
+    centres *= 5.0 / np.sqrt(2 * d)
+    sub = rng.normal(size=(K, d)) * (2.0 / np.sqrt(2 * d))
+    means = np.array([centres[k // per_class] + (sub[k] if per_class > 1 else 0) for k in range(K)])
+    means = means @ Lsqrt.T
+    precs = np.array([np.linalg.inv(c) for c in covs])
+    P = np.array([np.linalg.cholesky(p) for p in precs])
+    logdet = np.array([2 * np.log(np.diag(p)).sum() for p in P])
+    log_rho = np.full((L, K), -np.inf)
+    for k in range(K):
+        log_rho[k // per_class, k] = 0.0
+    src = SourceComponents(means, P, logdet, np.full(K, -np.log(K)), log_rho, np.arange(L), shared)
+    U, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    V, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    B = (U * np.exp(rng.uniform(np.log(0.5), np.log(2), d))) @ V.T
+    Binv = np.linalg.inv(B)
+    chol = np.array([np.linalg.cholesky(c) for c in covs])
+
+    def sample(n, r):
+        comp = np.arange(n) % K
+        Z = means[comp] + np.einsum("kij,kj->ki", chol[comp], r.normal(size=(n, d)))
+        X = Z @ Binv.T
+        X += 0.1 * np.sqrt(np.mean(X**2)) * r.normal(size=X.shape)
+        return X, comp // per_class
+
+    return src, covs, sample
+
+
+def reference_model(kind, src, covs):
+    """Reference model object carrying the attributes its transfer classes read."""
+    from em_transfer_learning import lgmm, transfer_learning as tl
+
+    K, d = src.means.shape
+    L = len(src.classes)
+    P_Y = np.exp(src.log_label_given_comp)
+    if kind == "shared":
+        mdl = lgmm.SLGMM()
+        mdl._Lambda = src.precisions[0]
+    else:
+        mdl = lgmm.LGMM()
+        mdl._Lambdas = np.stack(src.precisions, axis=2)
+        mdl._sqrtdets = np.exp(0.5 * src.log_det_prec)
+    mdl._Mus = src.means.T.copy()
+    mdl._Pi = np.exp(src.log_weights)
+    mdl._P_Y = P_Y
+    mdl._labels = np.arange(L)
+    mdl._dim = d
+    cls = tl.SLGMM_transfer_model if kind == "shared" else tl.LGMM_transfer_model
+
+    def fit(X, y):
+        with np.errstate(all="ignore"):
+            tm = cls(mdl, regul=1e-5, error_delta=1e-5, max_it=50)
+            tm.fit(X, y)
+        return np.asarray(tm._H, float)
+
+    return fit
+
+
+def ours(kind, src):
+    def fit(X, y):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TransferConvergenceWarning)
+            te = TransferEM(src, kind=kind, reg=1e-5, reg_scale="absolute", shrink_to="zero",
+                            max_iter=50).fit(X, y)
+        fit.last = te
+        return te.H_
+
+    return fit
+
+
+def timed(fn, X, y, repeats, slow):
+    t = time.perf_counter()
+    H = fn(X, y)
+    first = time.perf_counter() - t
+    if first >= slow:
+        return first, H, 1
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        H = fn(X, y)
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts), H, len(ts)
+
+
+def compile_and_load_times():
+    """(compile s, cached-load s): child processes with a fresh NUMBA_CACHE_DIR."""
+    code = ("import time; t=time.perf_counter(); import emtl_stream.model.transfer, "
+            "emtl_stream.model.classify; print(time.perf_counter()-t)")
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONWARNINGS="ignore")
+        out = []
+        for _ in range(2):
+            r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                               text=True, check=True)
+            out.append(float(r.stdout.strip().splitlines()[-1]))
+    return out[0], out[1]
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dims", type=int, nargs="+", default=[8, 16, 32, 64, 128])
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 3], help="components per class")
+    p.add_argument("--ms", type=int, nargs="+", default=[10, 200, 1000])
+    p.add_argument("--kinds", nargs="+", default=["shared", "full"], choices=["shared", "full"])
+    p.add_argument("--classes", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--slow", type=float, default=1.0, help="first call slower than this: 1 sample")
+    p.add_argument("--bfgs-max-d", type=int, default=32,
+                   help="skip the reference's full model above this d")
+    p.add_argument("--ref-full-ms", type=int, nargs="+", default=[10, 200],
+                   help="calibration sizes at which the reference's full model runs")
+    p.add_argument("--no-reference", action="store_true")
+    p.add_argument("--quick", action="store_true", help="d = 8, 32, 128; m = 200")
+    p.add_argument("--blas-threads", type=int, default=None,
+                   help="limit BLAS threads (threadpoolctl) for both implementations")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.blas_threads:
+        import threadpoolctl
+        threadpoolctl.threadpool_limits(args.blas_threads)
+    if args.quick:
+        args.dims, args.ms = [8, 32, 128], [200]
+    have_ref = False
+    if not args.no_reference:
+        try:
+            import em_transfer_learning  # noqa: F401
+            have_ref = True
+        except ImportError:
+            print("reference not importable; timing ours only", flush=True)
+    try:
+        import threadpoolctl
+        blas = "; ".join("%s %s threads" % (i.get("internal_api"), i.get("num_threads"))
+                         for i in threadpoolctl.threadpool_info())
+    except Exception:
+        blas = "BLAS unknown"
+    print("Python %s, numpy %s, %s, %d CPUs" % (platform.python_version(), np.__version__, blas,
+                                                os.cpu_count()), flush=True)
+    comp, load = compile_and_load_times()
+    print("numba compile (fresh cache, import of transfer+classify): %.2f s; cached load in a "
+          "second process: %.2f s" % (comp, load), flush=True)
+    print()
+    print("| kind | d | K/class | m | ours | iters | reference | iters | ratio | obj ours − ref |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for kind in args.kinds:
+        for d in args.dims:
+            for per in args.ks:
+                src, covs, sample = make_problem(d, per, args.classes, kind == "shared",
+                                                 args.seed + 100 * d + per)
+                for m in args.ms:
+                    X, y = sample(m, np.random.default_rng(args.seed + m))
+                    fo = ours(kind, src)
+                    t_o, H_o, _ = timed(fo, X, y, args.repeats, args.slow)
+                    te = fo.last
+                    row = ["%s" % kind, "%d" % d, "%d" % per, "%d" % m, _ms(t_o),
+                           "%d" % te.n_iter_]
+                    run_ref = have_ref and not (kind == "full" and (
+                        d > args.bfgs_max_d or m not in args.ref_full_ms))
+                    if run_ref:
+                        fr = reference_model(kind, src, covs)
+                        t_r, H_r, _ = timed(fr, X, y, args.repeats, args.slow)
+                        if np.all(np.isfinite(H_r)):
+                            dobj = te.objective(X, y) - te.objective(X, y, H=H_r)
+                            dobj_s = "%+.3g" % dobj
+                        else:
+                            dobj_s = "ref H NaN"
+                        row += [_ms(t_r), "–", "%.0f×" % (t_r / t_o), dobj_s]
+                    else:
+                        row += ["skip", "–", "–", "–"]
+                    print("| " + " | ".join(row) + " |", flush=True)
+
+
+def _ms(t):
+    return "%.2f ms" % (t * 1e3) if t < 1 else "%.2f s" % t
+
+
+if __name__ == "__main__":
+    main()
