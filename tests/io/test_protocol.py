@@ -189,3 +189,24 @@ def test_replies():
         P.parse_reply(b'{"v": 1}')
     with pytest.raises(ProtocolError, match="version"):
         P.parse_reply(b'{"v": 9, "ok": true}')
+
+
+def test_error_table_in_docs_matches_the_code():
+    import re
+
+    from conftest import REPO
+
+    text = (REPO / "docs" / "protocol.md").read_text()
+    rows = re.findall(r"^\| `([^`]*)` \| `([^`]*)` \|$", text, re.M)
+    literal = [(r, e) for r, e in rows if r.startswith(("{", "[")) or r == "status"]
+    assert len(literal) >= 5
+    for request, error in literal:
+        with pytest.raises(ProtocolError) as info:
+            P.parse_request(request.encode())
+        expected = error.replace("...", "")
+        assert str(info.value).startswith(expected.rstrip()), (request, str(info.value))
+    with pytest.raises(ProtocolError, match=re.escape("request is not UTF-8 (invalid start byte "
+                                                      "at byte 0).")):
+        P.parse_request(b"\xff\xfe")
+    with pytest.raises(ProtocolError, match="request of 70000 bytes exceeds the limit of 65536"):
+        P.parse_request(b" " * 70000)
