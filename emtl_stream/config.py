@@ -399,7 +399,8 @@ def load_config(path: str | os.PathLike | None = None,
     merged = base.to_dict()
     for sec, values in overrides.items():
         merged[sec].update(values)
-    desc = ", ".join(f"{ENV_PREFIX}{s.upper()}_{k.upper()}" for s, v in overrides.items() for k in v)
+    desc = ", ".join(f"{ENV_PREFIX}{s.upper()}_{k.upper()}"
+                     for s, v in overrides.items() for k in v)
     return from_dict(merged, source=f"{source} + environment ({desc})")
 
 

@@ -92,7 +92,7 @@ class Subscription:
         self._sock = sock
 
     def recv(self, timeout_s: float | None = None) -> tuple[str, dict] | None:
-        """The next ``(topic, message)``, or ``None`` after ``timeout_s`` (default: the client's)."""
+        """Next ``(topic, message)``, or ``None`` after ``timeout_s`` (default: the client's)."""
         if self._sock is None:
             raise RuntimeError("subscription is closed")
         timeout = self.timeout_s if timeout_s is None else float(timeout_s)

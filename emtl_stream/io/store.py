@@ -115,11 +115,13 @@ def _check_arrays(arrays: Mapping[str, Any], what: str) -> dict[str, np.ndarray]
     out = {}
     for key, value in arrays.items():
         if not isinstance(key, str) or not _KEY_RE.match(key):
-            raise ValueError(f"{what} array name {key!r} must be an identifier (letters, digits, _).")
+            raise ValueError(f"{what} array name {key!r} must be an identifier "
+                             "(letters, digits, _).")
         arr = np.asarray(value)
         if arr.dtype == object:
             raise TypeError(f"{what} array {key!r} has dtype object (mixed types or None?); "
-                            "give numbers or strings only, e.g. labels as np.asarray(..., dtype=str).")
+                            "give numbers or strings only, e.g. labels as "
+                            "np.asarray(..., dtype=str).")
         out[key] = arr
     return out
 
