@@ -237,8 +237,14 @@ class Replayer:
                 f"EMG{i + 1}" for i in range(self.n_channels)]
             if self.counter_channel:
                 labels = ["counter"] + list(labels[1:])
+            # The outlet drops what a slow consumer has not taken after
+            # max_buffered seconds (nominal): a fast replay must fit whole.
+            buffered = 10
+            if self.fast and not self.synthetic:
+                buffered = max(buffered, math.ceil(self.source.n_samples / self.fs) + 5)
             outlet = EMGOutlet(self.name, self.n_channels, self.fs, self.source_id,
-                               channel_labels=labels, channel_format=self.channel_format)
+                               channel_labels=labels, channel_format=self.channel_format,
+                               max_buffered_s=buffered)
             if self.markers:
                 self._marker = MarkerOutlet(self.name + "-markers", self.source_id + "-markers")
             if self.follow_prompts:
@@ -251,6 +257,10 @@ class Replayer:
         self._started.set()
         try:
             self._stream(outlet, sub)
+            if not self._stop.is_set() and outlet.have_consumers():
+                # Natural end: give liblsl time to deliver the last chunk before
+                # the outlet (and its send queue) is destroyed.
+                self._stop.wait(0.5)
         except BaseException as exc:
             self.error = exc
             logger.exception("replay %s failed", self.name)
@@ -414,7 +424,7 @@ def run_replay(path_or_none, *, rate: float = 1.0, shift: float = 0.0, loop: boo
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGTERM, lambda *a: stop.set())
     player.start()
-    logger.warning("replaying %s as LSL stream %r (source_id %s): %d ch @ %g Hz, rate %s",
+    logger.info("replaying %s as LSL stream %r (source_id %s): %d ch @ %g Hz, rate %s",
                    "synthetic EMG" if synthetic else path_or_none, name, player.source_id,
                    player.n_channels, player.fs, "max" if player.fast else f"{rate:g}x")
     try:
