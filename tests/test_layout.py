@@ -99,7 +99,34 @@ def test_fastmath_flags_keep_nan_and_inf_semantics():
 
     assert "nnan" not in FASTMATH_FLAGS and "ninf" not in FASTMATH_FLAGS
     assert "fast" not in FASTMATH_FLAGS
-    assert JIT_OPTIONS["cache"] is True and JIT_OPTIONS["nopython"] is True
+    assert JIT_OPTIONS["cache"] is True and "nopython" not in JIT_OPTIONS  # njit implies it
+
+
+def test_every_kernel_is_a_cached_nopython_dispatcher():
+    import importlib
+    import pkgutil
+
+    import numba
+    from numba.core.registry import CPUDispatcher
+
+    import emtl_stream.kernels as kpkg
+    from emtl_stream.kernels._jit import FASTMATH_FLAGS
+
+    n = 0
+    for info in pkgutil.iter_modules(kpkg.__path__):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"emtl_stream.kernels.{info.name}")
+        for name, obj in vars(mod).items():
+            if isinstance(obj, CPUDispatcher) and obj.__module__ == mod.__name__:
+                n += 1
+                opts = obj.targetoptions
+                assert opts.get("nopython") is True, f"{info.name}.{name} is not nopython"
+                assert type(obj._cache).__name__ == "FunctionCache", f"{name} is not cache=True"
+                flags = set(opts.get("fastmath") or ())
+                assert flags == set(FASTMATH_FLAGS), f"{info.name}.{name} fastmath {flags}"
+    assert n > 10, f"found only {n} kernels"
+    assert numba.__version__
 
 
 def test_no_pickle_or_eval_anywhere():

@@ -6,8 +6,9 @@ with a bare ``numba.njit``; ``tests/test_layout.py`` fails on a hard-coded
 
 Why these choices
 -----------------
-* ``nopython`` and ``nogil``: kernels run inside the daemon's worker threads; the
-  GIL is released so a fit never stalls the acquisition thread.
+* ``numba.njit`` is nopython mode (numba 0.59+ warns if ``nopython`` is passed
+  again). ``nogil``: kernels run inside the daemon's fit worker thread; the GIL is
+  released so a fit never stalls the acquisition loop.
 * ``cache=True``: a daemon must not pay compile time at every start. numba's cache
   freezes module globals at compile time and does not see edits to other files,
   so these options are import-time constants, never runtime configuration.
@@ -23,11 +24,11 @@ import numba
 FASTMATH_FLAGS = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 #: Options shared by every kernel.
-JIT_OPTIONS = dict(nopython=True, cache=True, nogil=True, fastmath=set(FASTMATH_FLAGS))
+JIT_OPTIONS = dict(cache=True, nogil=True, fastmath=set(FASTMATH_FLAGS))
 
 
 def kernel(signature=None):
-    """Decorate a pure array function as a cached nopython kernel.
+    """Decorate a pure array function as a cached nopython (``njit``) kernel.
 
     Parameters
     ----------
