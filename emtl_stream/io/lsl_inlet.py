@@ -311,8 +311,9 @@ class EMGInlet:
         return out, ts
 
     def _empty(self):
-        n_ch = self.description.n_channels if self.description else 0
-        return np.empty((0, n_ch)), np.empty(0)
+        if self.description is None:
+            return np.empty((0, 0)), np.empty(0)
+        return self._out[:0], self._stamps[:0]  # empty views, no allocation
 
     def _check_gaps(self, stamps: np.ndarray) -> None:
         rate = self.description.rate
@@ -321,10 +322,13 @@ class EMGInlet:
         limit = GAP_FACTOR / rate
         first_dt = None if self._last_ts is None else stamps[0] - self._last_ts
         self._last_ts = float(stamps[-1])
-        jumps = np.diff(stamps)
-        big = jumps > limit
-        n_gaps = int(big.sum())
-        lost = int(np.rint(jumps[big] * rate).sum()) - n_gaps if n_gaps else 0
+        n_gaps = lost = 0
+        if len(stamps) > 1:
+            jumps = stamps[1:] - stamps[:-1]
+            if jumps.max() > limit:  # the common case (no gap) costs one pass
+                big = jumps > limit
+                n_gaps = int(big.sum())
+                lost = int(np.rint(jumps[big] * rate).sum()) - n_gaps
         if first_dt is not None and first_dt > limit:
             n_gaps += 1
             lost += int(round(first_dt * rate)) - 1
