@@ -1,0 +1,244 @@
+"""``emtl-stream evaluate DATA_DIR``: offline evaluation on real electrode-shift recordings.
+
+Protocol (issue 5), per subject of the shared CIIL electrode-shift data set
+(Campbell et al., J. NeuroEng. Rehabil. 21:70, 2024, doi:10.1186/s12984-024-01355-4):
+
+* features: the daemon's default feature set, window and step;
+* source model: the daemon's default source model, trained on baseline reps 0-2;
+* ``within``: tested on baseline reps 3-4;
+* everything else is tested on shifted reps 2-7 (blocks 2-4), windows inside segments;
+* ``no_adapt``: the source model on shifted data;
+* ``transfer@T``: transfer EM with the daemon's default settings, calibrated on
+  the first T seconds of every class of shifted rep 0 (a window counts when it
+  ends within T s of the segment start);
+* ``transfer3@T``: the same with only 3 of the 5 classes in the burst, averaged
+  over all 10 such subsets (the model must still recognise the other two);
+* ``slda@T`` / ``slda3@T``: shrinkage-LDA retrained on the same burst (the fair
+  naive competitor; with 3 classes it can never output the other two);
+* ``ref@T``: the reference package's SLGMM transfer model on the same source, if
+  ``em-transfer-learning`` is installed and ``--reference`` is given.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .logs import logger
+
+BURST_SECONDS = (0.25, 0.5, 1.0, 2.0)
+TRAIN_REPS, WITHIN_TEST_REPS = (0, 1, 2), (3, 4)
+SHIFT_CAL_REP, SHIFT_TEST_REPS = 0, (2, 3, 4, 5, 6, 7)
+N_PARTIAL_CLASSES = 3
+
+
+@dataclass
+class EvalSettings:
+    """What is evaluated: the daemon's defaults unless changed."""
+
+    feature_names: tuple = ("log_mav", "log_wl")
+    window_ms: float = 200.0
+    step_ms: float = 50.0
+    covariance_type: str = "tied"
+    n_components_per_class: int = 1
+    transfer: dict = field(default_factory=dict)  # TransferEM keyword arguments
+    ring_channels: int | None = 8
+
+    @classmethod
+    def from_config(cls, config) -> "EvalSettings":
+        """Build from a :class:`emtl_stream.config.Config` (the daemon's settings)."""
+        from .daemon.bundle import transfer_kwargs
+
+        return cls(
+            feature_names=tuple(config.features.names),
+            window_ms=float(config.features.window_ms),
+            step_ms=float(config.features.step_ms),
+            covariance_type=config.model.covariance_type,
+            n_components_per_class=int(config.model.n_components_per_class),
+            transfer=transfer_kwargs(config, n_channels=8),
+            ring_channels=8 if config.stream.ring else None,
+        )
+
+
+def _load(path: Path, settings: EvalSettings) -> dict:
+    from .pipeline.features import FeatureExtractor
+    from .pipeline.offline import load_ciil_features
+
+    extractor = FeatureExtractor(settings.feature_names, n_channels=8, fs=200.0)
+    return load_ciil_features(path, extractor, settings.window_ms, settings.step_ms)
+
+
+def _accuracy(pred, y) -> float:
+    return float(np.mean(np.asarray(pred) == np.asarray(y)))
+
+
+def _reference_transfer(source, X, y):  # pragma: no cover - optional, benchmark-only path
+    """H from the reference package's SLGMM transfer model (GPLv3, used via import only)."""
+    from em_transfer_learning.transfer_learning import SLGMM_transfer_model
+
+    comps = source.to_components()
+
+    class _Shim:  # the reference reads these attribute names
+        pass
+
+    shim = _Shim()
+    shim._Mus = comps.means.T.copy()
+    shim._Lambda = comps.precisions[0]
+    shim._Pi = np.exp(comps.log_weights)
+    shim._P_Y = np.exp(comps.log_label_given_comp)
+    shim._labels = np.arange(len(comps.classes))
+    model = SLGMM_transfer_model(shim)
+    model.fit(X, y)
+    return model._H
+
+
+def evaluate_subject(baseline: Path, shifted: Path, settings: EvalSettings,
+                     reference: bool = False) -> dict:
+    """Evaluate one subject.
+
+    Parameters
+    ----------
+    baseline, shifted : Path
+        The subject's ``ciil_es_sNN_baseline.npz`` and ``..._shifted.npz``.
+    settings : EvalSettings
+    reference : bool
+        Also run the reference package (if importable).
+
+    Returns
+    -------
+    dict
+        Accuracies keyed ``within``, ``no_adapt``, ``transfer@T``, ``transfer3@T``,
+        ``slda@T``, ``slda3@T`` (and ``ref@T``), plus ``fit_ms@T`` (median fit time)
+        and ``roll@T`` (the ring roll transfer EM picked).
+    """
+    from .model.baselines import ShrinkageLDA
+    from .model.gmm import LabelledGMM
+    from .model.transfer import TransferEM
+
+    base, shift = _load(baseline, settings), _load(shifted, settings)
+    train = np.isin(base["rep"], TRAIN_REPS)
+    source = LabelledGMM(n_components_per_class=settings.n_components_per_class,
+                         covariance_type=settings.covariance_type, random_state=0)
+    source.fit(base["X"][train], base["y"][train])
+    within = np.isin(base["rep"], WITHIN_TEST_REPS)
+    test = np.isin(shift["rep"], SHIFT_TEST_REPS)
+    Xt, yt = shift["X"][test], shift["y"][test]
+    out = {
+        "within": _accuracy(source.predict(base["X"][within]), base["y"][within]),
+        "no_adapt": _accuracy(source.predict(Xt), yt),
+    }
+    classes = np.unique(base["y"])
+    cal_rep = shift["rep"] == SHIFT_CAL_REP
+    for T in BURST_SECONDS:
+        sel = cal_rep & (shift["offset_s"] <= T + 1e-9)
+        Xc, yc = shift["X"][sel], shift["y"][sel]
+        t0 = time.perf_counter()
+        tem = TransferEM(source, ring_channels=settings.ring_channels, **settings.transfer)
+        tem.fit(Xc, yc)
+        fit_ms = 1e3 * (time.perf_counter() - t0)
+        out[f"transfer@{T:g}"] = _accuracy(tem.predict(Xt), yt)
+        out[f"fit_ms@{T:g}"] = fit_ms
+        out[f"roll@{T:g}"] = getattr(tem, "best_roll_", None)
+        out[f"slda@{T:g}"] = _accuracy(ShrinkageLDA().fit(Xc, yc).predict(Xt), yt)
+        part_t, part_s = [], []
+        for subset in itertools.combinations(classes, N_PARTIAL_CLASSES):
+            keep = np.isin(yc, subset)
+            tem3 = TransferEM(source, ring_channels=settings.ring_channels, **settings.transfer)
+            tem3.fit(Xc[keep], yc[keep])
+            part_t.append(_accuracy(tem3.predict(Xt), yt))
+            part_s.append(_accuracy(ShrinkageLDA().fit(Xc[keep], yc[keep]).predict(Xt), yt))
+        out[f"transfer3@{T:g}"] = float(np.mean(part_t))
+        out[f"slda3@{T:g}"] = float(np.mean(part_s))
+        if reference:
+            try:
+                H = _reference_transfer(source, Xc, np.searchsorted(classes, yc))
+                out[f"ref@{T:g}"] = _accuracy(source.predict(Xt @ H.T), yt)
+            except ImportError:
+                reference = False
+    return out
+
+
+def find_subjects(data_dir: Path, subjects=None) -> list[tuple[int, Path, Path]]:
+    """Pairs of (subject, baseline file, shifted file) present in ``data_dir``."""
+    pairs = []
+    for b in sorted(Path(data_dir).glob("ciil_es_s*_baseline.npz")):
+        sid = int(re.search(r"_s(\d+)_", b.name).group(1))
+        s = b.with_name(b.name.replace("_baseline", "_shifted"))
+        if s.exists() and (subjects is None or sid in subjects):
+            pairs.append((sid, b, s))
+    return pairs
+
+
+def evaluate_dir(data_dir, settings: EvalSettings | None = None, subjects=None,
+                 reference: bool = False, progress=None) -> dict:
+    """Evaluate every subject in ``data_dir``; returns ``{"subjects": {id: row}, "mean": row}``."""
+    settings = settings or EvalSettings()
+    pairs = find_subjects(Path(data_dir), subjects)
+    if not pairs:
+        raise FileNotFoundError(f"no ciil_es_sNN_baseline.npz/shifted.npz pairs in {data_dir}")
+    rows = {}
+    for sid, b, s in pairs:
+        rows[sid] = evaluate_subject(b, s, settings, reference=reference)
+        logger.info("subject %d: %s", sid, rows[sid])
+        if progress:
+            progress(sid, rows[sid])
+    keys = [k for k in rows[pairs[0][0]] if not k.startswith("roll@")]
+    mean = {k: float(np.mean([r[k] for r in rows.values() if k in r])) for k in keys}
+    return {"subjects": rows, "mean": mean, "settings": settings.__dict__}
+
+
+def _columns(result) -> list[str]:
+    mean = result["mean"]
+    cols = ["within", "no_adapt"]
+    for T in BURST_SECONDS:
+        cols += [c for c in (f"transfer@{T:g}", f"slda@{T:g}", f"transfer3@{T:g}",
+                             f"slda3@{T:g}", f"ref@{T:g}") if c in mean]
+    return cols
+
+
+def to_markdown(result) -> str:
+    """Per-subject and mean accuracies as a Markdown table."""
+    cols = _columns(result)
+    lines = ["| subject | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for sid, row in sorted(result["subjects"].items()):
+        lines.append(f"| {sid} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{result['mean'][c]:.3f}**" for c in cols) + " |")
+    fit = [f"{T:g} s: {result['mean'][f'fit_ms@{T:g}']:.1f} ms" for T in BURST_SECONDS]
+    lines.append("")
+    lines.append("Mean transfer-EM fit time per burst: " + ", ".join(fit) + ".")
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    """CLI entry: ``emtl-stream evaluate DATA_DIR [--json F] [--markdown F]``."""
+    import sys
+
+    subjects = None
+    if args.subjects:
+        subjects = {int(s) for s in args.subjects.split(",")}
+    try:
+        from .config import load_config
+
+        settings = EvalSettings.from_config(load_config(None))
+    except ImportError:  # config not available: the dataclass defaults are the daemon's
+        settings = EvalSettings()
+
+    def progress(sid, row):
+        print(f"subject {sid:2d}: within {row['within']:.3f}  no-adapt {row['no_adapt']:.3f}  "
+              f"transfer@0.5s {row['transfer@0.5']:.3f}  slda@0.5s {row['slda@0.5']:.3f}",
+              file=sys.stderr, flush=True)
+
+    result = evaluate_dir(args.data_dir, settings, subjects, args.reference, progress)
+    table = to_markdown(result)
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    return 0
