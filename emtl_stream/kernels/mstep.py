@@ -192,3 +192,100 @@ def pcg_sylvester(Lam, A, R, Pl, Pr, H, rtol, maxiter):
         rz = rz_new
         p = zz + beta * p
     return float(it), rr / rnorm
+
+
+# ---------------------------------------------------------------------------
+# structured maps: only the entries of H̃ where a mask is True are free
+# ---------------------------------------------------------------------------
+
+
+@kernel(f"void({_F3}, {_F3}, int64[::1], int64[::1], {_F2})")
+def kron_assemble_masked(Lam, A, fi, fa, S):
+    """S = (Σ_k Λ_k ⊗ A_k) restricted to the free entries of H̃.
+
+    The free entries are (fi[u], fa[u]), u = 0..p−1 (row, column of H̃), so
+    ``S[u, v] = Σ_k Λ_k[fi[u], fi[v]] A_k[fa[u], fa[v]]``.
+
+    Parameters
+    ----------
+    Lam : ndarray of shape (K, m, m)
+    A : ndarray of shape (K, n', n')
+    fi, fa : ndarray of shape (p,), int64
+    S : ndarray of shape (p, p)
+        Written in place.
+    """
+    K = Lam.shape[0]
+    p = fi.shape[0]
+    for u in range(p):
+        iu = fi[u]
+        au = fa[u]
+        for v in range(u + 1):
+            iv = fi[v]
+            av = fa[v]
+            s = 0.0
+            for k in range(K):
+                s += Lam[k, iu, iv] * A[k, au, av]
+            S[u, v] = s
+            S[v, u] = s
+
+
+@kernel(f"UniTuple(float64, 2)({_F3}, {_F3}, {_F2}, {_F2}, {_F2}, {_F2}, {_F2}, float64, int64)")
+def pcg_sylvester_masked(Lam, A, R, Pl, Pr, Mask, H, rtol, maxiter):
+    """Preconditioned CG for the masked system M ⊙ Σ_k Λ_k (M ⊙ H) A_k = M ⊙ R.
+
+    The operator is S restricted to the free entries (a principal submatrix of an
+    SPD matrix, hence SPD); the preconditioner H ↦ M ⊙ (Pl (M ⊙ H) Pr) is the same
+    restriction of the SPD Kronecker approximation, hence SPD too. Masked-out
+    entries of H stay exactly zero.
+
+    Parameters
+    ----------
+    Lam, A, R, Pl, Pr : see :func:`pcg_sylvester`
+    Mask : ndarray of shape (m, n')
+        1.0 for a free entry, 0.0 for an entry fixed at zero.
+    H : ndarray of shape (m, n')
+        Initial guess (masked in place first); overwritten with the solution.
+    rtol : float
+        Stop when ‖M ⊙ (R − S H)‖_F ≤ rtol ‖M ⊙ R‖_F.
+    maxiter : int
+
+    Returns
+    -------
+    (n_iter, relative_residual) : tuple of float
+    """
+    m, n = H.shape
+    tmp = np.empty((m, n))
+    SH = np.empty((m, n))
+    H *= Mask
+    sylvester_matvec(Lam, A, H, tmp, SH)
+    res = Mask * (R - SH)
+    rnorm = math.sqrt(np.sum((Mask * R) ** 2))
+    if rnorm == 0.0:
+        rnorm = 1.0
+    rr = math.sqrt(np.sum(res * res))
+    if rr <= rtol * rnorm:
+        return 0.0, rr / rnorm
+    zz = Mask * np.dot(np.dot(Pl, res), Pr)
+    p = zz.copy()
+    rz = np.sum(res * zz)
+    Sp = np.empty((m, n))
+    it = 0
+    while it < maxiter:
+        it += 1
+        sylvester_matvec(Lam, A, p, tmp, Sp)
+        Sp *= Mask
+        denom = np.sum(p * Sp)
+        if not denom > 0.0:
+            break
+        alpha = rz / denom
+        H += alpha * p
+        res -= alpha * Sp
+        rr = math.sqrt(np.sum(res * res))
+        if rr <= rtol * rnorm:
+            break
+        zz = Mask * np.dot(np.dot(Pl, res), Pr)
+        rz_new = np.sum(res * zz)
+        beta = rz_new / rz
+        rz = rz_new
+        p = zz + beta * p
+    return float(it), rr / rnorm

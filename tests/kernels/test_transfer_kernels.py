@@ -234,3 +234,42 @@ def test_mapped_log_posteriors_shared_and_one_row(rng, bad):
             np.testing.assert_allclose(proba, np.exp(want[j]), rtol=1e-10, atol=1e-12)
         else:
             assert idx == -1
+
+
+def _mask_free(rng, m, n1):
+    mask = rng.random((m, n1)) < 0.6
+    mask[:, 0] = True
+    return mask, np.flatnonzero(mask.ravel())
+
+
+def test_kron_assemble_masked_is_the_submatrix(rng):
+    K, m, n1 = 3, 4, 5
+    Lam = np.ascontiguousarray([_spd(rng, m) for _ in range(K)])
+    A = np.ascontiguousarray([_spd(rng, n1) for _ in range(K)])
+    mask, free = _mask_free(rng, m, n1)
+    S = np.empty((free.size, free.size))
+    mstep.kron_assemble_masked(Lam, A, free // n1, free % n1, S)
+    want = nv.kron_assemble(Lam, A)[np.ix_(free, free)]
+    np.testing.assert_allclose(S, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pcg_masked_solves_the_restricted_vec_system(seed):
+    rng = np.random.default_rng(seed)
+    K, m, n1 = 4, 5, 6
+    Lam = np.ascontiguousarray([_spd(rng, m) for _ in range(K)])
+    A = np.ascontiguousarray([_spd(rng, n1, 0.1) for _ in range(K)])
+    R = rng.normal(size=(m, n1))
+    mask, free = _mask_free(rng, m, n1)
+    Mf = mask.astype(float)
+    Pl = np.linalg.inv(Lam.mean(0))
+    Pr = np.linalg.inv(A.mean(0))
+    H = rng.normal(size=(m, n1))  # masked-out garbage in the start must not leak
+    it, rel = mstep.pcg_sylvester_masked(Lam, A, R, Pl, Pr, Mf, H, 1e-13, 500)
+    S = nv.kron_assemble(Lam, A)[np.ix_(free, free)]
+    want = np.zeros(m * n1)
+    want[free] = np.linalg.solve(S, R.ravel()[free])
+    np.testing.assert_allclose(H.ravel(), want, rtol=1e-9, atol=1e-11)
+    assert np.all(H[~mask] == 0.0) and 0 < it < 500 and rel <= 1e-13
+    np.testing.assert_allclose(Mf * nv.masked_sylvester_matvec(Lam, A, H, Mf), Mf * R,
+                               rtol=1e-9, atol=1e-10)

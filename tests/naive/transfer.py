@@ -96,20 +96,25 @@ def log_base(src, yi):
     return base
 
 
-def penalised_objective(src, Xt, yi, Ht, H0, lam, n):
-    """Penalised mean log-likelihood with Λ̄ = Σ π_k Λ_k (independent of the kernels)."""
+def penalised_objective(src, Xt, yi, Ht, H0, lam, n, Pen=None):
+    """Penalised mean log-likelihood with Π = Λ̄ = Σ π_k Λ_k unless ``Pen`` is given."""
     Z = Xt @ Ht.T
     lg = src.log_gauss(Z) + log_base(src, yi) - (
         0.5 * src.log_det_prec - 0.5 * src.means.shape[1] * LOG_2PI)
     ll = np.array([logsumexp_row(r) for r in lg])
     pi = np.exp(src.log_weights) / np.exp(src.log_weights).sum()
-    Lam_bar = np.einsum("k,kij->ij", pi, src.precisions)
+    Lam_bar = np.einsum("k,kij->ij", pi, src.precisions) if Pen is None else Pen
     Dl = Ht[:, :n] - H0
     return (ll.sum() - 0.5 * lam * np.trace(Dl.T @ Lam_bar @ Dl)) / len(Xt)
 
 
-def exact_mstep(src, Xt, resp, H0, lam, bias):
-    """Minimiser of Σ_jk γ_jk‖H x̃_j − μ_k‖²_Λk + λ Σ_k π_k ‖H − H₀‖²_Λk by a dense vec solve."""
+def exact_mstep(src, Xt, resp, H0, lam, bias, mask=None, Pen=None):
+    """Minimiser of Σ_jk γ_jk‖H x̃_j − μ_k‖²_Λk + λ Σ_k π_k ‖H − H₀‖²_Λk by a dense vec solve.
+
+    With ``mask`` (m, n) only the True entries of H (and the offset column) are free;
+    the others are fixed at zero and the vec system is restricted to the free ones.
+    With ``Pen`` (m, m) the penalty is λ‖H − H₀‖²_Pen instead of Σ_k π_k‖·‖²_Λk.
+    """
     m = src.means.shape[1]
     n1 = Xt.shape[1]
     n = n1 - 1 if bias else n1
@@ -125,13 +130,28 @@ def exact_mstep(src, Xt, resp, H0, lam, bias):
     for k in range(len(pi)):
         Ck = (Xt * resp[:, k:k + 1]).T @ Xt
         ck = resp[:, k] @ Xt
-        Ak = Ck + lam * pi[k] * Dm
+        w = lam * pi[k] if Pen is None else 0.0
+        Ak = Ck + w * Dm
         S += np.kron(Lams[k], Ak)
-        R += Lams[k] @ (np.outer(src.means[k], ck) + lam * pi[k] * H0t @ Dm)
-    return np.linalg.solve(S, R.ravel()).reshape(m, n1)
+        R += Lams[k] @ (np.outer(src.means[k], ck) + w * H0t @ Dm)
+    if Pen is not None:
+        S += lam * np.kron(Pen, Dm)
+        R += lam * Pen @ H0t @ Dm
+    if mask is None:
+        return np.linalg.solve(S, R.ravel()).reshape(m, n1)
+    Mt = np.ones((m, n1), bool)
+    Mt[:, :n] = mask
+    fr = Mt.ravel()
+    out = np.zeros(m * n1)
+    out[fr] = np.linalg.solve(S[np.ix_(fr, fr)], R.ravel()[fr])
+    return out.reshape(m, n1)
 
 
-def transfer_em(src, X, yi, H_start, H0, lam, bias=False, n_iter=5):
+def masked_sylvester_matvec(Lam, A, H, mask):
+    return mask * sylvester_matvec(Lam, A, mask * H)
+
+
+def transfer_em(src, X, yi, H_start, H0, lam, bias=False, n_iter=5, mask=None, Pen=None):
     """Plain EM: exact per-component M-step; returns (H̃ (m, n'), trace)."""
     Xt = np.hstack([X, np.ones((len(X), 1))]) if bias else X
     n = X.shape[1]
@@ -140,10 +160,10 @@ def transfer_em(src, X, yi, H_start, H0, lam, bias=False, n_iter=5):
     base = log_base(src, yi)
     trace = []
     for _ in range(n_iter):
-        trace.append(penalised_objective(src, Xt, yi, Ht, H0, lam, n))
+        trace.append(penalised_objective(src, Xt, yi, Ht, H0, lam, n, Pen))
         Z = Xt @ Ht.T
         la = src.log_gauss(Z) + base - (0.5 * src.log_det_prec - 0.5 * src.means.shape[1] * LOG_2PI)
         resp, _ = log_responsibilities(la)
-        Ht = exact_mstep(src, Xt, resp, H0, lam, bias)
-    trace.append(penalised_objective(src, Xt, yi, Ht, H0, lam, n))
+        Ht = exact_mstep(src, Xt, resp, H0, lam, bias, mask, Pen)
+    trace.append(penalised_objective(src, Xt, yi, Ht, H0, lam, n, Pen))
     return Ht, trace
