@@ -145,7 +145,8 @@ def log_responsibilities(log_a, resp):
                 resp[j, k] = np.nan
             continue
         for k in range(K):
-            resp[j, k] = math.exp(log_a[j, k] - lse)
+            v = log_a[j, k]
+            resp[j, k] = 0.0 if v == -np.inf else math.exp(v - lse)
     return ll
 
 

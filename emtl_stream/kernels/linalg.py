@@ -43,7 +43,8 @@ def logsumexp_row(v):
         return np.inf
     s = 0.0
     for i in range(v.shape[0]):
-        s += math.exp(v[i] - mx)
+        if v[i] != -np.inf:  # exp(-inf) = 0: skip the call (crisp labels make most entries -inf)
+            s += math.exp(v[i] - mx)
     return mx + math.log(s)
 
 

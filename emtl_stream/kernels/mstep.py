@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from ._jit import kernel
+from .estep import log_joint_shared, log_responsibilities
 
 _F2 = "float64[:, ::1]"
 _F1 = "float64[::1]"
@@ -289,3 +290,97 @@ def pcg_sylvester_masked(Lam, A, R, Pl, Pr, Mask, H, rtol, maxiter):
         rz = rz_new
         p = zz + beta * p
     return float(it), rr / rnorm
+
+
+# ---------------------------------------------------------------------------
+# the whole shared-precision EM loop in one call (no Python per iteration)
+# ---------------------------------------------------------------------------
+
+
+@kernel(f"UniTuple(int64, 3)({_F2}, {_F2}, {_F2}, {_F2}, {_F2}, {_F2}, {_F2}, {_F2}, float64, "
+        f"int64, float64, int64, {_F1})")
+def em_shared(Xt, Ht, H0t, P, nu, log_base, means, Ainv, lam, n_pen, tol, max_iter, trace):
+    """Transfer EM for a shared precision Λ = P Pᵀ, dense H̃, penalty λ‖H − H₀‖²_Λ.
+
+    Per iteration: E-step (per-row log-sum-exp), penalised mean log-likelihood,
+    convergence test, then the closed-form M-step H̃ᵀ = A⁻¹ (X̃ᵀ Γ M + λ H̃₀ᵀ) with
+    A⁻¹ = (X̃ᵀX̃ + λD)⁻¹ computed once by the caller. Same stopping rule as
+    :class:`emtl_stream.model.transfer.TransferEM`: stop when
+    |obj − prev| ≤ tol · max(1, |prev|) or after ``max_iter`` M-steps.
+
+    Parameters
+    ----------
+    Xt : ndarray of shape (N, n')
+    Ht : ndarray of shape (m, n')
+        Start; overwritten with the final map.
+    H0t : ndarray of shape (m, n')
+        Shrink target (offset column zero).
+    P : ndarray of shape (m, m)
+        Precision factor, Λ = P Pᵀ.
+    nu : ndarray of shape (K, m)
+        Whitened means ``means @ P``.
+    log_base : ndarray of shape (N, K)
+        Per-row constants (see :func:`emtl_stream.kernels.estep.log_joint_shared`).
+    means : ndarray of shape (K, m)
+    Ainv : ndarray of shape (n', n')
+        (X̃ᵀX̃ + λD)⁻¹.
+    lam : float
+    n_pen : int
+        Number of penalised columns n (the offset column n' − 1 is not penalised).
+    tol : float
+    max_iter : int
+    trace : ndarray of shape (max_iter + 1,)
+        Penalised mean log-likelihood per iteration, written in place.
+
+    Returns
+    -------
+    (n_iter, status, n_trace) : tuple of int
+        status 1 converged, 0 stopped at max_iter, −1 non-finite objective,
+        −2 non-finite M-step.
+    """
+    N, n1 = Xt.shape
+    m = Ht.shape[0]
+    K = nu.shape[0]
+    log_a = np.empty((N, K))
+    resp = np.empty((N, K))
+    n_iter = 0
+    nt = 0
+    prev = 0.0
+    while True:
+        G = np.dot(Ht.T, P)  # (n', m): Y = X̃ H̃ᵀ P in one product
+        Y = np.dot(Xt, G)
+        log_joint_shared(Y, nu, log_base, log_a)
+        ll = log_responsibilities(log_a, resp)
+        s = 0.0
+        for j in range(N):
+            s += ll[j]
+        Dl = Ht[:, :n_pen] - H0t[:, :n_pen]
+        Q = np.dot(P.T, Dl)
+        pen = 0.0
+        for i in range(m):
+            for a in range(n_pen):
+                pen += Q[i, a] * Q[i, a]
+        obj = (s - 0.5 * lam * pen) / N
+        if not (obj - obj == 0.0):
+            trace[nt] = obj
+            return n_iter, -1, nt + 1
+        trace[nt] = obj
+        nt += 1
+        if nt > 1 and abs(obj - prev) <= tol * max(1.0, abs(prev)):
+            return n_iter, 1, nt
+        if n_iter >= max_iter:
+            return n_iter, 0, nt
+        prev = obj
+        T = np.dot(resp, means)
+        rhs = np.dot(Xt.T, T)
+        for a in range(n1):
+            for i in range(m):
+                rhs[a, i] += lam * H0t[i, a]
+        Hn = np.dot(Ainv, rhs)  # (n', m) = H̃ᵀ
+        for i in range(m):
+            for a in range(n1):
+                v = Hn[a, i]
+                if not (v - v == 0.0):
+                    return n_iter + 1, -2, nt
+                Ht[i, a] = v
+        n_iter += 1

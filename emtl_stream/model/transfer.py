@@ -260,6 +260,7 @@ class TransferEM:
         self._Pen = self._Lam_bar if pen == "precision" else np.eye(self._m)
         impossible = np.all(src.log_label_given_comp == -np.inf, axis=1)
         self._class_without_comp = set(np.flatnonzero(impossible).tolist())
+        self._class_lookup_set = set(src.classes.tolist())
 
     # ---------------------------------------------------------------- helpers
     def _check_structure(self, structure):
@@ -320,6 +321,9 @@ class TransferEM:
         """
         if y is None:
             return np.full(n_rows, -1, dtype=np.int64)
+        fast = self._label_indices_int(y, n_rows)
+        if fast is not None:
+            return fast
         y = list(y) if not isinstance(y, np.ndarray) else y.tolist()
         if len(y) != n_rows:
             raise ValueError(f"y must have one label per row of X ({n_rows}), got {len(y)}.")
@@ -348,6 +352,26 @@ class TransferEM:
                 raise ValueError(f"class {lab!r} has no component in the source model.")
             out[j] = idx
         return out
+
+    def _label_indices_int(self, y, n_rows):
+        """Vectorised label lookup for integer arrays; None → use the general path."""
+        classes = self.source.classes
+        if not (isinstance(y, np.ndarray) and y.ndim == 1 and y.dtype.kind in "iu"
+                and classes.dtype.kind in "iu" and len(y) == n_rows):
+            return None
+        sorter = np.argsort(classes, kind="stable")
+        pos = np.minimum(np.searchsorted(classes, y, sorter=sorter), len(classes) - 1)
+        idx = sorter[pos]
+        found = classes[idx] == y
+        if -1 not in self._class_lookup_set:
+            unl = y == -1
+            found |= unl
+            idx = np.where(unl, -1, idx)
+        if not found.all():
+            return None  # the general path names the unknown label
+        if self._class_without_comp and np.isin(idx, list(self._class_without_comp)).any():
+            return None
+        return idx.astype(np.int64)
 
     def _prepare_X(self, X):
         X = _checks.as_float_matrix(X, "X", allow_nonfinite=True)
@@ -499,11 +523,31 @@ class TransferEM:
         return H
 
     # ---------------------------------------------------------------- one EM run
+    def _run_em_fused(self, Xt, log_base, Hstart, H0t, lam, n, setup):
+        """Shared precision, dense map, Λ̄ penalty: the whole loop in one kernel call."""
+        Ht = np.array(Hstart, dtype=np.float64, order="C")
+        trace = np.empty(self.max_iter + 1)
+        n_iter, status, nt = mstep.em_shared(Xt, Ht, H0t, setup["P"], self._nu, log_base,
+                                             setup["means"], setup["Ainv"], lam, n, self.tol,
+                                             self.max_iter, trace)
+        if status == -1:
+            raise DegenerateBurst(
+                f"the penalised log-likelihood became {trace[nt - 1]} at iteration {n_iter}; the "
+                "burst is too far from the source model (check feature scaling)."
+            )
+        if status == -2:
+            raise DegenerateBurst(
+                "the M-step produced a non-finite H (singular burst); increase reg."
+            )
+        return Ht, trace[:nt].tolist(), n_iter, status == 1
+
     def _run_em(self, Xt, log_base, Hstart, H0, lam, n, setup):
         N, n1 = Xt.shape
         kind = setup["kind"]
         H0t = np.zeros((self._m, n1))
         H0t[:, :n] = H0
+        if setup.get("fast"):
+            return self._run_em_fused(Xt, log_base, Hstart, H0t, lam, n, setup)
         Ht = np.ascontiguousarray(Hstart, dtype=np.float64)
         K = self.source.n_components
         log_a = np.empty((N, K))
@@ -661,6 +705,12 @@ class TransferEM:
                 setup["dense"] = m * n1 <= self.dense_max
             else:
                 setup["dense"] = self.solver == "dense"
+        if (kind == "shared" and src.shared_precision and mask is None
+                and self.penalty_ == "precision"):
+            setup["fast"] = True
+            setup["P"] = np.ascontiguousarray(src.prec_factor[0])
+            setup["means"] = np.ascontiguousarray(src.means)
+            setup["Ainv"] = np.ascontiguousarray(linalg.cho_solve(chol, np.eye(n1)))
         if mask is not None:
             self._setup_masked(setup, mask, A_bar, chol, kind, m, n1, lam)
         self._cg_iters = []
