@@ -89,8 +89,9 @@ class ModelConfig:
 class TransferConfig:
     """``[transfer]``: transfer-EM settings for recalibration."""
 
-    reg: float = _opt(1.0, minimum=0.0)
+    reg: float = _opt(0.1, minimum=0.0)
     reg_scale: str = _opt("relative", choices=("relative", "absolute"))
+    structure: str = _opt("channel", choices=("channel", "dense"))
     shrink_to: str = _opt("current", choices=("current", "identity", "zero"))
     bias: bool = _opt(False)
     ring_search: bool = _opt(True)

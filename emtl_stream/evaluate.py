@@ -40,9 +40,10 @@ N_PARTIAL_CLASSES = 3
 
 @dataclass
 class EvalSettings:
-    """What is evaluated: the daemon's defaults unless changed."""
+    """What is evaluated. ``EvalSettings.from_config(load_config())`` gives the daemon's settings;
+    the bare dataclass defaults are an unstructured TransferEM on Hudgins features."""
 
-    feature_names: tuple = ("log_mav", "log_wl")
+    feature_names: tuple = ("mav", "wl", "zc", "ssc")
     window_ms: float = 200.0
     step_ms: float = 50.0
     covariance_type: str = "tied"
@@ -158,9 +159,14 @@ def evaluate_subject(baseline: Path, shifted: Path, settings: EvalSettings,
         if reference:
             try:
                 H = _reference_transfer(source, Xc, np.searchsorted(classes, yc))
-                out[f"ref@{T:g}"] = _accuracy(source.predict(Xt @ H.T), yt)
             except ImportError:
                 reference = False
+                continue
+            # The reference returns an all-NaN H when its E-step underflows (its
+            # defect W3): recorded as a failure, not hidden in an average.
+            out[f"ref_failed@{T:g}"] = float(not np.all(np.isfinite(H)))
+            out[f"ref@{T:g}"] = (_accuracy(source.predict(Xt @ H.T), yt)
+                                 if np.all(np.isfinite(H)) else float("nan"))
     return out
 
 
@@ -178,7 +184,10 @@ def find_subjects(data_dir: Path, subjects=None) -> list[tuple[int, Path, Path]]
 def evaluate_dir(data_dir, settings: EvalSettings | None = None, subjects=None,
                  reference: bool = False, progress=None) -> dict:
     """Evaluate every subject in ``data_dir``; returns ``{"subjects": {id: row}, "mean": row}``."""
-    settings = settings or EvalSettings()
+    if settings is None:
+        from .config import load_config
+
+        settings = EvalSettings.from_config(load_config(None, env={}))
     pairs = find_subjects(Path(data_dir), subjects)
     if not pairs:
         raise FileNotFoundError(f"no ciil_es_sNN_baseline.npz/shifted.npz pairs in {data_dir}")
@@ -189,7 +198,11 @@ def evaluate_dir(data_dir, settings: EvalSettings | None = None, subjects=None,
         if progress:
             progress(sid, rows[sid])
     keys = [k for k in rows[pairs[0][0]] if not k.startswith("roll@")]
-    mean = {k: float(np.mean([r[k] for r in rows.values() if k in r])) for k in keys}
+    # nanmean: a reference fit that failed (NaN H) is counted in ref_failed@T instead
+    mean = {k: float(np.nanmean([r[k] for r in rows.values() if k in r])) for k in keys}
+    for k in keys:
+        if k.startswith("ref_failed@"):
+            mean[k] = float(np.sum([r[k] for r in rows.values() if k in r]))
     return {"subjects": rows, "mean": mean, "settings": settings.__dict__}
 
 
@@ -202,16 +215,25 @@ def _columns(result) -> list[str]:
     return cols
 
 
+def _fmt(v) -> str:
+    return "–" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+
 def to_markdown(result) -> str:
     """Per-subject and mean accuracies as a Markdown table."""
     cols = _columns(result)
     lines = ["| subject | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for sid, row in sorted(result["subjects"].items()):
-        lines.append(f"| {sid} | " + " | ".join(f"{row[c]:.3f}" for c in cols) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{result['mean'][c]:.3f}**" for c in cols) + " |")
+        lines.append(f"| {sid} | " + " | ".join(f"{_fmt(row.get(c))}" for c in cols) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{_fmt(result['mean'][c])}**" for c in cols) + " |")
     fit = [f"{T:g} s: {result['mean'][f'fit_ms@{T:g}']:.1f} ms" for T in BURST_SECONDS]
     lines.append("")
     lines.append("Mean transfer-EM fit time per burst: " + ", ".join(fit) + ".")
+    failed = [f"{T:g} s: {int(result['mean'][f'ref_failed@{T:g}'])}" for T in BURST_SECONDS
+              if f"ref_failed@{T:g}" in result["mean"]]
+    if failed:
+        lines.append("Subjects where the reference package returned a non-finite H (left out "
+                     "of its mean): " + ", ".join(failed) + ".")
     return "\n".join(lines)
 
 
@@ -222,12 +244,9 @@ def main(args) -> int:
     subjects = None
     if args.subjects:
         subjects = {int(s) for s in args.subjects.split(",")}
-    try:
-        from .config import load_config
+    from .config import load_config
 
-        settings = EvalSettings.from_config(load_config(None))
-    except ImportError:  # config not available: the dataclass defaults are the daemon's
-        settings = EvalSettings()
+    settings = EvalSettings.from_config(load_config(getattr(args, "config", None)))
 
     def progress(sid, row):
         print(f"subject {sid:2d}: within {row['within']:.3f}  no-adapt {row['no_adapt']:.3f}  "

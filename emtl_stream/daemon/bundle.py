@@ -153,11 +153,15 @@ def make_bundle(model, extractor, window_ms: float, step_ms: float, n_channels: 
 def transfer_kwargs(config, n_channels: int) -> dict:
     """TransferEM keyword arguments from the ``[transfer]`` config section.
 
-    ``ring_channels`` is set separately by the caller from ``[stream] ring``.
+    ``ring_channels`` is set separately by the caller from ``[stream] ring``;
+    without a ring search the map is unstructured (``structure="dense"``).
     ``shrink_to="current"`` (recalibrate towards the live H) is resolved by the
     daemon; offline it means the identity.
     """
     t = config.transfer
     shrink = t.shrink_to if t.shrink_to in ("identity", "zero") else "identity"
+    # The channel structure needs the electrode layout, which only a ring search supplies.
+    ring = bool(config.stream.ring and t.ring_search)
     return dict(kind=t.kind, bias=bool(t.bias), reg=float(t.reg), reg_scale=t.reg_scale,
-                shrink_to=shrink, max_iter=int(t.max_iter), tol=float(t.tol))
+                shrink_to=shrink, max_iter=int(t.max_iter), tol=float(t.tol),
+                structure=t.structure if ring else "dense")
