@@ -23,6 +23,7 @@ Usage::
     python tools/bench_transfer.py                 # default grid, about 5 minutes
     python tools/bench_transfer.py --quick         # d = 8, 32, 128; m = 200; ~1 minute
     python tools/bench_transfer.py --no-reference --dims 128 --ks 3 --ms 1000 --kinds full
+    python tools/bench_transfer.py --accuracy ../shared/data/emg   # dense vs structure="channel"
 """
 
 from __future__ import annotations
@@ -171,10 +172,27 @@ def main(argv=None):
     p.add_argument("--blas-threads", type=int, default=None,
                    help="limit BLAS threads (threadpoolctl) for both implementations")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--struct-channels", type=int, nargs="*", default=[8, 64],
+                   help="structure='channel' timing at C channels x 4 features (none: skip)")
+    p.add_argument("--struct-ns", type=int, nargs="+", default=[40, 200],
+                   help="calibration sizes for the structured timing")
+    p.add_argument("--struct-ring-max", type=int, default=8,
+                   help="also time the full ring search up to this many channels")
+    p.add_argument("--accuracy", metavar="EMG_DIR", default=None,
+                   help="only print dense vs structured accuracy on the shared recordings")
     args = p.parse_args(argv)
     if args.blas_threads:
         import threadpoolctl
         threadpoolctl.threadpool_limits(args.blas_threads)
+    if args.accuracy:
+        accuracy_rows(args.accuracy, [
+            ("dense, ring, reg=1 (Π = Λ)", dict(ring_channels=8, reg=1.0)),
+            ("channel, ring, reg=0.1, Π = I (default)",
+             dict(ring_channels=8, reg=0.1, structure="channel")),
+            ("channel, ring, reg=0.1, Π = Λ", dict(ring_channels=8, reg=0.1,
+                                                   structure="channel", penalty="precision")),
+        ])
+        return
     if args.quick:
         args.dims, args.ms = [8, 32, 128], [200]
     have_ref = False
@@ -224,6 +242,107 @@ def main(argv=None):
                     else:
                         row += ["skip", "–", "–", "–"]
                     print("| " + " | ".join(row) + " |", flush=True)
+    if args.struct_channels:
+        structured_rows(args)
+
+
+def structured_rows(args):
+    """Fit times of structure="channel" (per-feature-type channel mixing), C x 4 features."""
+    from emtl_stream.model.transfer import channel_mask
+
+    print()
+    print("| structure | channels x features | N | start(s) | solver | free entries | ours "
+          "| iters |")
+    print("|---|---|---|---|---|---|---|---|")
+    for C in args.struct_channels:
+        d = 4 * C
+        src, _, sample = make_problem(d, 1, 5, True, args.seed + 7 * C)
+        for N in args.struct_ns:
+            X, y = sample(N, np.random.default_rng(args.seed + N))
+            runs = [("mask", dict(structure=channel_mask(d, C)), "1")]
+            if C <= args.struct_ring_max:
+                runs.append(("ring", dict(structure="channel", ring_channels=C), "%d rolls" % C))
+            for _, kw, starts in runs:
+                def fit(X, y, kw=kw):
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", TransferConvergenceWarning)
+                        te = TransferEM(src, reg=0.1, **kw).fit(X, y)
+                    fit.last = te
+                    return te.H_
+                t, _, _ = timed(fit, X, y, args.repeats, args.slow)
+                te = fit.last
+                p = int(te.mask_.sum())
+                solver = "dense" if p <= te.masked_dense_max else "CG"
+                print("| channel | %d x 4 | %d | %s | %s | %d | %s | %d |" % (
+                    C, N, starts, solver, p, _ms(t), te.n_iter_), flush=True)
+
+
+def _hudgins(path):
+    """MAV, WL, ZC, SSC per channel (channel-major); 200 ms windows, 50 ms step at 200 Hz."""
+    z = np.load(path)
+    emg = z["emg"].astype(float)
+    X, y, rep, t = [], [], [], []
+    for s, n, c, r in zip(z["seg_start"], z["seg_len"], z["seg_class"], z["seg_rep"]):
+        seg = emg[s:s + n]
+        starts = np.arange(0, n - 40 + 1, 10)
+        W = np.stack([seg[a:a + 40] for a in starts])
+        d = np.diff(W, axis=1)
+        f = np.stack([np.abs(W).mean(1), np.abs(d).sum(1), (W[:, :-1] * W[:, 1:] < 0).sum(1),
+                      (d[:, :-1] * d[:, 1:] < 0).sum(1)], axis=2)
+        X.append(f.reshape(len(starts), -1))
+        y += [c] * len(starts)
+        rep += [r] * len(starts)
+        t += list((starts + 40) / 200.0)
+    return np.vstack(X), np.array(y), np.array(rep), np.array(t)
+
+
+def accuracy_rows(data_dir, configs):
+    """Mean accuracy over the shared subjects: tied LDA on baseline reps 0-2, calibration =
+    first T s per class of shifted rep 0, test = shifted reps 2-7 (algorithm.md §3)."""
+    import glob
+    import itertools
+
+    from emtl_stream.model.source import SourceComponents
+
+    files = sorted(glob.glob(os.path.join(data_dir, "ciil_es_s*_baseline.npz")))
+    res = {name: [] for name, _ in configs}
+    for bf in files:
+        Xb, yb, rb, _ = _hudgins(bf)
+        Xs, ys, rs, ts = _hudgins(bf.replace("baseline", "shifted"))
+        Xb, yb = Xb[rb <= 2], yb[rb <= 2]
+        cl = np.unique(yb)
+        M = np.array([Xb[yb == c].mean(0) for c in cl])
+        R = Xb - M[np.searchsorted(cl, yb)]
+        S = R.T @ R / len(Xb)
+        S += 1e-6 * np.eye(S.shape[0]) * np.trace(S) / S.shape[0]
+        P = np.linalg.cholesky(np.linalg.inv(S))
+        L = len(cl)
+        src = SourceComponents(M, np.repeat(P[None], L, 0),
+                               np.full(L, 2 * np.log(np.diag(P)).sum()), np.full(L, -np.log(L)),
+                               np.where(np.eye(L) > 0, 0.0, -np.inf), cl, True)
+        te = rs >= 2
+        for name, kw in configs:
+            def acc(sel):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", TransferConvergenceWarning)
+                    tem = TransferEM(src, **kw).fit(Xs[sel], ys[sel])
+                return np.mean(tem.predict(Xs[te]) == ys[te])
+            row = []
+            for T in (0.25, 0.5, 1.0):
+                sel = (rs == 0) & (ts <= T + 1e-9)
+                row.append(acc(sel))
+                if T == 0.5:
+                    row.append(np.mean([acc(sel & np.isin(ys, sub))
+                                        for sub in itertools.combinations(cl, 3)]))
+            res[name].append(row)
+    print()
+    print("Accuracy, %d subjects (Hudgins features, tied LDA):" % len(files))
+    print()
+    print("| method | 0.25 s | 0.5 s | 0.5 s, 3 of 5 classes | 1 s |")
+    print("|---|---|---|---|---|")
+    for name, _ in configs:
+        print("| %s | %s |" % (name, " | ".join("%.3f" % v for v in np.mean(res[name], 0))),
+              flush=True)
 
 
 def _ms(t):
