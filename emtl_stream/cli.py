@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=0, help="stop after N messages (0 = never)")
 
     p = sub.add_parser("warmup", help="compile or cache-load every numba kernel and report times")
+    p.add_argument("--config", default=None, help="TOML config whose code paths are warmed up")
 
     p = sub.add_parser("evaluate", help="offline evaluation on shared-format recordings")
     p.add_argument("data_dir", help="folder with ciil_es_sNN_{baseline,shifted}.npz files")

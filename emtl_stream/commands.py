@@ -197,9 +197,9 @@ def subscribe(args) -> int:
 
 def warmup(args) -> int:
     """``emtl-stream warmup``: compile or load every kernel; prints the times."""
-    from .daemon.warmup import warm_up
+    from .daemon.warmup import warm_up_for
 
-    t = warm_up()
+    t = warm_up_for(_config(args))
     print(" ".join(f"{k}={v:.3f}s" for k, v in t.items()))
     return 0
 

@@ -58,6 +58,7 @@ class StreamConfig:
     channels: int = _opt(0, minimum=0)
     rate: float = _opt(0.0, minimum=0.0)
     ring: bool = _opt(True)
+    labels_stream: str = _opt("")
 
 
 @dataclass(frozen=True)

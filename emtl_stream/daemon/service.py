@@ -81,7 +81,9 @@ class Daemon:
         self._shift_flagged = False
         self._calibration: _Calibration | None = None
         self._manual_label = None
-        self._manual = None
+        self._label_since = 0.0
+        self._marker_inlet = None
+        self._prompt_markers = None
         self._last_error = ""
         self.inlet = None
         self.pipeline = None
@@ -162,21 +164,25 @@ class Daemon:
         """Run the loop in the calling thread until :meth:`stop` or ``shutdown``."""
         from ..io.zmq_control import ControlServer
         from ..io.zmq_pub import CurveConfig, Publisher
-        from .warmup import warm_up
+        from .warmup import warm_up_for
 
         cfg = self.config
         try:
-            if self.bundle is not None:
-                warm_up(self.bundle.n_channels, self.bundle.fs,
-                        self.bundle.features.get("names", ("mav",)), self.bundle.window_ms)
-            else:
-                warm_up(max(cfg.stream.channels, 1) or 8, cfg.stream.rate or 200.0,
-                        cfg.features.names, cfg.features.window_ms)
+            warm_up_for(cfg, self.bundle)
             curve = CurveConfig.from_config(cfg.zmq)
             self.publisher = Publisher(cfg.zmq.pub, curve=curve, allow_remote=cfg.zmq.allow_remote)
             self.control = ControlServer(cfg.zmq.control, self._handle_request,
                                          max_message_bytes=cfg.zmq.max_message_bytes, curve=curve,
                                          allow_remote=cfg.zmq.allow_remote)
+            if cfg.stream.labels_stream:
+                from ..io.lsl_inlet import MarkerInlet
+
+                self._marker_inlet = MarkerInlet(cfg.stream.labels_stream)
+            if cfg.calibration.markers_outlet:
+                from ..io.lsl_outlet import MarkerOutlet
+
+                self._prompt_markers = MarkerOutlet(
+                    "emtl-prompts", source_id=f"emtl-prompts-{cfg.zmq.control}")
         except Exception as exc:
             self._last_error = f"{type(exc).__name__}: {exc}"
             logger.error("daemon start failed: %s", self._last_error)
@@ -204,7 +210,8 @@ class Daemon:
 
     def _close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
-        for obj in (self.inlet, self.control, self.publisher):
+        for obj in (self.inlet, self.control, self.publisher, self._marker_inlet,
+                    self._prompt_markers):
             if obj is not None:
                 try:
                     obj.close()
@@ -220,8 +227,25 @@ class Daemon:
             self._try_connect()
         else:  # after the first connect the inlet re-acquires a lost stream itself
             self._pull_once()
+        if self._marker_inlet is not None:
+            self._poll_label_markers()
         self._tick_calibration()
         self._collect_fit()
+
+    def _poll_label_markers(self) -> None:
+        """Labels from an LSL Markers stream: a class name, "none" (stop) or "fit"."""
+        for marker, ts in self._marker_inlet.poll():
+            word = marker.strip()
+            try:
+                if word.lower() == "fit":
+                    self._cmd_fit()
+                elif word.lower() in ("", "none", "stop"):
+                    if self._calibration is not None and self._calibration.purpose == "manual":
+                        self._manual_label = None
+                else:
+                    self._cmd_label(word, _since=ts)
+            except Exception as exc:  # a bad marker must not stop the daemon
+                self._event("bad_input", reason=f"label marker {marker!r}: {exc}")
 
     def _expected_stream(self):
         cfg = self.config.stream
@@ -330,8 +354,8 @@ class Daemon:
         if clf is None:
             return
         index, proba = clf.classify_one(w.x)
-        confidence = float(proba[index])
-        if len(self._votes) == self._votes.maxlen or self._votes.maxlen > 1:
+        confidence = float(proba[index])  # of this window, before voting
+        if self._votes.maxlen > 1:  # majority over the last vote_windows windows
             self._votes.append(index)
             index = collections.Counter(self._votes).most_common(1)[0][0]
         rejected = confidence < self.config.classify.reject_below
@@ -405,7 +429,9 @@ class Daemon:
     def _label_window(self, w) -> None:
         cal = self._calibration
         if cal.purpose == "manual":
-            label = self._manual_label
+            # only windows that start after the label was given belong to it
+            label = (self._manual_label
+                     if w.t_last - self.pipeline.window_s >= self._label_since else None)
         else:
             label = cal.schedule.label_for_window(w.t_last - cal.t0, self.pipeline.window_s)
         if label is not None:
@@ -423,6 +449,8 @@ class Daemon:
         if step is not None:
             if step.index != cal.step_index:
                 cal.step_index = step.index
+                if self._prompt_markers is not None:
+                    self._prompt_markers.push(step.label)
                 if self.fsm.state == State.PROMPTING and step.kind == "class":
                     self.fsm.transition("start_recording")
             self.publisher.publish("prompt", protocol.prompt_msg(
@@ -618,7 +646,7 @@ class Daemon:
                                    seconds_per_class or cal.train_seconds_per_class,
                                    repetitions or cal.repetitions)
 
-    def _cmd_label(self, label=None) -> dict:
+    def _cmd_label(self, label=None, _since=None) -> dict:
         if label is not None and self.bundle is not None and label not in self.bundle.classes:
             raise CalibrationError(f"unknown class {label!r}; the model knows {self.bundle.classes}")
         if self._calibration is None:
@@ -630,6 +658,7 @@ class Daemon:
         elif self._calibration.purpose != "manual":
             raise CalibrationError("a prompted calibration is running; labels come from its prompts")
         self._manual_label = label
+        self._label_since = float(self.clock()) if _since is None else float(_since)
         return {"state": self.fsm.state.value, "label": label,
                 "windows": self._calibration.collector.n_windows}
 
@@ -641,7 +670,10 @@ class Daemon:
             raise CalibrationError(f"only {cal.collector.n_windows} labelled windows, "
                                    f"fewer than min_windows={min_windows}")
         self._manual_label = None
-        return self._finish_session()
+        result = self._finish_session()
+        if "error" in result:  # the calibration_failed event is out; the reply says so too
+            raise CalibrationError(result["error"])
+        return result
 
     def _cmd_cancel(self) -> dict:
         if self._calibration is None and self._fit_future is None:

@@ -2,8 +2,11 @@
 
 numba compiles on first call; with ``cache=True`` the machine code is written
 next to the module and a later process only loads it. Calling every kernel here,
-with the dtypes and shapes the daemon uses, moves that cost out of the first
-window and the first calibration: the daemon never pays compile time while serving.
+with the dtypes and the code paths the daemon uses (the configured feature set,
+the per-window classifier, transfer EM with its ring search and structure, both
+the dense and the conjugate-gradient M-step, shared and per-component
+precisions), moves that cost out of the first window and the first calibration:
+the daemon never pays compile time while serving.
 """
 
 from __future__ import annotations
@@ -15,25 +18,46 @@ import numpy as np
 from ..logs import logger
 
 
+def _toy_source(m: int, shared: bool, rng):
+    from ..model.source import SourceComponents
+
+    K = 3
+    means = rng.normal(size=(K, m))
+    scale = np.array([1.0, 1.0, 1.0]) if shared else np.array([1.0, 1.3, 0.8])
+    P = np.stack([np.eye(m) * s for s in scale])
+    return SourceComponents(
+        means=means, prec_factor=P, log_det_prec=2.0 * m * np.log(scale),
+        log_weights=np.full(K, -np.log(K)),
+        log_label_given_comp=np.where(np.eye(K) > 0, 0.0, -np.inf),
+        classes=np.array(["a", "b", "c"]), shared_precision=shared)
+
+
 def warm_up(n_channels: int = 8, fs: float = 200.0, feature_names=("mav", "wl", "zc", "ssc"),
-            window_ms: float = 200.0) -> dict:
+            window_ms: float = 200.0, transfer_kwargs: dict | None = None,
+            ring: bool = True) -> dict:
     """Run every kernel once on small inputs of production dtypes.
 
     Parameters
     ----------
     n_channels : int
+        Electrodes of the stream (the ring size for the transfer warm-up).
     fs : float
+        Sampling rate (Hz).
     feature_names : sequence of str
+        The configured feature set.
     window_ms : float
+        Window length.
+    transfer_kwargs : dict, optional
+        The daemon's TransferEM settings (``bundle.transfer_kwargs``).
+    ring : bool
+        Whether recalibration searches channel rolls.
 
     Returns
     -------
     dict
-        Seconds spent per stage (``features``, ``classify``, ``transfer_shared``,
-        ``transfer_full``) and ``total``.
+        Seconds per stage (``features``, ``classify``, ``transfer_*``) and ``total``.
     """
     from ..model.classify import MappedClassifier
-    from ..model.source import SourceComponents
     from ..model.transfer import TransferEM
     from ..pipeline.features import FeatureExtractor
 
@@ -41,33 +65,49 @@ def warm_up(n_channels: int = 8, fs: float = 200.0, feature_names=("mav", "wl", 
     times = {}
     t_all = t0 = time.perf_counter()
     extractor = FeatureExtractor(tuple(feature_names), n_channels=n_channels, fs=fs)
-    n = max(int(round(window_ms * fs / 1000.0)), 8)
+    n = max(int(round(window_ms * fs / 1000.0)), extractor.min_samples, 8)
     window = rng.normal(size=(n, n_channels))
     x = extractor.transform(window)
     extractor.transform_batch(window[None].repeat(2, axis=0))
     times["features"] = time.perf_counter() - t0
 
+    # Toy problems of the daemon's own shape (m = n_channels x features per channel),
+    # so the structured/ring code paths compile exactly as a real recalibration uses them.
     m = x.shape[0]
+    kw = dict(transfer_kwargs or {})
+    kw["max_iter"] = 3
+    ring_channels = n_channels if ring else None
     for shared in (True, False):
-        K = 3
-        means = rng.normal(size=(K, m))
-        P = np.stack([np.eye(m) * (1.0 + 0.1 * k * (not shared)) for k in range(K)])
-        comps = SourceComponents(
-            means=means, prec_factor=P, log_det_prec=2 * np.log(np.abs(np.diagonal(P, axis1=1, axis2=2))).sum(1),
-            log_weights=np.full(K, -np.log(K)), log_label_given_comp=np.where(np.eye(K) > 0, 0.0, -np.inf),
-            classes=np.array(["a", "b", "c"]), shared_precision=shared)
+        comps = _toy_source(m, shared, rng)
         t0 = time.perf_counter()
-        if shared:
-            clf = MappedClassifier(comps, np.eye(m))
-            clf.classify_one(x)
-            clf.log_marginal(x[None])
-            times["classify"] = time.perf_counter() - t0
+        clf = MappedClassifier(comps, np.eye(m))
+        clf.classify_one(x)
+        clf.log_marginal(x[None])
+        clf.predict_proba(x[None])
+        times[f"classify_{'shared' if shared else 'full'}"] = time.perf_counter() - t0
+        X = comps.means[np.arange(12) % 3] + 0.1 * rng.normal(size=(12, m))
+        y = comps.classes[np.arange(12) % 3]
+        for solver in ("dense", "cg"):
             t0 = time.perf_counter()
-        X = means[np.arange(12) % K] + 0.1 * rng.normal(size=(12, m))
-        y = np.array(["a", "b", "c"])[np.arange(12) % K]
-        TransferEM(comps, max_iter=3).fit(X, y)
-        times["transfer_shared" if shared else "transfer_full"] = time.perf_counter() - t0
+            tem = TransferEM(comps, ring_channels=ring_channels, solver=solver, **kw)
+            tem.fit(X, y)
+            tem.objective(X, y)
+            times[f"transfer_{'shared' if shared else 'full'}_{solver}"] = (
+                time.perf_counter() - t0)
     times["total"] = time.perf_counter() - t_all
     logger.info("kernel warm-up %.2f s (%s)", times["total"],
                 ", ".join(f"{k} {v:.2f} s" for k, v in times.items() if k != "total"))
     return times
+
+
+def warm_up_for(config, bundle=None) -> dict:
+    """:func:`warm_up` with the daemon's configuration (and source model, if any)."""
+    from .bundle import transfer_kwargs
+
+    ring = bool(config.stream.ring and config.transfer.ring_search)
+    if bundle is not None:
+        return warm_up(bundle.n_channels, bundle.fs, bundle.features.get("names", ("mav",)),
+                       bundle.window_ms, transfer_kwargs(config, bundle.n_channels), ring)
+    channels = config.stream.channels or 8
+    return warm_up(channels, config.stream.rate or 200.0, config.features.names,
+                   config.features.window_ms, transfer_kwargs(config, channels), ring)

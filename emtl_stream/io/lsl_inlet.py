@@ -406,3 +406,82 @@ class EMGInlet:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class MarkerInlet:
+    """String markers from an LSL ``Markers`` stream (e.g. a stimulus program's labels).
+
+    Resolution never blocks the caller for long: :meth:`poll` tries to resolve with
+    a short timeout at most every ``retry_s`` until the stream appears.
+
+    Parameters
+    ----------
+    name : str
+        Name of the marker stream.
+    resolve_timeout : float
+        Seconds per resolve attempt.
+    retry_s : float
+        Seconds between resolve attempts while not connected.
+    """
+
+    def __init__(self, name: str, *, resolve_timeout: float = 0.05, retry_s: float = 1.0):
+        if not name:
+            raise ValueError("MarkerInlet needs the name of the marker stream.")
+        self.name = name
+        self.query = build_query(name, "Markers", None)
+        self.resolve_timeout = ensure_float(resolve_timeout, "resolve_timeout", minimum=0.0)
+        self.retry_s = ensure_float(retry_s, "retry_s", minimum=0.0)
+        self._inlet = None
+        self._next_try = 0.0
+        self.time_offset = 0.0
+        self.n_markers = 0
+
+    @property
+    def connected(self) -> bool:
+        """Whether the marker stream was found."""
+        return self._inlet is not None
+
+    def poll(self) -> list:
+        """Markers received since the last call.
+
+        Returns
+        -------
+        list of (str, float)
+            ``(marker, timestamp)`` pairs, timestamps on the local clock.
+        """
+        if self._inlet is None:
+            now = time.monotonic()
+            if now < self._next_try:
+                return []
+            self._next_try = now + self.retry_s
+            found = pylsl.resolve_bypred(self.query, 1, self.resolve_timeout)
+            if not found:
+                return []
+            if found[0].channel_format() != pylsl.cf_string:
+                raise ChannelMismatch(f"marker stream {self.name!r} must carry strings.")
+            self._inlet = pylsl.StreamInlet(found[0], max_buflen=60, recover=True)
+            self._inlet.open_stream(timeout=1.0)
+            try:
+                self.time_offset = self._inlet.time_correction(timeout=0.5)
+            except pylsl.util.TimeoutError:
+                self.time_offset = 0.0
+            logger.info("marker stream %s connected", self.name)
+        out = []
+        try:
+            samples, stamps = self._inlet.pull_chunk(timeout=0.0)
+        except pylsl.util.LostError:
+            self.close()
+            return []
+        for sample, ts in zip(samples, stamps):
+            out.append((str(sample[0]), float(ts) + self.time_offset))
+        self.n_markers += len(out)
+        return out
+
+    def close(self) -> None:
+        """Close the inlet (a later :meth:`poll` resolves again)."""
+        if self._inlet is not None:
+            try:
+                self._inlet.close_stream()
+            except Exception:  # closing a dead inlet must not raise
+                pass
+        self._inlet = None
