@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 import re
 import sys
 
@@ -15,7 +16,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT = REPO / "config" / "default.toml"
 DEMO = REPO / "config" / "demo.toml"
