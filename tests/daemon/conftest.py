@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from lsl_helpers import unique_id  # noqa: F401  (also sets LSL ResolveScope = link)
+from lsl_helpers import unique_id  # also sets LSL ResolveScope = link
 
 from emtl_stream.config import load_config
 from emtl_stream.daemon.bundle import fit_source_model, make_bundle

@@ -23,7 +23,6 @@ import pytest
 from daemon.conftest import STEADY_S, accuracy, collect, score, wait_event, wait_for
 
 from emtl_stream.daemon.bundle import SourceBundle
-from emtl_stream.daemon.service import Daemon
 from emtl_stream.io.client import Client
 from emtl_stream.io.lsl_inlet import local_clock
 from emtl_stream.pipeline.features import FeatureExtractor
