@@ -41,6 +41,7 @@ class _Calibration:
     collector: BurstCollector
     t0: float
     step_index: int = -1
+    last_window_t: float = float("-inf")
 
 
 class Daemon:
@@ -428,6 +429,7 @@ class Daemon:
 
     def _label_window(self, w) -> None:
         cal = self._calibration
+        cal.last_window_t = max(cal.last_window_t, float(w.t_last))
         if cal.purpose == "manual":
             # only windows that start after the label was given belong to it
             label = (self._manual_label
@@ -457,8 +459,10 @@ class Daemon:
                 cls=step.label, remaining_s=max(0.0, step.start_s + step.duration_s - elapsed),
                 step=step.index + 1, of=len(cal.schedule.steps)))
             return
-        # Schedule over: give the last window time to arrive, then fit.
-        if elapsed < cal.schedule.duration_s + 0.1:
+        # Schedule over: fit as soon as a window ending after the schedule was pulled
+        # (all burst windows are in); the wall-clock wait is a fallback for a stalled stream.
+        if cal.last_window_t < cal.t0 + cal.schedule.duration_s and (
+                elapsed < cal.schedule.duration_s + 0.5):
             return
         self._finish_session()
 

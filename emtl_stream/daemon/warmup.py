@@ -71,19 +71,22 @@ def warm_up(n_channels: int = 8, fs: float = 200.0, feature_names=("mav", "wl", 
     extractor.transform_batch(window[None].repeat(2, axis=0))
     times["features"] = time.perf_counter() - t0
 
-    # Toy problems of the daemon's own shape (m = n_channels x features per channel),
-    # so the structured/ring code paths compile exactly as a real recalibration uses them.
-    m = x.shape[0]
+    # Compiled kernels do not depend on array sizes, so the transfer paths are warmed
+    # on a small toy ring (at most 8 electrodes, the daemon's features per channel):
+    # the real shape at 64 electrodes would be a 16384-unknown solve, not a warm-up.
+    per_channel = max(1, x.shape[0] // n_channels)
+    toy_channels = min(n_channels, 8)
+    m = toy_channels * per_channel
     kw = dict(transfer_kwargs or {})
     kw["max_iter"] = 3
-    ring_channels = n_channels if ring else None
+    ring_channels = toy_channels if ring else None
     for shared in (True, False):
         comps = _toy_source(m, shared, rng)
         t0 = time.perf_counter()
         clf = MappedClassifier(comps, np.eye(m))
-        clf.classify_one(x)
-        clf.log_marginal(x[None])
-        clf.predict_proba(x[None])
+        clf.classify_one(comps.means[0])
+        clf.log_marginal(comps.means[:1])
+        clf.predict_proba(comps.means[:1])
         times[f"classify_{'shared' if shared else 'full'}"] = time.perf_counter() - t0
         X = comps.means[np.arange(12) % 3] + 0.1 * rng.normal(size=(12, m))
         y = comps.classes[np.arange(12) % 3]
