@@ -18,7 +18,7 @@ Usage::
 
     python tools/bench_stream.py                      # about 1 minute
     python tools/bench_stream.py --long 300           # + 5 min at 320 x 2048 Hz, counting loss
-    python tools/bench_stream.py --out docs/bench_stream.md
+    python tools/bench_stream.py --out /tmp/bench_stream.md   (then merge into docs/benchmarks.md)
 
 No timed assertion anywhere: this prints numbers, tests check behaviour.
 """

@@ -187,7 +187,7 @@ class TransferEM:
         ``structure="channel"`` every free entry maps a feature type onto itself and
         is unitless, so this is the natural prior there, and it is what reaches the
         issue's accuracy targets (Λ̄-weighting loses 0.06 with 3 of 5 classes, see
-        docs/bench_transfer.md). "auto": "precision" for dense maps, "identity" for
+        docs/benchmarks.md). "auto": "precision" for dense maps, "identity" for
         structured ones. Π = I on a dense map is solved by the structured solver
         with an all-True mask (Λ no longer drops out).
     masked_dense_max : int
