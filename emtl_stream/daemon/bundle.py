@@ -10,8 +10,6 @@ and holds plain arrays plus one JSON string; ``np.load(allow_pickle=False)`` rea
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
+from ..io.store import atomic_write
 from ..model.source import SourceComponents
 
 BUNDLE_FORMAT = "emtl_stream.source_bundle/1"
@@ -77,17 +76,7 @@ class SourceBundle:
         arrays = {f"components__{k}": v for k, v in self.components.to_arrays().items()}
         arrays["classes"] = np.asarray(self.classes, dtype=str)
         arrays["header_json"] = np.asarray(json.dumps(header))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda fh: np.savez(fh, **arrays))
         return path
 
     @classmethod
