@@ -11,8 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .._checks import ensure_float
+from .store import atomic_write
 
 SUFFIXES = (".npz", ".xdf", ".csv")
 # Keys of the shared format that become Recording fields rather than meta.
@@ -339,35 +338,6 @@ def _load_csv(path: Path, fs: float | None) -> Recording:
 
 
 # ---------------------------------------------------------------------- writing
-def _atomic_write(path: Path, write) -> None:
-    """Call ``write(fileobj)`` on a temporary file beside ``path``, fsync, rename."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
-
-
 def save_recording(path, rec: Recording) -> None:
     """Write ``rec`` as a compressed ``.npz`` in the shared format, atomically.
 
@@ -408,7 +378,7 @@ def save_recording(path, rec: Recording) -> None:
         np.savez_compressed(buf, **arrays)
         fh.write(buf.getbuffer())
 
-    _atomic_write(path, write)
+    atomic_write(path, write)
 
 
 def save_csv(path, rec: Recording, timestamps: np.ndarray | None = None) -> None:
@@ -436,4 +406,4 @@ def save_csv(path, rec: Recording, timestamps: np.ndarray | None = None) -> None
         if rec.labels is not None:
             row.append(str(int(rec.labels[i])))
         w.writerow(row)
-    _atomic_write(Path(path), lambda fh: fh.write(out.getvalue().encode()))
+    atomic_write(Path(path), lambda fh: fh.write(out.getvalue().encode()))
