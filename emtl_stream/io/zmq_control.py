@@ -32,7 +32,7 @@ from ..errors import ProtocolError
 from ..logs import logger
 from . import protocol
 from .protocol import Request
-from .zmq_pub import CurveConfig, apply_curve_server, check_bind_address, release_curve_server
+from .zmq_pub import CurveConfig, bind_server_socket, check_bind_address, release_curve_server
 
 Handler = Callable[[Request], dict]
 
@@ -80,22 +80,9 @@ class ControlServer:
                              f"max_message_bytes ({self.max_message_bytes}).")
         self.handler = handler
         self._ctx = context or zmq.Context.instance()
-        self._curve_ref = False
-        sock = self._ctx.socket(zmq.ROUTER)
-        try:
-            sock.linger = 0
-            sock.setsockopt(zmq.MAXMSGSIZE, self.hard_limit_bytes)
-            if curve is not None:
-                self._curve_ref = apply_curve_server(sock, curve)
-            sock.bind(address)
-        except Exception as exc:
-            sock.close(linger=0)
-            if self._curve_ref:
-                release_curve_server(self._ctx)
-            if isinstance(exc, zmq.ZMQError):
-                raise OSError(f"control server cannot bind {address!r}: {exc} (is another "
-                              "daemon running on that port?)") from exc
-            raise
+        sock, self._curve_ref = bind_server_socket(
+            self._ctx, zmq.ROUTER, address, curve, "control server",
+            [(zmq.MAXMSGSIZE, self.hard_limit_bytes)])
         self._sock = sock
         self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.n_requests = 0

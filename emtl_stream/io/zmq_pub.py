@@ -177,6 +177,48 @@ def release_curve_server(ctx: zmq.Context) -> None:
 
 
 # --------------------------------------------------------------------------- publisher
+def bind_server_socket(ctx: zmq.Context, socket_type: int, address: str,
+                       curve: "CurveConfig | None", what: str, options=()) -> tuple:
+    """Create, configure and bind a server socket; nothing leaks if the bind fails.
+
+    Parameters
+    ----------
+    ctx : zmq.Context
+    socket_type : int
+        ``zmq.PUB``, ``zmq.ROUTER``, ...
+    address : str
+    curve : CurveConfig or None
+    what : str
+        Name used in the error message ("publisher", "control server").
+    options : sequence of (int, value)
+        Socket options set before the bind (``linger`` is always 0).
+
+    Returns
+    -------
+    sock : zmq.Socket
+    curve_ref : bool
+        True when a CURVE authenticator reference was taken (release it on close).
+    """
+    curve_ref = False
+    sock = ctx.socket(socket_type)
+    try:
+        sock.linger = 0
+        for option, value in options:
+            sock.setsockopt(option, value)
+        if curve is not None:
+            curve_ref = apply_curve_server(sock, curve)
+        sock.bind(address)
+    except Exception as exc:
+        sock.close(linger=0)
+        if curve_ref:
+            release_curve_server(ctx)
+        if isinstance(exc, zmq.ZMQError):
+            raise OSError(f"{what} cannot bind {address!r}: {exc} (is another daemon running "
+                          "on that port?)") from exc
+        raise
+    return sock, curve_ref
+
+
 class Publisher:
     """Binds a PUB socket and publishes one-frame ``<topic> <json>`` messages.
 
@@ -210,22 +252,8 @@ class Publisher:
         check_bind_address(address, allow_remote=allow_remote, curve=curve, what="publisher")
         self._ctx = context or zmq.Context.instance()
         self._lock = threading.Lock()
-        self._curve_ref = False
-        sock = self._ctx.socket(zmq.PUB)
-        try:
-            sock.linger = 0
-            sock.sndhwm = int(sndhwm)
-            if curve is not None:
-                self._curve_ref = apply_curve_server(sock, curve)
-            sock.bind(address)
-        except Exception as exc:
-            sock.close(linger=0)
-            if self._curve_ref:
-                release_curve_server(self._ctx)
-            if isinstance(exc, zmq.ZMQError):
-                raise OSError(f"publisher cannot bind {address!r}: {exc} (is another daemon "
-                              "running on that port?)") from exc
-            raise
+        sock, self._curve_ref = bind_server_socket(
+            self._ctx, zmq.PUB, address, curve, "publisher", [(zmq.SNDHWM, int(sndhwm))])
         self._sock = sock
         self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.n_sent = 0
