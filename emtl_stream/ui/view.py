@@ -182,6 +182,7 @@ class ViewState:
         self._prompt_step: int | None = None
         self._history: dict[tuple, dict] = {}
         self._pending_why: str | None = None
+        self._down_said = False
         for p in PARTS:
             self._touch(p)
 
@@ -223,10 +224,10 @@ class ViewState:
         """The daemon did not answer a status request (``error`` says why)."""
         with self.cond:
             link = dict(self._parts["link"])
-            was_up = link["daemon"]
             link.update(daemon=False, error=error)
             self._set("link", link)
-            if was_up:
+            if not self._down_said:  # once per outage, also when it is down from the start
+                self._down_said = True
                 self._alert("daemon_lost", f"Daemon not reachable: {error}", "error")
                 self._set("prompt", None)
             self.cond.notify_all()
@@ -236,6 +237,11 @@ class ViewState:
         with self.cond:
             status = {k: v for k, v in reply.items() if k not in ("v", "ok")}
             link = dict(self._parts["link"])
+            if not link["daemon"]:
+                link.update(daemon=True, error=None)
+                if self._down_said:
+                    self._alert("daemon_back", "Daemon reachable again", "info")
+            self._down_said = False
             uptime = status.get("uptime_s")
             if (self._last_uptime is not None and isinstance(uptime, (int, float))
                     and uptime + 0.5 < self._last_uptime):
@@ -243,10 +249,6 @@ class ViewState:
                 self._last_seq = None
                 self._alert("daemon_restarted", "The daemon restarted", "warning")
             self._last_uptime = uptime if isinstance(uptime, (int, float)) else None
-            if not link["daemon"]:
-                link.update(daemon=True, error=None)
-                if self.seq > len(PARTS):  # not the very first contact
-                    self._alert("daemon_back", "Daemon reachable again", "info")
             self._set("link", link)
             self._set("status", status)
             self._merge_maps(status)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
+import os
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -14,7 +16,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def http_request(url: str, method: str = "GET", path: str = "/", body=None,
@@ -79,5 +80,17 @@ class SSEReader:
 
 
 def screenshot(page, name: str) -> None:
-    """Save a small PNG of the page for docs/ui.md."""
-    page.screenshot(path=str(DOCS / f"ui_{name}.png"), scale="css")
+    """Save a PNG of the page as ``ui_NAME.png`` in ``$EMTL_UI_SCREENSHOTS`` (if set).
+
+    ``EMTL_UI_SCREENSHOTS=docs`` refreshes the pictures of docs/ui.md; without it the
+    picture is still taken (so a broken page fails the step) but not kept. The PNG is
+    reduced to a 64-colour palette to keep the repository small.
+    """
+    png = page.screenshot(scale="css")
+    target = os.environ.get("EMTL_UI_SCREENSHOTS")
+    if not target:
+        return
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=64)
+    img.save(Path(target) / f"ui_{name}.png", optimize=True)

@@ -124,7 +124,7 @@ def test_recalibrate_button_runs_to_done_and_the_prompt_follows_the_daemon(
         # and during rests "Up next" named the class the daemon prompted next.
         for step in range(1, n_steps + 1, 2):
             assert step in shown, (step, shown)
-            assert shown[step][:2] == (display(prompts[step]), n_steps), (step, shown[step])
+            assert shown[step] == (display(prompts[step]), n_steps, None), (step, shown[step])
         rests = [s for s in range(2, n_steps + 1, 2) if s in shown]
         assert rests, f"no rest step seen on the page: {shown}"
         for step in rests:
