@@ -346,7 +346,10 @@ class ViewState:
             self._prompt_step = None
             if kind == "calibration_done":
                 entry = self._entry(("map", msg.get("model")), msg.get("model"))
-                entry.update(why=entry.get("why") or self._pending_why or "prompted",
+                why = entry.get("why")
+                if why in (None, "earlier"):  # listed by a status poll before this event
+                    why = self._pending_why or "prompted"
+                entry.update(why=why,
                              when=entry.get("when") or now, objective=msg.get("objective"),
                              previous_objective=msg.get("previous_objective"),
                              roll=msg.get("roll"), n_iter=msg.get("n_iter"))
@@ -379,10 +382,20 @@ class ViewState:
             return
         known = {k[1] for k in self._history if k[0] == "map"}
         changed = False
-        for v in versions:
-            if v not in known:
-                self._entry(("map", v), v).update(why="earlier")
-                changed = True
+        for item in versions:
+            # A bare version (today's status), or a map's stored metadata if the daemon
+            # publishes it: then its own time, objective and roll are used.
+            meta = item if isinstance(item, dict) else {"version": item}
+            v = meta.get("version")
+            if v in known or not isinstance(v, int) or isinstance(v, bool):
+                continue
+            why = meta.get("why") or meta.get("purpose") or meta.get("reason") or "earlier"
+            if meta.get("labels") is False:
+                why = "unlabelled"
+            self._entry(("map", v), v).update(
+                why=why, when=meta.get("created"), objective=meta.get("objective"),
+                roll=meta.get("roll"))
+            changed = True
         if changed:
             self._publish_history()
 

@@ -80,14 +80,15 @@ class SSEReader:
 
 
 def screenshot(page, name: str) -> None:
-    """Save a PNG of the page as ``ui_NAME.png`` in ``$EMTL_UI_SCREENSHOTS`` (if set).
+    """Save a PNG of the page as ``ui_NAME.png`` in ``$EMTL_SCREENSHOTS`` (if set).
 
-    ``EMTL_UI_SCREENSHOTS=docs`` refreshes the pictures of docs/ui.md; without it the
+    ``EMTL_SCREENSHOTS=docs`` refreshes the pictures of docs/ui.md (not ``EMTL_UI_...``:
+    that prefix is the ``[ui]`` config section's); without it the
     picture is still taken (so a broken page fails the step) but not kept. The PNG is
     reduced to a 64-colour palette to keep the repository small.
     """
     png = page.screenshot(scale="css")
-    target = os.environ.get("EMTL_UI_SCREENSHOTS")
+    target = os.environ.get("EMTL_SCREENSHOTS")
     if not target:
         return
     from PIL import Image

@@ -114,6 +114,8 @@ def test_recalibrate_button_runs_to_done_and_the_prompt_follows_the_daemon(
                         kind = "rest" if step % 2 == 0 else "class"
                         if kind not in shots and step > 1:
                             screenshot(patient, f"patient_{kind}")
+                            if kind == "class":
+                                screenshot(operator, "operator_calibrating")
                             shots.add(kind)
             assert done["kind"] == "calibration_done", done
         # Schedule: chosen classes with a rest between two of them.
@@ -154,7 +156,9 @@ def test_rollback_button_changes_status_model(live, ui, page):
         re.compile(rf"Roll back: map (\d+) is live \(was {done['model']}\)"))
     status = live.client.status()
     assert status["model"] != done["model"] and status["model"] in status["maps"]
+    expect(page.locator("#m-rows tr.live")).to_contain_text(f"{status['model']} (live)")
     expect(page.locator("#m-rows tr").first).to_contain_text(f"rollback (from map {done['model']})")
+    screenshot(page, "operator_rollback")
     # and back again with the row's own button
     page.get_by_role("button", name=f"Make map {done['model']} live").click()
     expect(page.locator("#cmd-result")).to_contain_text(f"map {done['model']} is live")
@@ -187,6 +191,7 @@ def test_refused_recalibration_shows_the_daemons_reason(live, ui, page):
     open_page(page, ui, "operator")
     live.player.stop()  # no EMG: the daemon refuses to recalibrate
     expect(page.locator("#h-stream")).to_contain_text("NOT connected", timeout=30_000)
+    expect(page.locator("#card-pred")).to_have_class(re.compile(r"\bstale\b"))
     recalibrate_button(page).click()
     result = page.locator("#cmd-result")
     expect(result).to_have_class("err")

@@ -173,3 +173,14 @@ def test_alerts_are_bounded_and_plain():
     assert len(alerts) == 20
     assert alerts[-1]["text"] == "Calibration failed: burst too short (map 3 stays live)"
     assert alerts[-2]["text"] == "Electrode shift suspected: log-likelihood dropped 49"
+
+
+def test_map_metadata_in_status_is_used_when_the_daemon_gives_it():
+    view = ViewState("c", "p", clock=Clock())
+    view.on_status(status(model=2, maps=[
+        {"version": 1, "created": 100.0, "objective": None, "parent": None},
+        {"version": 2, "created": 200.0, "objective": -4.0, "roll": 3, "purpose": "prompted"},
+        {"version": "x"}]))
+    rows = view.snapshot()[1]["history"]
+    assert [(r["version"], r["when"], r["why"], r["objective"], r["roll"]) for r in rows] == [
+        (2, 200.0, "prompted", -4.0, 3), (1, 100.0, "earlier", None, None)]

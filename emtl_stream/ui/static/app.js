@@ -44,7 +44,7 @@ function fmt(x, digits) {
 }
 
 function clockTime(epochS) {
-  return epochS ? new Date(epochS * 1000).toLocaleTimeString() : "—";
+  return epochS ? new Date(epochS * 1000).toTimeString().slice(0, 8) : "—";
 }
 
 // ---------------------------------------------------------------- views
@@ -119,6 +119,10 @@ function renderHealth() {
   $("h-daemon").textContent = link.daemon ? `${st ? st.state : "?"} (up ${fmt(st && st.uptime_s, 0)} s)`
     : "not reachable";
   const s = (st && st.stream) || {};
+  // Without live EMG the last prediction and activity are history: grey them out.
+  const stale = !link.daemon || !s.connected;
+  $("card-pred").classList.toggle("stale", stale);
+  $("card-activity").classList.toggle("stale", stale);
   $("h-stream").textContent = st ? `${s.name || "?"} — ${s.connected ? "connected" : "NOT connected"}` : "—";
   $("h-channels").textContent = s.channels ?? "—";
   $("h-rate").textContent = s.rate ? `${fmt(s.rate, 0)} Hz` : "—";
@@ -244,18 +248,28 @@ function tickPrompt() {
   $("p-bar").setAttribute("aria-valuenow", (100 * frac).toFixed(0));
 }
 
+// The live map: every pred names it (20 times a second), status only twice a second.
+function liveModel() {
+  if (state.pred && state.pred.model !== undefined) return state.pred.model;
+  return state.status ? state.status.model : null;
+}
+
+let historyLive;            // the live map the history table was drawn for
+
 function renderHistory() {
   const rows = state.history || [];
-  const live = state.status ? state.status.model : null;
+  const live = liveModel();
+  historyLive = live;
   const body = $("m-rows");
   body.replaceChildren();
   const liveShown = new Set();
   for (const r of rows) {
     const tr = document.createElement("tr");
-    const isLiveRow = r.version === live && r.why !== "rollback" && !liveShown.has(r.version);
+    // Rows are newest first: the newest row of the live version is the one that made it live.
+    const isLiveRow = r.version === live && !liveShown.has(r.version);
     if (isLiveRow) { tr.className = "live"; liveShown.add(r.version); }
     const why = r.why === "rollback" ? `rollback (from map ${r.previous})`
-      : r.why === "earlier" ? "earlier (no details published)" : r.why || "—";
+      : r.why || "—";
     const cells = [
       `${r.version}${isLiveRow ? " (live)" : ""}`, clockTime(r.when), why,
       r.objective !== null && r.objective !== undefined ? Number(r.objective).toPrecision(5) : "—",
@@ -301,7 +315,7 @@ function render(parts) {
   if (has("health", "status", "link")) renderHealth();
   if (has("activity")) renderActivity();
   if (has("prompt", "calibration")) { renderPatient(); renderCalibration(); }
-  if (has("history", "status")) renderHistory();
+  if (has("history", "status") || liveModel() !== historyLive) renderHistory();
   if (has("alerts")) renderAlerts();
   renderButtons();
 }
