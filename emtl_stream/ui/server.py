@@ -211,6 +211,7 @@ class UiServer:
                  allow_remote: bool = False, curve: CurveClient | None = None,
                  feature_names=(), status_interval_s: float = STATUS_INTERVAL_S):
         self.host, self.port = check_ui_bind(address, allow_remote)
+        self.control, self.pub = control, pub
         self.view = ViewState(control, pub, feature_names)
         self.status_interval_s = float(status_interval_s)
         self._status_client = Client(control, pub, timeout_s=STATUS_TIMEOUT_S, curve=curve)
@@ -254,7 +255,7 @@ class UiServer:
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
-        logger.info("ui serving %s for the daemon at %s", self.url, self.view._parts["link"])
+        logger.info("ui serving %s for the daemon at %s", self.url, self.control)
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -471,7 +472,7 @@ def main(args) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     print(f"emtl-stream ui: serving {ui.url} (patient view {ui.url}#patient) for the daemon "
-          f"at {ui.view._parts['link']['control']}", flush=True)
+          f"at {ui.control}", flush=True)
     try:
         ui.serve_forever()
     finally:

@@ -198,13 +198,6 @@ class ViewState:
             self.cond.wait_for(lambda: self.seq > since, timeout)
             return self.seq
 
-    @property
-    def classes(self) -> list[str]:
-        """Class names of the last status reply."""
-        with self.cond:
-            st = self._parts["status"]
-            return list(st.get("classes", [])) if st else []
-
     # ------------------------------------------------------------------ updating
     def _touch(self, part: str) -> None:
         self.seq += 1
@@ -281,11 +274,9 @@ class ViewState:
     def _on_pred(self, msg: dict) -> None:
         now = self.clock()
         seq = int(msg["seq"])
-        if self._last_seq is not None:
-            if seq < self._last_seq:  # counter restarted: a new daemon
-                pass
-            elif seq > self._last_seq + 1:
-                self._lost += seq - self._last_seq - 1
+        # A smaller seq than before is a restarted daemon, not a loss.
+        if self._last_seq is not None and seq > self._last_seq + 1:
+            self._lost += seq - self._last_seq - 1
         self._last_seq = seq
         self._pred_times.append(now)
         while self._pred_times and now - self._pred_times[0] > RATE_WINDOW_S:

@@ -116,14 +116,15 @@ function renderPred() {
 
 function renderHealth() {
   const st = state.status, h = state.health || {}, link = state.link || {};
-  $("h-daemon").textContent = link.daemon ? `${st ? st.state : "?"} (up ${fmt(st && st.uptime_s, 0)} s)`
-    : "not reachable";
+  $("h-daemon").textContent = link.daemon
+    ? `${st ? st.state : "?"} (up ${fmt(st && st.uptime_s, 0)} s)` : "not reachable";
   const s = (st && st.stream) || {};
   // Without live EMG the last prediction and activity are history: grey them out.
   const stale = !link.daemon || !s.connected;
   $("card-pred").classList.toggle("stale", stale);
   $("card-activity").classList.toggle("stale", stale);
-  $("h-stream").textContent = st ? `${s.name || "?"} — ${s.connected ? "connected" : "NOT connected"}` : "—";
+  $("h-stream").textContent = st
+    ? `${s.name || "?"} — ${s.connected ? "connected" : "NOT connected"}` : "—";
   $("h-channels").textContent = s.channels ?? "—";
   $("h-rate").textContent = s.rate ? `${fmt(s.rate, 0)} Hz` : "—";
   $("h-wrate").textContent = fmt(h.window_rate_hz, 1);
@@ -184,13 +185,14 @@ function renderButtons() {
   const link = state.link || {};
   const cal = state.calibration;
   const st = state.status || {};
-  const calibrating = (cal && cal.active) || ["prompting", "recording", "fitting"].includes(st.state);
+  const calibrating = (cal && cal.active)
+    || ["prompting", "recording", "fitting"].includes(st.state);
   const off = busy || !serverUp || !link.daemon;
   $("btn-recal").disabled = off || calibrating;
   $("btn-unlabelled").disabled = off || calibrating;
   $("btn-cancel").disabled = off || !calibrating;
   $("btn-rollback").disabled = off || calibrating;
-  document.querySelectorAll("button.make-live").forEach((b) => { b.disabled = off || calibrating; });
+  for (const b of document.querySelectorAll("button.make-live")) b.disabled = off || calibrating;
 }
 
 function renderCalibration() {
@@ -272,7 +274,8 @@ function renderHistory() {
       : r.why || "—";
     const cells = [
       `${r.version}${isLiveRow ? " (live)" : ""}`, clockTime(r.when), why,
-      r.objective !== null && r.objective !== undefined ? Number(r.objective).toPrecision(5) : "—",
+      r.objective !== null && r.objective !== undefined
+        ? Number(r.objective).toPrecision(5) : "—",
       r.roll ?? "—",
     ];
     for (const c of cells) {
@@ -362,7 +365,8 @@ function recalibrateBody(labels) {
   return body;
 }
 
-$("btn-recal").addEventListener("click", () => send("recalibrate", recalibrateBody(true), "Recalibrate"));
+$("btn-recal").addEventListener("click",
+  () => send("recalibrate", recalibrateBody(true), "Recalibrate"));
 $("btn-unlabelled").addEventListener("click",
   () => send("recalibrate", recalibrateBody(false), "Recalibrate without labels"));
 $("btn-cancel").addEventListener("click", () => send("cancel", {}, "Cancel"));
