@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 from daemon.conftest import daemon_config, free_port, wait_event
@@ -260,3 +261,51 @@ def test_ui_server_restart_is_survived_by_the_page(live, start_ui, page):
     expect(recalibrate_button(page)).to_be_enabled()
     live.player.set_class("flex")
     expect(page.locator("#o-label")).to_have_text("Flex")
+
+
+def test_shift_alert_is_shown_in_plain_words(live, ui, page):
+    open_page(page, ui, "operator")
+    with live.client.subscribe(("event", "pred")) as sub:
+        # The daemon takes its reference from the first 80 live windows, then watches;
+        # rolling the armband by three electrodes makes the windows unlikely.
+        live.player.set_class("close")
+        n = 0
+        while n < 100:
+            got = sub.recv(timeout_s=5.0)
+            assert got is not None, "no predictions"
+            n += got[0] == "pred"
+        live.player.set_shift(3.0)
+        event = wait_event(sub, "shift_suspected", 30.0)
+    alert = page.locator("#alerts li[data-kind=shift_suspected]").first
+    expect(alert).to_contain_text(f"Electrode shift suspected: {event['reason']}")
+    expect(alert).to_have_class("warning")
+
+
+def test_rejection_state_reaches_the_page(tmp_path, source, start_player, start_daemon,
+                                          start_ui, page):
+    sid = unique_id("ui")
+    pub = f"tcp://127.0.0.1:{free_port()}"
+    # reject_below = 1: every window that is not certain is rejected.
+    config = daemon_config(tmp_path / "state", sid, pub=pub, EMTL_CLASSIFY_REJECT_BELOW="1.0")
+    player = start_player(sid, follow_prompts=pub)
+    start_daemon(config, bundle=source[0])
+    ui = start_ui(config.zmq.control, config.zmq.pub)
+    open_page(page, ui, "operator")
+    badge = page.locator("#o-rejected")
+    # Rejections come in short bursts at class changes: the page notes every badge it
+    # showed (checked every 5 ms) so the test does not have to catch the moment.
+    page.evaluate("""() => { window.badgeSeen = 0; setInterval(() => {
+        if (!document.getElementById('o-rejected').hidden) window.badgeSeen++; }, 5); }""")
+    rejected = 0
+    with Client(config.zmq.control, pub).subscribe(("pred",)) as sub:
+        for cls in ("open", "close", "flex", "ext", "rest") * 2:
+            player.set_class(cls)  # class changes give uncertain windows
+            t_end = time.monotonic() + 0.5
+            while time.monotonic() < t_end:
+                got = sub.recv(timeout_s=0.1)
+                rejected += bool(got and got[1]["rejected"])
+            if rejected and page.evaluate("window.badgeSeen") > 0:
+                break
+    assert rejected, "the daemon rejected no window at reject_below = 1"
+    assert page.evaluate("window.badgeSeen") > 0, "the page never showed the rejection"
+    expect(badge).to_have_text("rejected: hold still")
