@@ -216,7 +216,8 @@ function renderPatient() {
   $("p-idle").hidden = !!p;
   if (!p) {
     let idle = "No calibration running. Relax.";
-    if (cal && cal.active) idle = "Get ready…";
+    const unlabelled = cal && (cal.labels === false || /unlabel/.test(cal.purpose || ""));
+    if (cal && cal.active) idle = unlabelled ? "Recording: use your hand as usual." : "Get ready…";
     else if (cal && cal.outcome === "calibration_done") idle = "Calibration done. Thank you!";
     else if (cal && cal.outcome === "calibration_failed") idle = "Calibration stopped. Relax.";
     $("p-idle-text").textContent = idle;
