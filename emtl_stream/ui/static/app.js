@@ -217,7 +217,9 @@ function renderPatient() {
   if (!p) {
     let idle = "No calibration running. Relax.";
     const unlabelled = cal && (cal.labels === false || /unlabel/.test(cal.purpose || ""));
-    if (cal && cal.active) idle = unlabelled ? "Recording: use your hand as usual." : "Get ready…";
+    if (cal && cal.active) {
+      idle = unlabelled ? "Recording: use your hand as usual." : "Get ready…";
+    }
     else if (cal && cal.outcome === "calibration_done") idle = "Calibration done. Thank you!";
     else if (cal && cal.outcome === "calibration_failed") idle = "Calibration stopped. Relax.";
     $("p-idle-text").textContent = idle;
