@@ -18,8 +18,10 @@ Endpoints: ``GET /`` (the page), ``GET /static/NAME``, ``GET /events`` (SSE),
 ``GET /api/state`` (the same parts as one JSON object), ``POST /api/recalibrate``,
 ``POST /api/rollback``, ``POST /api/cancel``. A POST must carry
 ``Content-Type: application/json`` and, if the browser sends an ``Origin``, come
-from this page's own origin, so another web site open in the same browser cannot
-steer the daemon (the page is unauthenticated; the bind policy keeps it local).
+from this page's own origin, and on a loopback server every request must name a
+loopback ``Host``, so another web site open in the same browser cannot read the
+stream or steer the daemon (the page is unauthenticated; the bind policy keeps it
+local).
 """
 
 from __future__ import annotations
@@ -211,6 +213,7 @@ class UiServer:
                  allow_remote: bool = False, curve: CurveClient | None = None,
                  feature_names=(), status_interval_s: float = STATUS_INTERVAL_S):
         self.host, self.port = check_ui_bind(address, allow_remote)
+        self.allow_remote = bool(allow_remote)
         self.control, self.pub = control, pub
         self.view = ViewState(control, pub, feature_names)
         self.status_interval_s = float(status_interval_s)
@@ -351,8 +354,26 @@ class _Handler(BaseHTTPRequestHandler):
     def _error(self, status: HTTPStatus, message: str) -> None:
         self._json(status, {"ok": False, "error": message})
 
+    def _host_ok(self) -> bool:
+        """Refuse a ``Host`` that is not loopback on a loopback server (DNS rebinding).
+
+        A web site whose name its DNS re-points at 127.0.0.1 would otherwise be
+        "same origin" with this page in the operator's browser and could read the
+        stream or press the buttons.
+        """
+        if self.ui.allow_remote:
+            return True
+        host = urlsplit("//" + (self.headers.get("Host") or "")).hostname or ""
+        if host in ("localhost", "::1") or host.startswith("127."):
+            return True
+        self._error(HTTPStatus.FORBIDDEN, f"host {host!r} is not served here; open the page "
+                                          f"at {self.ui.url}.")
+        return False
+
     # ------------------------------------------------------------------ GET
     def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        if not self._host_ok():
+            return
         path = urlsplit(self.path).path
         if path in ("/", "/index.html"):
             self._send(HTTPStatus.OK, self.ui._static["index.html"], _CONTENT_TYPES[".html"])
@@ -407,6 +428,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ POST
     def do_POST(self) -> None:  # noqa: N802 - http.server naming
+        if not self._host_ok():
+            return
         path = urlsplit(self.path).path
         name = path[5:] if path.startswith("/api/") else None
         try:

@@ -135,6 +135,20 @@ def test_bad_requests_are_refused_before_the_daemon(start_ui, path, body, header
     assert code == status and reply["ok"] is False and needle in reply["error"], (code, reply)
 
 
+@pytest.mark.parametrize("method,path", [("GET", "/"), ("GET", "/events"),
+                                         ("GET", "/api/state"), ("POST", "/api/cancel")])
+def test_a_foreign_host_name_is_refused(start_ui, method, path):
+    """DNS rebinding: evil.example re-pointed at 127.0.0.1 is not this page's origin."""
+    ui = start_ui(*dead_addresses())
+    port = ui.port
+    code, _, raw = http_request(ui.url, method, path, {} if method == "POST" else None,
+                                {"Host": f"evil.example:{port}",
+                                 "Origin": f"http://evil.example:{port}"})
+    assert code == 403 and "evil.example" in json.loads(raw)["error"]
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+        assert http_request(ui.url, "GET", "/api/state", headers={"Host": host})[0] == 200
+
+
 def test_oversized_body_is_not_read(start_ui):
     ui = start_ui(*dead_addresses())
     code, _, raw = http_request(ui.url, "POST", "/api/recalibrate",
