@@ -12,7 +12,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian's chromium; EMTL_CHROMIUM points elsewhere (the test that a missing browser
+# fails rather than skips uses it).
+CHROMIUM = Path(os.environ.get("EMTL_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                  "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]

@@ -7,6 +7,7 @@ about the daemon being absent.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -267,3 +268,17 @@ def test_status_reply_feeds_the_page_not_a_copy(live, ui):
             assert state["status"][key] == direct[key], key
     finally:
         sse.close()
+
+
+def test_browser_tests_fail_loudly_without_chromium(tmp_path):
+    """A missing browser is a failure with the install command, never a skip."""
+    env = dict(os.environ, EMTL_CHROMIUM=str(tmp_path / "no-chromium"))
+    test = "test_browser.py::test_ui_server_restart_is_survived_by_the_page"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+         str(REPO / "tests" / "ui" / test)],
+        capture_output=True, text=True, timeout=240, env=env, cwd=REPO)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "apt-get install -y chromium" in out and "1 error" in out, out
+    assert "skipped" not in out, out
