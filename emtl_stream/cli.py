@@ -29,6 +29,7 @@ _HANDLERS = {
     "warmup": "emtl_stream.commands:warmup",
     "evaluate": "emtl_stream.evaluate:main",
     "bench": "emtl_stream.commands:bench",
+    "ui": "emtl_stream.ui.server:main",
 }
 
 
@@ -119,6 +120,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="run the benchmarks and print the tables")
     p.add_argument("--quick", action="store_true", help="a small subset (about a minute)")
+    p = sub.add_parser("ui", help="serve the patient and operator web page for a running daemon")
+    p.add_argument("--config", default=None, help="TOML config ([ui] address, [zmq] addresses)")
+    p.add_argument("--address", default=None, metavar="HOST:PORT",
+                   help="serve on this address (default [ui] address)")
+    p.add_argument("--control", default=None, help="daemon control address (default from config)")
+    p.add_argument("--pub", default=None, help="daemon publisher address (default from config)")
     return parser
 
 

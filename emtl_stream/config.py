@@ -155,6 +155,14 @@ class LogConfig:
     file: str = _opt("")
 
 
+@dataclass(frozen=True)
+class UiConfig:
+    """``[ui]``: the local web page of ``emtl-stream ui``."""
+
+    address: str = _opt("127.0.0.1:5558")
+    allow_remote: bool = _opt(False)
+
+
 SECTIONS: dict[str, type] = {
     "stream": StreamConfig,
     "features": FeaturesConfig,
@@ -165,6 +173,7 @@ SECTIONS: dict[str, type] = {
     "zmq": ZmqConfig,
     "state": StateConfig,
     "log": LogConfig,
+    "ui": UiConfig,
 }
 
 
@@ -184,6 +193,7 @@ class Config:
     zmq: ZmqConfig = field(default_factory=ZmqConfig)
     state: StateConfig = field(default_factory=StateConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
     source: str = field(default="<defaults>", compare=False)
 
     def to_dict(self) -> dict:
@@ -324,6 +334,10 @@ def _check_consistency(cfg: Config, source: str) -> None:
     if bool(z.curve_server_secret) != bool(z.curve_server_public):
         raise ConfigError(f"zmq.curve_server_secret and zmq.curve_server_public in {source} "
                           "must be set together (generate both with zmq.curve_keypair()).")
+    host, _, port = cfg.ui.address.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"ui.address in {source} must be 'host:port' with a port in 0..65535 "
+                          f"(e.g. '127.0.0.1:5558'), got {cfg.ui.address!r}.")
 
 
 def _parse_env_value(raw: str, f: dataclasses.Field, name: str, key: str):

@@ -17,6 +17,8 @@ ALLOWED = {
     "model": {"model", "kernels"} | ROOT_SHARED,
     "io": {"io", "pipeline"} | ROOT_SHARED,
     "daemon": {"daemon", "model", "pipeline", "io", "kernels"} | ROOT_SHARED,
+    # The web page talks to the daemon only through its sockets (io.client).
+    "ui": {"ui", "io", "config", "logs", "errors"},
 }
 
 
