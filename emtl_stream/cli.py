@@ -120,6 +120,13 @@ def _demo(p):
 
 @command("run", "emtl_stream.commands:run_daemon", "run the daemon in the foreground")
 def _run(p):
+    from .config import Config
+
+    d = Config()
+    p.epilog = (f"Defaults (from the code; config/default.toml lists them all): publisher "
+                f"{d.zmq.pub}, control {d.zmq.control}, state folder {d.state.dir!r}, "
+                f"model {d.model.path or 'none (train one with train --live)'}, stream: "
+                f"any {d.stream.type} stream (pin yours with [stream] name or source_id).")
     p.add_argument("--state-dir", default=None, metavar="DIR",
                    help="state folder (default: [state] dir, 'state')")
 

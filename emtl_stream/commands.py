@@ -37,10 +37,22 @@ def _client(args, cfg=None, timeout_s=None):
                   timeout_s=timeout, curve=CurveClient.from_config(cfg.zmq))
 
 
-def _check_ok(command: str, reply: dict) -> dict:
-    """The reply of an accepted request; a refusal becomes a one-line failure (exit 1)."""
+def _check_ok(command: str, reply: dict, client=None) -> dict:
+    """The reply of an accepted request; a refusal becomes a one-line failure (exit 1).
+
+    With ``client``, a refusal for want of a stream also says why the daemon has none
+    (its ``last_error``: a rate or channel mismatch, no matching stream).
+    """
     if not reply.get("ok"):
-        raise RequestRefused(reply.get("error") or "refused")
+        error = reply.get("error") or "refused"
+        if client is not None and "stream" in error and "connected" in error:
+            try:
+                why = client.status().get("last_error")
+            except (TimeoutError, ConnectionError):
+                why = None
+            if why and why not in error:
+                error = f"{error}: {why}"
+        raise RequestRefused(error)
     return reply
 
 
@@ -386,7 +398,7 @@ def _train_live(args) -> int:
         _check_ok("train", client.status())  # fail fast (timeout) without a daemon
         time.sleep(0.3)  # let the subscription reach the publisher (slow joiner)
         reply = _check_ok("train", client.train(classes=classes, seconds_per_class=args.seconds,
-                                                repetitions=args.repetitions))
+                                                repetitions=args.repetitions), client)
         done = _follow_session("train", sub, float(reply.get("duration_s") or 0))
     print(f"model trained: classes {', '.join(client.status().get('classes', []))}, "
           f"training accuracy {float(done.get('train_accuracy', float('nan'))):.3f}, "
@@ -485,7 +497,7 @@ def recalibrate(args) -> int:
         time.sleep(0.3)  # let the subscription reach the publisher (slow joiner)
         reply = _check_ok("recalibrate", client.recalibrate(
             classes=_split(args.classes), seconds_per_class=args.seconds,
-            repetitions=args.repetitions))
+            repetitions=args.repetitions), client)
         done = _follow_session("recalibrate", sub, float(reply.get("duration_s") or 0))
     parts = [f"new map live: version {done.get('model')}"]
     if done.get("roll") is not None:

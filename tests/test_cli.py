@@ -177,7 +177,7 @@ def test_replay_a_file_and_synthetic_for_one_second(emg_dir):
     assert proc.returncode == 2
 
 
-# --------------------------------------------------------------------------- 13 SIGTERM
+# --------------------------------------------------------------------------- run, SIGTERM
 def test_run_stops_cleanly_on_sigterm(tmp_path, source):
     sid = unique_id("sigterm")
     model = source[0].save(tmp_path / "model.npz")
@@ -468,3 +468,48 @@ def test_label_fit_cancel_save_and_rollback_verbs(running):
             break
     else:
         pytest.fail("the daemon still answers after shutdown")
+
+
+def test_train_live_installs_a_model_and_writes_a_copy(tmp_path):
+    sid = unique_id("trainlive")
+    config = daemon_config(tmp_path / "state", sid)
+    player = Replayer(armband(), name="emtl-train-live", source_id=sid,
+                      follow_prompts=config.zmq.pub).start()
+    daemon = Daemon(config).start()  # no model: waits for a training session
+    try:
+        out = tmp_path / "model.npz"
+        proc = cli("train", "--live", "--classes", "rest,open,close", "--seconds", "1.5",
+                   "--out", out, *_addr(config), timeout=180)
+        assert proc.returncode == 0, proc.stderr
+        assert "model trained: classes" in proc.stdout and "map version" in proc.stdout
+        assert re.search(r"\[ ?\d/\d\] open", proc.stderr)
+        bundle = SourceBundle.load(out)
+        assert sorted(bundle.classes) == ["close", "open", "rest"] and bundle.fs == 500.0
+        status = Client(config.zmq.control, config.zmq.pub).status()
+        assert status["state"] == "streaming" and sorted(status["classes"]) == sorted(
+            bundle.classes)
+    finally:
+        daemon.stop()
+        player.stop()
+
+
+def test_a_model_at_another_rate_is_refused_with_the_reason(tmp_path, source):
+    sid = unique_id("rate")
+    config = daemon_config(tmp_path / "state", sid)
+    player = Replayer(armband(fs=1000.0), name="emtl-rate", source_id=sid).start()
+    daemon = Daemon(config, bundle=source[0]).start()  # the model is at 500 Hz
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            proc = cli("status", *_addr(config))
+            if "expects 500 Hz" in proc.stdout:
+                break
+            time.sleep(0.5)
+        assert "NOT connected" in proc.stdout and "runs at 1000 Hz" in proc.stdout, proc.stdout
+        proc = cli("recalibrate", *_addr(config))
+        assert proc.returncode == 1
+        line = one_line(proc.stderr)
+        assert "no EMG stream connected" in line and "expects 500 Hz" in line, line
+    finally:
+        daemon.stop()
+        player.stop()
