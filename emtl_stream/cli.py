@@ -340,7 +340,8 @@ def _reason(exc: BaseException) -> str:
     from .errors import EmtlError
 
     text = str(exc) or type(exc).__name__
-    if isinstance(exc, (EmtlError, OSError, TimeoutError, ConnectionError, ValueError)):
+    if isinstance(exc, (EmtlError, OSError, TimeoutError, ConnectionError, ValueError,
+                        RuntimeError)):
         return text
     return f"{type(exc).__name__}: {text}"
 

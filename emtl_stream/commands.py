@@ -109,7 +109,7 @@ def run_daemon(args) -> int:
         old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             _say("run", "warming up the kernels (the first run compiles them) ...")
-            daemon.start(timeout=900.0)
+            _start_quietly(daemon)
             _say("run", f"serving on {cfg.zmq.pub} (predictions, events, prompts) and "
                         f"{cfg.zmq.control} (control); state in {cfg.state.dir}; "
                         "Ctrl-C or `emtl-stream shutdown` stops")
@@ -120,6 +120,25 @@ def run_daemon(args) -> int:
                 signal.signal(s, h)
     _say("run", "stopped")
     return 0
+
+
+def _start_quietly(daemon) -> None:
+    """``daemon.start()``; its failure is reported once, by the command line (the
+    daemon also logs it, which would print the same reason twice)."""
+    import logging
+
+    from .logs import logger
+
+    class _DropStartFailure(logging.Filter):
+        def filter(self, record):
+            return not record.getMessage().startswith("daemon start failed")
+
+    drop = _DropStartFailure()
+    logger.addFilter(drop)
+    try:
+        daemon.start(timeout=900.0)
+    finally:
+        logger.removeFilter(drop)
 
 
 def _stream_query(cfg) -> str:

@@ -513,3 +513,23 @@ def test_a_model_at_another_rate_is_refused_with_the_reason(tmp_path, source):
     finally:
         daemon.stop()
         player.stop()
+
+
+def test_a_port_in_use_is_reported_once(tmp_path):
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.PUB)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EMTL_")}
+        env.update(EMTL_ZMQ_PUB=f"tcp://127.0.0.1:{port}", EMTL_STATE_DIR=str(tmp_path / "s"),
+                   EMTL_ZMQ_CONTROL=f"tcp://127.0.0.1:{free_port()}",
+                   EMTL_STREAM_NAME=unique_id("nobody"))
+        proc = subprocess.run(CLI + ["run"], capture_output=True, text=True, timeout=120,
+                              env=env)
+    finally:
+        sock.close(linger=0)
+    assert proc.returncode == 1, proc.stderr
+    failures = [ln for ln in proc.stderr.splitlines() if str(port) in ln and "serving" not in ln]
+    assert len(failures) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
