@@ -372,6 +372,12 @@ def _load_burst(path, cfg):
         return None
     sidecar = path.with_suffix(".json")
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
+    raw = arrays.get("raw")
+    if "n_channels" not in meta and raw is not None and raw.ndim == 3 and raw.shape[1] > 0:
+        # the raw windows say the stream's shape: window_ms of signal per window
+        window_ms = float(meta.get("window_ms", cfg.features.window_ms))
+        meta = dict(meta, n_channels=int(raw.shape[2]),
+                    fs=round(raw.shape[1] * 1000.0 / window_ms, 6))
     if "features" in meta:
         extractor = FeatureExtractor.from_dict(meta["features"])
     elif "n_channels" in meta and "fs" in meta:

@@ -130,3 +130,18 @@ def test_train_on_a_saved_burst_needs_the_stream_shape(tmp_path):
     bundle = SourceBundle.load(tmp_path / "m.npz")
     assert (bundle.n_channels, bundle.fs) == (4, 500.0)
     assert sorted(bundle.classes) == ["fist", "rest"]
+
+
+def test_train_on_a_saved_burst_takes_the_stream_shape_from_its_raw_windows(tmp_path):
+    rng = np.random.default_rng(2)
+    X = np.r_[rng.normal(0, 1, (30, 16)), rng.normal(3, 1, (30, 16))]
+    labels = np.array(["rest"] * 30 + ["fist"] * 30)
+    path = tmp_path / "000001.npz"
+    # 200 ms windows of 100 samples and 4 channels: a 500 Hz, 4-channel stream
+    np.savez(path, X=X, labels=labels, raw=np.zeros((60, 100, 4), np.float32))
+    path.with_suffix(".json").write_text(json.dumps({"window_ms": 200.0, "step_ms": 50.0}))
+    proc = subprocess.run(CLI + ["train", path, "--out", tmp_path / "m.npz"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    bundle = SourceBundle.load(tmp_path / "m.npz")
+    assert (bundle.n_channels, bundle.fs) == (4, 500.0)
