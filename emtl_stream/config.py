@@ -8,7 +8,9 @@ comment per key, and a test keeps the two equal key by key. Loading order:
 3. ``EMTL_<SECTION>_<KEY>`` environment variables, each parsed as a TOML value
    (``EMTL_TRANSFER_REG=0.5``, ``EMTL_MODEL_CLASSES='["rest", "fist"]'``). A value
    that is not valid TOML is taken as a bare string when the key is a string
-   (``EMTL_ZMQ_PUB=tcp://127.0.0.1:6000`` works without quotes).
+   (``EMTL_ZMQ_PUB=tcp://127.0.0.1:6000`` works without quotes). Any other
+   ``EMTL_*`` variable is an error naming the closest config variable, except the
+   few the package reads for other purposes (:data:`ENV_OTHER`).
 
 Unknown sections or keys are a :class:`~emtl_stream.errors.ConfigError` naming
 ``section.key`` and the file; so is a value of the wrong type (naming the key, the
@@ -350,26 +352,50 @@ def _parse_env_value(raw: str, f: dataclasses.Field, name: str, key: str):
                           f"value ({exc}); expected {_type_name(eval_type(f.type))}.") from exc
 
 
+# EMTL_* variables that are not config keys: read by other parts of the project
+# (listed in the README's configuration section). Every other EMTL_* variable must
+# name a config key.
+ENV_OTHER = {
+    "EMTL_EMG_DATA": "folder of the CIIL electrode-shift recordings (tests, evaluation)",
+    "EMTL_RAISE_BACKGROUND_ERRORS": "1: background-thread errors raise instead of being "
+                                    "logged (tests)",
+    "EMTL_SCREENSHOTS": "folder the browser tests of `emtl-stream ui` save screenshots to "
+                        "(tests)",
+}
+
+
+def env_names() -> dict[str, tuple[str, str]]:
+    """Every config key's environment variable: ``{"EMTL_TRANSFER_REG": ("transfer",
+    "reg"), ...}``, derived from the section dataclasses."""
+    return {f"{ENV_PREFIX}{sec.upper()}_{f.name.upper()}": (sec, f.name)
+            for sec, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
+
+
 def _env_overrides(env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """``EMTL_<SECTION>_<KEY>`` variables as ``{section: {key: value}}``.
 
-    Variables whose section is unknown (``EMTL_EMG_DATA``, ``EMTL_RAISE_...``) belong
-    to other parts of the project and are ignored; a known section with an unknown key
-    is an error so typos do not pass silently.
+    An ``EMTL_*`` variable that names no config key and is not one of
+    :data:`ENV_OTHER` is an error naming the closest known variable, so a typo in
+    the section (``EMTL_TRANSFR_REG``) fails as loudly as one in the key.
     """
+    import difflib
+
+    known = env_names()
     out: dict[str, dict[str, Any]] = {}
     for name, raw in env.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in ENV_OTHER:
             continue
-        rest = name[len(ENV_PREFIX):].lower()
-        sec, _, key = rest.partition("_")
-        if sec not in SECTIONS or not key:
-            continue
-        fields = _field_map(SECTIONS[sec])
-        if key not in fields:
-            raise ConfigError(f"unknown config key {sec}.{key} in environment variable {name}; "
-                              f"[{sec}] knows: {', '.join(fields)}.")
-        out.setdefault(sec, {})[key] = _parse_env_value(raw, fields[key], name, f"{sec}.{key}")
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known) + list(ENV_OTHER), n=1,
+                                              cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else (
+                f"; config variables are {ENV_PREFIX}<SECTION>_<KEY> with sections "
+                f"{', '.join(SECTIONS)}")
+            raise ConfigError(f"unknown environment variable {name}: it names no config key"
+                              f"{hint} (other {ENV_PREFIX}* variables: {', '.join(ENV_OTHER)})")
+        sec, key = known[name]
+        field_ = _field_map(SECTIONS[sec])[key]
+        out.setdefault(sec, {})[key] = _parse_env_value(raw, field_, name, f"{sec}.{key}")
     return out
 
 

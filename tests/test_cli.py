@@ -177,7 +177,7 @@ def test_replay_a_file_and_synthetic_for_one_second(emg_dir):
     assert proc.returncode == 2
 
 
-# --------------------------------------------------------------------------- 13 SIGTERM
+# --------------------------------------------------------------------------- run, SIGTERM
 def test_run_stops_cleanly_on_sigterm(tmp_path, source):
     sid = unique_id("sigterm")
     model = source[0].save(tmp_path / "model.npz")
@@ -223,3 +223,313 @@ def test_run_stops_cleanly_on_sigterm(tmp_path, source):
         player.stop()
     # it left a consistent state dir behind
     assert (tmp_path / "state" / "source" / "model.npz").exists()
+
+
+# --------------------------------------------------------------------------- flags, exit codes
+def only_line(stderr: str) -> str:
+    """The whole stderr of a failing command is exactly one line (nothing said twice)."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def _no_daemon():
+    return ["--control", f"tcp://127.0.0.1:{free_port()}",
+            "--pub", f"tcp://127.0.0.1:{free_port()}"]
+
+
+def test_global_flags_are_accepted_after_the_subcommand(tmp_path):
+    proc = cli("status", *_no_daemon(), "--timeout", "0.3", "--verbose", check_traceback=False)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr  # --verbose took effect
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[zmq]\nwobble = 1\n")
+    proc = cli("status", "--config", cfg)
+    assert proc.returncode == 2 and "zmq.wobble" in only_line(proc.stderr)
+    proc = cli("--config", cfg, "status")
+    assert proc.returncode == 2 and "zmq.wobble" in only_line(proc.stderr)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["evaluate", ".", "--subjects", "x"], ["--subjects", "integers"]),
+    (["train", "README.md", "--out", "m.npz", "--covariance-type", "bogus"], ["bogus"]),
+    (["replay", "README.md"], ["README.md"]),
+    (["rollback", "0"], ["start at 1"]),
+    (["train", "--out", "m.npz"], ["--live"]),
+])
+def test_usage_errors_exit_2_with_one_line(args, words):
+    proc = cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    text = proc.stderr if args[0] in ("evaluate", "rollback") or "bogus" in args else \
+        only_line(proc.stderr)
+    for w in words:
+        assert w in text, proc.stderr
+
+
+def test_replay_refuses_a_fractional_shift_or_prompts_for_a_file(emg_dir):
+    f = emg_dir / "ciil_es_s02_baseline.npz"
+    proc = cli("replay", f, "--shift", "0.5", "--name", unique_id("frac"))
+    assert proc.returncode == 2 and "fractional" in only_line(proc.stderr)
+    proc = cli("replay", f, "--follow-prompts", "tcp://127.0.0.1:5999", "--name", unique_id("fp"))
+    assert proc.returncode == 2 and "--follow-prompts needs --synthetic" in only_line(proc.stderr)
+
+
+def test_a_non_loopback_bind_exits_2_with_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMTL_")}
+    env.update(EMTL_ZMQ_PUB="tcp://0.0.0.0:45991", EMTL_STATE_DIR=str(tmp_path / "s"),
+               EMTL_STREAM_NAME=unique_id("nobody"))
+    proc = subprocess.run(CLI + ["run"], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2, proc.stderr
+    assert "0.0.0.0" in only_line(proc.stderr)
+
+
+def test_a_misspelt_environment_section_exits_2_naming_the_closest():
+    env = dict(os.environ, EMTL_TRANSFR_REG="1")
+    proc = subprocess.run(CLI + ["status", *_no_daemon()], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 2
+    assert "EMTL_TRANSFR_REG" in only_line(proc.stderr) and "EMTL_TRANSFER_REG" in proc.stderr
+
+
+def test_subscribe_without_a_daemon_gives_up_after_the_timeout():
+    t0 = time.monotonic()
+    proc = cli("subscribe", "pred", "--count", "1", "--timeout", "0.5", *_no_daemon())
+    assert proc.returncode == 1 and "no reply" in only_line(proc.stderr)
+    assert time.monotonic() - t0 < 30  # not forever (the interpreter start is most of it)
+
+
+def test_demo_plot_without_matplotlib_fails_before_running():
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from emtl_stream.cli import main\n"
+            "sys.exit(main(['demo', '--plot', 'never.png']))\n")
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "matplotlib" in only_line(proc.stderr)
+    assert "warming up" not in proc.stdout + proc.stderr
+    assert time.monotonic() - t0 < 30
+
+
+def test_liblsl_log_is_quiet_unless_verbose(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "LSLAPICFG"}
+    args = CLI + ["replay", "--synthetic", "--seconds", "0.3", "--name", unique_id("quiet")]
+    quiet = subprocess.run(args, capture_output=True, text=True, timeout=60, env=env,
+                           cwd=tmp_path)
+    loud = subprocess.run(args + ["--verbose"], capture_output=True, text=True, timeout=60,
+                          env=env, cwd=tmp_path)
+    assert quiet.returncode == 0 and loud.returncode == 0
+    assert "Loaded default config" in loud.stderr  # liblsl's own INFO line
+    assert "Loaded default config" not in quiet.stderr and "loguru" not in quiet.stderr
+
+
+# --------------------------------------------------------------------------- progress
+class _Stream:
+    def __init__(self, tty):
+        self.text, self.tty = [], tty
+
+    def write(self, s):
+        self.text.append(s)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return self.tty
+
+
+def _prompts(steps=9, per_step=800):
+    for step in range(1, steps + 1):
+        for k in range(per_step):
+            yield {"class": "rest" if step % 2 == 0 else f"c{step}", "step": step, "of": steps,
+                   "remaining_s": 1.0 - k / per_step}
+
+
+def test_progress_prints_one_plain_line_per_prompt_when_not_a_terminal():
+    from emtl_stream.commands import _Progress
+
+    out = _Stream(tty=False)
+    p = _Progress(out)
+    for msg in _prompts():
+        p.prompt(msg)
+    p.end()
+    lines = "".join(out.text).splitlines()
+    assert len(lines) == 9 and "\r" not in "".join(out.text)
+    assert lines[0].startswith("[ 1/9] c1") and lines[1].startswith("[ 2/9] rest")
+
+
+def test_progress_on_a_terminal_redraws_at_most_ten_times_a_second():
+    from emtl_stream.commands import _Progress
+
+    out = _Stream(tty=True)
+    p = _Progress(out)
+    t0 = time.monotonic()
+    for msg in _prompts():
+        p.prompt(msg)
+    elapsed = time.monotonic() - t0
+    p.end()
+    redraws = "".join(out.text).count("\r")
+    assert 9 <= redraws <= 9 + 10 * elapsed + 1, (redraws, elapsed)
+
+
+# --------------------------------------------------------------------------- lock, run messages
+def test_a_second_daemon_on_the_same_state_dir_exits_2_naming_the_first_pid(tmp_path):
+    state = tmp_path / "state"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\nfrom emtl_stream.io.lock import StateDirLock\n"
+         f"lock = StateDirLock({str(state)!r}).acquire()\nprint('locked', flush=True)\n"
+         "time.sleep(60)\n"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EMTL_")}
+        env.update(EMTL_STATE_DIR=str(state), EMTL_STREAM_NAME=unique_id("nobody"))
+        proc = subprocess.run(CLI + ["run"], capture_output=True, text=True, timeout=60,
+                              env=env)
+        assert proc.returncode == 2, proc.stderr
+        line = only_line(proc.stderr)
+        assert f"pid {holder.pid}" in line and str(state) in line
+    finally:
+        holder.kill()
+        holder.wait()
+    from emtl_stream.io.lock import StateDirLock
+
+    with StateDirLock(state) as lock:  # released by the kernel when the holder died
+        assert lock.held and (state / "daemon.lock").read_text().strip() == str(os.getpid())
+
+
+def test_run_says_what_it_is_doing_and_status_says_why_not_connected(tmp_path):
+    name = unique_id("absent")
+    pub, control = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMTL_")}
+    env.update(EMTL_STATE_DIR=str(tmp_path / "state"), EMTL_STREAM_NAME=name,
+               EMTL_ZMQ_PUB=pub, EMTL_ZMQ_CONTROL=control)
+    proc = subprocess.Popen(CLI + ["run"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        seen = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            if "waiting for stream" in line:
+                break
+        text = "".join(seen)
+        assert "no model:" in text and "train --live" in text, text
+        assert f"serving on {pub}" in text and control in text, text
+        assert f"waiting for stream name {name!r}" in text, text
+        st = cli("status", "--control", control, "--pub", pub)
+        assert st.returncode == 0 and "NOT connected:" in st.stdout, st.stdout
+        down = cli("shutdown", "--control", control, "--pub", pub)
+        assert down.returncode == 0 and "stopping" in down.stdout
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "stopped" in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+# --------------------------------------------------------------------------- control verbs
+def test_label_fit_cancel_save_and_rollback_verbs(running):
+    config, player, client = running
+    addr = _addr(config)
+    proc = cli("rollback", *addr)  # only the model's identity map exists
+    assert proc.returncode == 1 and "first map" in one_line(proc.stderr)
+    assert "None" not in proc.stderr
+    proc = cli("cancel", *addr)
+    assert proc.returncode == 0 and "nothing to cancel" in proc.stdout
+    player.set_shift(1.0)
+    for cls in ("rest", "open"):
+        player.set_class(cls)
+        proc = cli("label", cls, *addr)
+        assert proc.returncode == 0 and f"labelling windows as {cls}" in proc.stdout
+        time.sleep(1.0)
+    proc = cli("label", "none", *addr)
+    assert proc.returncode == 0 and "labelling stopped" in proc.stdout
+    proc = cli("fit", *addr)
+    assert proc.returncode == 0, proc.stderr
+    assert "new map live: version 2" in proc.stderr
+    assert client.status()["model"] == 2
+    proc = cli("save", *addr)
+    assert proc.returncode == 0 and "saved: map 2 live" in proc.stdout
+    assert str(config.state.dir) in proc.stdout
+    proc = cli("rollback", *addr)
+    assert proc.returncode == 0 and "map 1 live (was 2)" in proc.stdout
+    proc = cli("label", "juggle", *addr)
+    assert proc.returncode == 1 and "juggle" in one_line(proc.stderr)
+    proc = cli("shutdown", *addr)
+    assert proc.returncode == 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            client.status()
+        except TimeoutError:
+            break
+    else:
+        pytest.fail("the daemon still answers after shutdown")
+
+
+def test_train_live_installs_a_model_and_writes_a_copy(tmp_path):
+    sid = unique_id("trainlive")
+    config = daemon_config(tmp_path / "state", sid)
+    player = Replayer(armband(), name="emtl-train-live", source_id=sid,
+                      follow_prompts=config.zmq.pub).start()
+    daemon = Daemon(config).start()  # no model: waits for a training session
+    try:
+        out = tmp_path / "model.npz"
+        proc = cli("train", "--live", "--classes", "rest,open,close", "--seconds", "1.5",
+                   "--out", out, *_addr(config), timeout=180)
+        assert proc.returncode == 0, proc.stderr
+        assert "model trained: classes" in proc.stdout and "map version" in proc.stdout
+        assert re.search(r"\[ ?\d/\d\] open", proc.stderr)
+        bundle = SourceBundle.load(out)
+        assert sorted(bundle.classes) == ["close", "open", "rest"] and bundle.fs == 500.0
+        status = Client(config.zmq.control, config.zmq.pub).status()
+        assert status["state"] == "streaming" and sorted(status["classes"]) == sorted(
+            bundle.classes)
+    finally:
+        daemon.stop()
+        player.stop()
+
+
+def test_a_model_at_another_rate_is_refused_with_the_reason(tmp_path, source):
+    sid = unique_id("rate")
+    config = daemon_config(tmp_path / "state", sid)
+    player = Replayer(armband(fs=1000.0), name="emtl-rate", source_id=sid).start()
+    daemon = Daemon(config, bundle=source[0]).start()  # the model is at 500 Hz
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            proc = cli("status", *_addr(config))
+            if "expects 500 Hz" in proc.stdout:
+                break
+            time.sleep(0.5)
+        assert "NOT connected" in proc.stdout and "runs at 1000 Hz" in proc.stdout, proc.stdout
+        proc = cli("recalibrate", *_addr(config))
+        assert proc.returncode == 1
+        line = one_line(proc.stderr)
+        assert "no EMG stream connected" in line and "expects 500 Hz" in line, line
+    finally:
+        daemon.stop()
+        player.stop()
+
+
+def test_a_port_in_use_is_reported_once(tmp_path):
+    import zmq
+
+    sock = zmq.Context.instance().socket(zmq.PUB)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EMTL_")}
+        env.update(EMTL_ZMQ_PUB=f"tcp://127.0.0.1:{port}", EMTL_STATE_DIR=str(tmp_path / "s"),
+                   EMTL_ZMQ_CONTROL=f"tcp://127.0.0.1:{free_port()}",
+                   EMTL_STREAM_NAME=unique_id("nobody"))
+        proc = subprocess.run(CLI + ["run"], capture_output=True, text=True, timeout=120,
+                              env=env)
+    finally:
+        sock.close(linger=0)
+    assert proc.returncode == 1, proc.stderr
+    failures = [ln for ln in proc.stderr.splitlines() if str(port) in ln and "serving" not in ln]
+    assert len(failures) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr

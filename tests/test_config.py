@@ -19,7 +19,6 @@ else:  # pragma: no cover
 REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT = REPO / "config" / "default.toml"
-DEMO = REPO / "config" / "demo.toml"
 
 
 def test_default_toml_equals_dataclass_defaults_key_by_key():
@@ -54,12 +53,6 @@ def test_every_key_in_default_toml_has_a_comment():
 
 def test_loading_default_toml_gives_the_defaults():
     assert load_config(DEFAULT, env={}) == Config() == load_config(None, env={})
-
-
-def test_demo_toml_loads_and_overrides():
-    cfg = load_config(DEMO, env={})
-    assert cfg.zmq.pub != Config().zmq.pub
-    assert cfg.transfer == Config().transfer  # untouched sections keep defaults
 
 
 def test_unknown_key_names_section_key_and_file(tmp_path):
@@ -153,6 +146,32 @@ def test_environment_errors_name_the_variable():
         load_config(None, env={"EMTL_TRANSFER_REG": "lots"})
     with pytest.raises(ConfigError, match=r"stream\.ring"):
         load_config(None, env={"EMTL_STREAM_RING": "1"})
+
+
+def test_an_unknown_section_in_the_environment_is_an_error_naming_the_closest_variable():
+    with pytest.raises(ConfigError, match=r"EMTL_TRANSFR_REG.*did you mean EMTL_TRANSFER_REG\?"):
+        load_config(None, env={"EMTL_TRANSFR_REG": "1"})
+    with pytest.raises(ConfigError, match=r"EMTL_STREEM_NAME.*EMTL_STREAM_NAME"):
+        load_config(None, env={"EMTL_STREEM_NAME": '"x"'})
+    with pytest.raises(ConfigError, match=r"EMTL_XQZJKW.*sections stream"):
+        load_config(None, env={"EMTL_XQZJKW": "1"})
+
+
+def test_documented_other_variables_pass_and_every_key_has_its_variable():
+    from emtl_stream.config import ENV_OTHER, env_names
+
+    env = {name: "x" for name in ENV_OTHER}
+    env["EMTL_LOG_LEVEL"] = "INFO"  # a config key too: [log] level
+    assert load_config(None, env=env).log.level == "INFO"
+    names = env_names()
+    # derived from the dataclasses: one variable per key, each mapping back to it
+    assert len(names) == sum(len(v) for v in Config().to_dict().values())
+    for name, (sec, key) in names.items():
+        assert name == f"EMTL_{sec.upper()}_{key.upper()}"
+        assert key in Config().to_dict()[sec]
+    readme = (REPO / "README.md").read_text()
+    for name in ENV_OTHER:
+        assert name in readme, f"{name} is not documented in the README"
 
 
 def test_config_is_frozen_and_replace_validates():

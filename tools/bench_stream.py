@@ -17,6 +17,7 @@ main thread runs the daemon's acquisition step: ``EMGInlet.pull`` then
 Usage::
 
     python tools/bench_stream.py                      # about 1 minute
+    python tools/bench_stream.py --quick              # 2 s per configuration
     python tools/bench_stream.py --long 300           # + 5 min at 320 x 2048 Hz, counting loss
     python tools/bench_stream.py --out /tmp/bench_stream.md   (then merge into docs/benchmarks.md)
 
@@ -171,7 +172,11 @@ def main(argv=None) -> int:
     p.add_argument("--fast-seconds", type=float, default=20.0,
                    help="signal length of the as-fast-as-possible replay")
     p.add_argument("--out", default=None, help="also write the Markdown table here")
+    p.add_argument("--quick", action="store_true",
+                   help="short runs (2 s real time, 5 s fast replay per configuration)")
     args = p.parse_args(argv)
+    if args.quick:
+        args.seconds, args.fast_seconds = min(args.seconds, 2.0), min(args.fast_seconds, 5.0)
 
     rows = []
     for n_ch, fs in CONFIGS:

@@ -236,6 +236,24 @@ class Client:
             classes=list(classes) if classes is not None else None,
             seconds_per_class=seconds_per_class, repetitions=repetitions))
 
+    def train(self, classes=None, seconds_per_class=None, repetitions=None) -> dict:
+        """Start a prompted training session of a new source model on the live stream.
+
+        The daemon installs the model when the fit is done (``calibration_done`` event
+        with ``purpose: "train"``); the reply only says the session started.
+
+        Parameters
+        ----------
+        classes : sequence of str, optional
+            Classes to prompt (default: ``[model] classes`` of the daemon's config).
+        seconds_per_class : float, optional
+            Default: ``[calibration] train_seconds_per_class``.
+        repetitions : int, optional
+        """
+        return self.request("train", **self._given(
+            classes=list(classes) if classes is not None else None,
+            seconds_per_class=seconds_per_class, repetitions=repetitions))
+
     def label(self, name: str | None) -> dict:
         """Label the windows from now on as ``name`` (``None``: stop labelling)."""
         return self.request("label", label=name)

@@ -399,8 +399,14 @@ def _prompt_subscriber(address: str):
 def run_replay(path_or_none, *, rate: float = 1.0, shift: float = 0.0, loop: bool = False,
                name: str = "emtl-replay", synthetic: bool = False, n_channels: int = 8,
                fs: float = 1000.0, seconds: float = 0.0, follow_prompts: str | None = None,
-               seed: int = 0) -> int:
+               seed: int = 0, source_id: str | None = None, announce=None) -> int:
     """Play a recording file (or the synthetic armband) until done or SIGINT/SIGTERM.
+
+    A synthetic armband performs the classes prompted on ``follow_prompts`` (a
+    daemon's PUB address) or, without it, cycles through its classes (3 s each);
+    ``source_id`` defaults to one derived from the name and the source. ``announce``
+    (a callable taking one line of text) is told what is being streamed; default: the
+    log at INFO.
 
     Returns
     -------
@@ -414,19 +420,26 @@ def run_replay(path_or_none, *, rate: float = 1.0, shift: float = 0.0, loop: boo
             schedule = [(c, 3.0) for c in source.class_names]
         player = Replayer(source, name=name, rate=rate, loop=True, shift=shift,
                           follow_prompts=follow_prompts, class_schedule=schedule,
-                          seconds=seconds or None)
+                          seconds=seconds or None, source_id=source_id)
     else:
+        if follow_prompts:
+            raise ValueError("follow_prompts needs the synthetic armband; a recording plays "
+                             "its own labels.")
         rec = load_recording(path_or_none)
         player = Replayer(rec, name=name, rate=rate, loop=loop, shift=shift,
-                          seconds=seconds or None)
+                          seconds=seconds or None, source_id=source_id)
     stop = threading.Event()
     old = None
     if threading.current_thread() is threading.main_thread():
         old = signal.signal(signal.SIGTERM, lambda *a: stop.set())
     player.start()
-    logger.info("replaying %s as LSL stream %r (source_id %s): %d ch @ %g Hz, rate %s",
-                   "synthetic EMG" if synthetic else path_or_none, name, player.source_id,
-                   player.n_channels, player.fs, "max" if player.fast else f"{rate:g}x")
+    text = (f"{'synthetic EMG' if synthetic else path_or_none} as LSL stream {name!r} "
+            f"(source_id {player.source_id}, markers {name + '-markers'!r}): "
+            f"{player.n_channels} ch @ {player.fs:g} Hz, "
+            f"{'max' if player.fast else f'{rate:g}x'} speed, shift {shift:g}"
+            + (f", following prompts on {follow_prompts}" if follow_prompts else
+               ", cycling the classes" if synthetic else ""))
+    (announce or (lambda t: logger.info("replaying %s", t)))(text)
     try:
         while not stop.is_set() and not player.done.is_set():
             stop.wait(0.2)

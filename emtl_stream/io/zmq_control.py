@@ -28,7 +28,7 @@ from typing import Callable
 
 import zmq
 
-from ..errors import ProtocolError
+from ..errors import EmtlError, ProtocolError
 from ..logs import logger
 from . import protocol
 from .protocol import Request
@@ -104,7 +104,13 @@ class ControlServer:
             result = self.handler(request)
         except Exception as exc:  # a command failed: the client gets the reason
             self.n_errors += 1
-            logger.warning("control command %r failed", request.cmd, exc_info=True)
+            if isinstance(exc, (EmtlError, ValueError, LookupError)):
+                # a refused request (bad state, unknown class or version): one line; the
+                # traceback only at DEBUG
+                logger.warning("control command %r refused: %s", request.cmd, exc)
+                logger.debug("control command %r refused", request.cmd, exc_info=True)
+            else:
+                logger.warning("control command %r failed", request.cmd, exc_info=True)
             return protocol.reply_error(str(exc) or type(exc).__name__)
         try:
             if result is None:

@@ -205,3 +205,53 @@ def test_curve_client_from_config_talks_to_a_curve_server(ctx, tmp_path):
         assert CurveConfig.from_config(Config().zmq) is None
     finally:
         srv.close()
+
+
+def test_train_sends_the_train_command_with_only_given_fields(server, ctx):
+    with Client(control=server.address, timeout_s=5.0, context=ctx) as c:
+        assert c.train() == {"v": 1, "ok": True, "cmd": "train", "fields": {}}
+        assert c.train(classes=("rest", "fist"), seconds_per_class=2.0, repetitions=1)[
+            "fields"] == {"classes": ["rest", "fist"], "seconds_per_class": 2.0,
+                          "repetitions": 1}
+        # the server validates the fields exactly as for recalibrate
+        bad = c.train(seconds_per_class=-1.0)
+        assert bad["ok"] is False and "seconds_per_class" in bad["error"]
+
+
+def test_a_refused_request_logs_one_line_without_a_traceback(ctx):
+    import logging
+
+    from emtl_stream.errors import CalibrationError
+    from emtl_stream.logs import logger
+
+    def handler(req):
+        if req.cmd == "rollback":
+            raise CalibrationError("no map before version 1 to roll back to")
+        raise RuntimeError("a bug")
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record)
+
+    keep = Keep(level=logging.DEBUG)
+    logger.addHandler(keep)
+    old_level = logger.level
+    logger.setLevel(logging.WARNING)
+    srv = ControlServer("tcp://127.0.0.1:*", handler, context=ctx).start(poll_ms=10)
+    try:
+        with Client(control=srv.address, timeout_s=5.0, context=ctx) as c:
+            r = c.rollback()
+            assert r["ok"] is False and "no map before version 1" in r["error"]
+            refused = [rec for rec in records if rec.levelno >= logging.WARNING]
+            assert len(refused) == 1 and refused[0].exc_info is None
+            assert "no map before version 1" in refused[0].getMessage()
+            records.clear()
+            assert c.status()["ok"] is False  # an unexpected failure keeps its traceback
+            failed = [rec for rec in records if rec.levelno >= logging.WARNING]
+            assert len(failed) == 1 and failed[0].exc_info is not None
+    finally:
+        srv.close()
+        logger.removeHandler(keep)
+        logger.setLevel(old_level)

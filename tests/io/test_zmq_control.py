@@ -100,13 +100,17 @@ def test_bad_requests_get_ok_false_with_the_reason(server, ctx, data, reason):
     assert ask(server, sock, J({"v": 1, "cmd": "status"}))["ok"] is True
 
 
-def test_handler_exception_is_an_error_reply_and_logged_with_traceback(server, ctx, caplog):
+def test_a_refused_command_is_an_error_reply_logged_in_one_line(server, ctx, caplog):
     sock = req_socket(ctx, server.address)
-    with caplog.at_level(logging.WARNING, logger="emtl_stream"):
+    with caplog.at_level(logging.DEBUG, logger="emtl_stream"):
         r = ask(server, sock, J({"v": 1, "cmd": "fit", "min_windows": 5}))
     assert r == {"v": 1, "ok": False, "error": "only 3 labelled windows, fewer than min_windows=5"}
     rec = [x for x in caplog.records if "fit" in x.getMessage()]
-    assert rec and rec[0].exc_info is not None
+    warnings = [x for x in rec if x.levelno >= logging.WARNING]
+    # one line at WARNING naming the reason; the traceback only at DEBUG
+    assert len(warnings) == 1 and warnings[0].exc_info is None
+    assert "fewer than min_windows=5" in warnings[0].getMessage()
+    assert any(x.levelno == logging.DEBUG and x.exc_info is not None for x in rec)
 
 
 def test_unserialisable_or_error_results_still_get_one_reply(server, ctx):
