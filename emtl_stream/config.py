@@ -155,6 +155,17 @@ class LogConfig:
     file: str = _opt("")
 
 
+@dataclass(frozen=True)
+class SpeedConfig:
+    """``[speed]``: proportional speed published with every prediction (docs/speed.md)."""
+
+    measure: str = _opt("mav", choices=("mav", "rms", "log_mav"))
+    low_percentile: float = _opt(10.0, minimum=0.0, maximum=100.0)
+    high_percentile: float = _opt(70.0, minimum=0.0, maximum=100.0)
+    deadband: float = _opt(0.05, minimum=0.0, maximum=0.95)
+    smoothing: str = _opt("mean2", choices=("mean2", "none"))
+
+
 SECTIONS: dict[str, type] = {
     "stream": StreamConfig,
     "features": FeaturesConfig,
@@ -165,6 +176,7 @@ SECTIONS: dict[str, type] = {
     "zmq": ZmqConfig,
     "state": StateConfig,
     "log": LogConfig,
+    "speed": SpeedConfig,
 }
 
 
@@ -184,6 +196,7 @@ class Config:
     zmq: ZmqConfig = field(default_factory=ZmqConfig)
     state: StateConfig = field(default_factory=StateConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     source: str = field(default="<defaults>", compare=False)
 
     def to_dict(self) -> dict:
@@ -320,6 +333,10 @@ def _check_consistency(cfg: Config, source: str) -> None:
     if f.bandpass and not 0 < f.bandpass[0] < f.bandpass[1]:
         raise ConfigError(f"features.bandpass in {source} must be [low, high] with "
                           f"0 < low < high (Hz), got {f.bandpass!r}.")
+    sp = cfg.speed
+    if not sp.low_percentile < sp.high_percentile:
+        raise ConfigError(f"speed.low_percentile ({sp.low_percentile}) in {source} must be "
+                          f"below speed.high_percentile ({sp.high_percentile}).")
     z = cfg.zmq
     if bool(z.curve_server_secret) != bool(z.curve_server_public):
         raise ConfigError(f"zmq.curve_server_secret and zmq.curve_server_public in {source} "

@@ -283,3 +283,21 @@ def test_smoother_deadband_matches_closed_form(rng):
         SpeedSmoother(deadband=1.0)
     with pytest.raises(ValueError, match="smoothing"):
         SpeedSmoother(smoothing="kalman")
+
+
+# ---------------------------------------------------------------- config
+def test_speed_config_bounds_and_fit_kwargs(tmp_path):
+    from emtl_stream.config import load_config
+    from emtl_stream.errors import ConfigError
+    from emtl_stream.model.speed import speed_kwargs
+
+    p = tmp_path / "c.toml"
+    p.write_text('[speed]\nmeasure = "rms"\nlow_percentile = 5\nhigh_percentile = 90.0\n')
+    assert speed_kwargs(load_config(p, env={})) == dict(measure="rms", low_percentile=5.0,
+                                                        high_percentile=90.0)
+    for text, key in [("low_percentile = 80.0\nhigh_percentile = 20.0", "speed.low_percentile"),
+                      ("deadband = 1.0", "speed.deadband"), ('measure = "peak"', "speed.measure"),
+                      ('smoothing = "kalman"', "speed.smoothing")]:
+        p.write_text(f"[speed]\n{text}\n")
+        with pytest.raises(ConfigError, match=key):
+            load_config(p, env={})
