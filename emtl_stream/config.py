@@ -164,6 +164,7 @@ class SpeedConfig:
     high_percentile: float = _opt(70.0, minimum=0.0, maximum=100.0)
     deadband: float = _opt(0.05, minimum=0.0, maximum=0.95)
     smoothing: str = _opt("mean2", choices=("mean2", "none"))
+    amplitude: str = _opt("mapped", choices=("mapped", "raw"))
 
 
 SECTIONS: dict[str, type] = {

@@ -13,7 +13,9 @@ Rehabil. 21:70, 2024), with the daemon's features, source model and transfer set
   subject as the roll that best matches the per-class mean MAV pattern of the
   baseline). The reference speed is the speed of that twin;
 * ``no_adapt``: the speed of the shifted window as it is (``z = x``);
-* ``transfer@T``: the speed of ``z = H x + b`` with transfer EM's map.
+* ``transfer@T``: the speed of ``z = H x + b`` with transfer EM's map;
+* ``raw_amp@T``: for comparison, the class from transfer EM but the amplitude read
+  from the unmapped ``x`` (in ``true`` mode this equals ``no_adapt``).
 
 Scores, over the non-rest classes, on windows of the same (true) class: Pearson
 correlation and mean absolute error between a condition's speed and the reference
@@ -181,7 +183,11 @@ def speed_subject(baseline: Path, shifted: Path, settings, speed_config=None,
         sel = cal_rep & (shift["offset_s"] <= T + 1e-9)
         tem = TransferEM(source, ring_channels=settings.ring_channels, **settings.transfer)
         tem.fit(shift["X"][sel], shift["y"][sel])
-        score(f"transfer@{T:g}", tem.transform(Xt), tem.predict(Xt))
+        pred = tem.predict(Xt)
+        score(f"transfer@{T:g}", tem.transform(Xt), pred)
+        # The alternative: class from the map, amplitude from the raw electrodes (a sum
+        # over a ring is invariant to a whole-electrode rotation, not to other changes).
+        score(f"raw_amp@{T:g}", Xt, pred)
     return out
 
 
@@ -256,3 +262,103 @@ def main(args) -> int:
     if args.markdown:
         Path(args.markdown).write_text(table + "\n")
     return 0
+
+
+# ---------------------------------------------------------------- ramps vs holds (synthetic)
+RAMP_LEVELS = (0.1, 1.0)
+
+
+def ramp_vs_hold(seeds=(0, 1, 2, 3, 4), seconds_per_class: float = 4.0, fs: float = 1000.0,
+                 speed_config=None) -> dict:
+    """Compare speed calibrated from slow ramps with speed calibrated from static holds.
+
+    On the synthetic armband, each seed trains on one protocol per row
+    (``ramp``: rest-to-strong ramps from level 0.1 to 1.0; ``hold``: static holds at
+    level 1.0; ``hold3``: holds at levels 0.4, 0.7 and 1.0, each a third of the time),
+    then is tested on holds at ten known levels 0.1 .. 1.0 of every class.
+
+    Parameters
+    ----------
+    seeds : sequence of int
+    seconds_per_class : float
+        Training seconds per class, equal for every protocol.
+    fs : float
+    speed_config : SpeedConfig, optional
+
+    Returns
+    -------
+    dict
+        ``{protocol: {"spearman", "mae", "usable", "accuracy"}}`` averaged over seeds
+        and non-rest classes: Spearman rank correlation of speed with the true level;
+        MAE against the linear target ``(level - 0.1) / 0.9``; ``usable``, the fraction
+        of test levels whose median speed lies strictly inside (0.05, 0.95); and the
+        window accuracy of a source model trained on the same protocol.
+    """
+    from scipy import stats
+
+    from .config import SpeedConfig
+    from .model.gmm import LabelledGMM
+    from .model.speed import SpeedCalibration
+    from .pipeline.features import FeatureExtractor
+    from .pipeline.offline import featurize
+    from .pipeline.synthetic import SyntheticArmband
+    from .pipeline.synthetic_ramps import level_session
+
+    sc = speed_config or SpeedConfig()
+    lo_l, hi_l = RAMP_LEVELS
+    test_levels = np.linspace(lo_l, hi_l, 10)
+    thirds = (0.4, 0.7, 1.0)
+    protocols = {
+        "ramp": lambda i, n: np.linspace(lo_l, hi_l, n),
+        "hold": lambda i, n: np.full(n, hi_l),
+        "hold3": lambda i, n: np.repeat(thirds, -(-n // 3))[:n],
+    }
+    ext = FeatureExtractor(("mav", "wl", "zc", "ssc"), 8, fs)
+    scores = {p: {"spearman": [], "mae": [], "usable": [], "accuracy": []} for p in protocols}
+    for seed in seeds:
+        for pname, prof in protocols.items():
+            band = SyntheticArmband(8, fs, seed=seed)
+            names = np.asarray(band.class_names)
+            k_all = range(len(names))
+            emg, lab, _, s, n = level_session(band, k_all, seconds_per_class, prof)
+            X, seg, _ = featurize(emg, fs, ext, 200.0, 50.0, s, n)
+            y = lab[s[seg]]
+            cal = SpeedCalibration.fit(X, names[y], names, feature_names=ext.feature_names,
+                                       n_channels=8, measure=sc.measure,
+                                       low_percentile=sc.low_percentile,
+                                       high_percentile=sc.high_percentile)
+            model = LabelledGMM(covariance_type="tied", random_state=0).fit(X, y)
+            correct, total = 0, 0
+            for k in range(1, len(names)):
+                sp, lev = [], []
+                for level in test_levels:
+                    e, _, _, s2, n2 = level_session(band, [k], 1.5,
+                                                    lambda i, m, v=level: np.full(m, v))
+                    Xt, _, _ = featurize(e, fs, ext, 200.0, 50.0, s2, n2)
+                    Xt = Xt[4:]  # past the activation lag of the level change
+                    correct += int(np.sum(model.predict(Xt) == k))
+                    total += len(Xt)
+                    sp.append(cal.speed_batch(Xt, np.full(len(Xt), k)))
+                    lev.append(np.full(len(Xt), level))
+                sp, lev = np.concatenate(sp), np.concatenate(lev)
+                target = (lev - lo_l) / (hi_l - lo_l)
+                scores[pname]["spearman"].append(float(stats.spearmanr(sp, lev)[0]))
+                scores[pname]["mae"].append(float(np.mean(np.abs(sp - target))))
+                med = np.array([np.median(sp[lev == v]) for v in test_levels])
+                scores[pname]["usable"].append(float(np.mean((med > 0.05) & (med < 0.95))))
+            scores[pname]["accuracy"].append(correct / total)
+    return {p: {m: float(np.nanmean(v)) for m, v in d.items()} for p, d in scores.items()}
+
+
+def ramps_markdown(result) -> str:
+    """The :func:`ramp_vs_hold` result as a Markdown table."""
+    lines = ["| training protocol | Spearman(speed, level) | MAE to linear target | "
+             "usable levels | accuracy on graded holds |", "|---|---|---|---|---|"]
+    for p, r in result.items():
+        lines.append(f"| {p} | {r['spearman']:.3f} | {r['mae']:.3f} | {r['usable']:.2f} | "
+                     f"{r['accuracy']:.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m emtl_stream.eval_speed: the synthetic ramp study
+    print(ramps_markdown(ramp_vs_hold()))

@@ -117,3 +117,15 @@ def test_cli_evaluate_speed_writes_json(emg_dir, tmp_path, capsys):
     assert set(result["subjects"]) == {"1"}
     assert "corr_pred/transfer@1" in result["mean"]
     assert "| **mean** |" in capsys.readouterr().out
+
+
+def test_ramp_training_maps_activation_level_better_than_full_strength_holds():
+    from emtl_stream.eval_speed import ramp_vs_hold
+
+    r = ramp_vs_hold(seeds=(1,), seconds_per_class=3.0)
+    assert set(r) == {"ramp", "hold", "hold3"}
+    for p in r.values():
+        assert all(np.isfinite(v) for v in p.values())
+    assert r["ramp"]["spearman"] > r["hold"]["spearman"] + 0.2
+    assert r["ramp"]["mae"] < r["hold"]["mae"]
+    assert r["ramp"]["usable"] > r["hold"]["usable"]
