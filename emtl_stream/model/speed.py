@@ -448,3 +448,62 @@ def calibrate_bundle_speed(bundle, X, y, **kwargs) -> dict:
     cal = SpeedCalibration.fit(X, y, bundle.classes, feature_names=extractor.feature_names,
                                n_channels=extractor.n_channels, **kwargs)
     return cal.to_dict()
+
+
+class LiveSpeed:
+    """Calibration + smoother for the live loop: one call per classified window.
+
+    Parameters
+    ----------
+    calibration : SpeedCalibration or dict
+        A calibration or its :meth:`SpeedCalibration.to_dict` (``bundle.meta["speed"]``).
+    config : SpeedConfig, optional
+        ``[speed]`` settings: ``deadband``, ``smoothing`` and ``amplitude``
+        (``"mapped"``: amplitude from ``z``; ``"raw"``: from ``x``). Default: the
+        ``[speed]`` defaults.
+    """
+
+    def __init__(self, calibration, config=None):
+        from ..config import SpeedConfig
+
+        if isinstance(calibration, dict):
+            calibration = SpeedCalibration.from_dict(calibration)
+        check_type(calibration, SpeedCalibration, "calibration")
+        self.calibration = calibration
+        self.config = config if config is not None else SpeedConfig()
+        self.smoother = SpeedSmoother(self.config.deadband, self.config.smoothing)
+
+    def reset(self) -> None:
+        """Forget the smoothing state (after a gap or a swap of the map)."""
+        self.smoother.reset()
+
+    def update(self, z, x, index: int, rejected: bool = False) -> tuple[float, str | None]:
+        """Published speed of one window.
+
+        Parameters
+        ----------
+        z : array-like of shape (n_features,)
+            Mapped features ``H x + b`` the classifier read.
+        x : array-like of shape (n_features,)
+            Raw features of the window (silent-channel check, ``amplitude="raw"``).
+        index : int
+            Published class index (after voting).
+        rejected : bool
+            The prediction was rejected: speed 0 (the device holds still).
+
+        Returns
+        -------
+        speed : float
+            In [0, 1], never NaN.
+        bad : str or None
+            Why the input was bad (:data:`BAD_NONFINITE`, :data:`BAD_SILENT`), for a
+            ``bad_input`` event; ``None`` otherwise.
+        """
+        amp = z if self.config.amplitude == "mapped" else x
+        s, bad = self.calibration.compute(amp, index, x=x)
+        if bad is not None:
+            return self.smoother.update(0.0, index, bad=True), bad
+        if rejected:
+            self.smoother.reset()
+            return 0.0, None
+        return self.smoother.update(s, index), None

@@ -301,3 +301,26 @@ def test_speed_config_bounds_and_fit_kwargs(tmp_path):
         p.write_text(f"[speed]\n{text}\n")
         with pytest.raises(ConfigError, match=key):
             load_config(p, env={})
+
+
+# ---------------------------------------------------------------- live loop helper
+def test_live_speed_smooths_flags_and_holds_still_when_rejected(small_cal):
+    from emtl_stream.config import SpeedConfig
+    from emtl_stream.model.speed import LiveSpeed
+
+    cal, X = small_cal
+    live = LiveSpeed(cal.to_dict(), SpeedConfig(deadband=0.0))
+    z = np.full_like(X[1], cal.high[1] / 3)  # summed MAV (3 channels) = class a's high
+    weak = X[1].copy()
+    raw = [cal.speed(v, 1) for v in (weak, z)]
+    assert raw[1] == 1.0 and raw[0] < 1.0
+    assert live.update(weak, weak, 1) == (raw[0], None)
+    assert live.update(z, z, 1) == (pytest.approx((raw[0] + 1.0) / 2), None)
+    assert live.update(z, z, 1) == (1.0, None)
+    assert live.update(z, z, 1, rejected=True) == (0.0, None)
+    bad = z.copy()
+    bad[0] = np.nan
+    assert live.update(bad, z, 1) == (0.0, BAD_NONFINITE)
+    # amplitude="raw": the class from z, the amplitude from the raw electrodes
+    raw_live = LiveSpeed(cal, SpeedConfig(deadband=0.0, smoothing="none", amplitude="raw"))
+    assert raw_live.update(z, weak, 1) == (raw[0], None)
