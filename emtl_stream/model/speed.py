@@ -89,8 +89,8 @@ def _is_rest(name: str) -> bool:
 class SpeedCalibration:
     """Per-class speed scaling fitted on the source model's training windows.
 
-    Build with :meth:`fit` (or :meth:`from_dict`); the attributes are plain tuples so
-    the value is immutable and hashable-free JSON material.
+    Build with :meth:`fit` (or :meth:`from_dict`); the attributes are plain tuples, so
+    a calibration is an immutable value that converts to JSON without loss.
 
     Attributes
     ----------

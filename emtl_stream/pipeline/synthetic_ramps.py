@@ -48,12 +48,6 @@ def generate_at_level(armband: SyntheticArmband, n_samples: int, class_, level: 
         armband.activation = saved
 
 
-def _levels_for(n: int, kind: str, rng, lo: float, hi: float) -> np.ndarray:
-    if kind == "ramp":
-        return np.linspace(lo, hi, n)
-    return np.full(n, rng.uniform(lo, hi))
-
-
 def level_session(armband: SyntheticArmband, classes, seconds_per_class: float, levels,
                   chunk_s: float = 0.01):
     """Perform each class in turn, following a given level profile.

@@ -303,7 +303,7 @@ def test_speed_config_bounds_and_fit_kwargs(tmp_path):
             load_config(p, env={})
 
 
-# ---------------------------------------------------------------- live loop helper
+# ---------------------------------------------------------------- live loop
 def test_live_speed_smooths_flags_and_holds_still_when_rejected(small_cal):
     from emtl_stream.config import SpeedConfig
     from emtl_stream.model.speed import LiveSpeed
