@@ -324,3 +324,25 @@ def test_live_speed_smooths_flags_and_holds_still_when_rejected(small_cal):
     # amplitude="raw": the class from z, the amplitude from the raw electrodes
     raw_live = LiveSpeed(cal, SpeedConfig(deadband=0.0, smoothing="none", amplitude="raw"))
     assert raw_live.update(z, weak, 1) == (raw[0], None)
+
+
+def test_live_speed_on_the_streaming_pipeline_equals_the_offline_speed(ramp_calibrated):
+    """Chunks through FeaturePipeline + LiveSpeed == whole-recording features + speed_batch."""
+    from emtl_stream.config import SpeedConfig
+    from emtl_stream.model.speed import LiveSpeed
+    from emtl_stream.pipeline.features import FeaturePipeline
+
+    band, ext, cal = ramp_calibrated
+    emg, lab, _, _, _ = ramp_session(band, [0, 2, 3], seconds_per_class=1.5)
+    X, _, _ = featurize(emg, FS, ext, 200.0, 50.0)  # one segment: windows as live
+    stops = np.arange(len(X)) * 50 + 200
+    idx = lab[stops - 1]
+    want = cal.speed_batch(X, idx)
+    pipe = FeaturePipeline(ext, 200.0, 50.0)
+    live = LiveSpeed(cal, SpeedConfig(deadband=0.0, smoothing="none"))
+    got = []
+    for a in range(0, len(emg), 37):  # odd chunk size: windows straddle chunks
+        for w in pipe.push(emg[a:a + 37], np.arange(a, min(a + 37, len(emg))) / FS):
+            got.append(live.update(w.x, w.x, int(lab[w.stop - 1]))[0])
+    np.testing.assert_allclose(got, want, atol=1e-12)
+    assert 0.0 < np.mean(want) < 1.0
