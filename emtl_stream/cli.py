@@ -269,6 +269,8 @@ def _evaluate(p):
                    help="comma-separated subject ids (default all)")
     p.add_argument("--reference", action="store_true",
                    help="include the reference package (em-transfer-learning) if installed")
+    p.add_argument("--speed", action="store_true",
+                   help="evaluate proportional speed across the shift instead (docs/speed.md)")
 
 
 @command("bench", "emtl_stream.commands:bench", "run the benchmarks and print the tables")

@@ -165,6 +165,18 @@ class UiConfig:
     allow_remote: bool = _opt(False)
 
 
+@dataclass(frozen=True)
+class SpeedConfig:
+    """``[speed]``: proportional speed published with every prediction (docs/speed.md)."""
+
+    measure: str = _opt("mav", choices=("mav", "rms", "log_mav"))
+    low_percentile: float = _opt(10.0, minimum=0.0, maximum=100.0)
+    high_percentile: float = _opt(70.0, minimum=0.0, maximum=100.0)
+    deadband: float = _opt(0.05, minimum=0.0, maximum=0.95)
+    smoothing: str = _opt("mean2", choices=("mean2", "none"))
+    amplitude: str = _opt("mapped", choices=("mapped", "raw"))
+
+
 SECTIONS: dict[str, type] = {
     "stream": StreamConfig,
     "features": FeaturesConfig,
@@ -176,6 +188,7 @@ SECTIONS: dict[str, type] = {
     "state": StateConfig,
     "log": LogConfig,
     "ui": UiConfig,
+    "speed": SpeedConfig,
 }
 
 
@@ -196,6 +209,7 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     log: LogConfig = field(default_factory=LogConfig)
     ui: UiConfig = field(default_factory=UiConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     source: str = field(default="<defaults>", compare=False)
 
     def to_dict(self) -> dict:
@@ -332,6 +346,10 @@ def _check_consistency(cfg: Config, source: str) -> None:
     if f.bandpass and not 0 < f.bandpass[0] < f.bandpass[1]:
         raise ConfigError(f"features.bandpass in {source} must be [low, high] with "
                           f"0 < low < high (Hz), got {f.bandpass!r}.")
+    sp = cfg.speed
+    if not sp.low_percentile < sp.high_percentile:
+        raise ConfigError(f"speed.low_percentile ({sp.low_percentile}) in {source} must be "
+                          f"below speed.high_percentile ({sp.high_percentile}).")
     z = cfg.zmq
     if bool(z.curve_server_secret) != bool(z.curve_server_public):
         raise ConfigError(f"zmq.curve_server_secret and zmq.curve_server_public in {source} "

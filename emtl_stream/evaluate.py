@@ -241,6 +241,10 @@ def main(args) -> int:
     """CLI entry: ``emtl-stream evaluate DATA_DIR [--json F] [--markdown F]``."""
     import sys
 
+    if getattr(args, "speed", False):
+        from .eval_speed import main as speed_main
+
+        return speed_main(args)
     subjects = None
     if args.subjects:
         subjects = {int(s) for s in args.subjects.split(",")}
