@@ -241,6 +241,10 @@ def main(args) -> int:
     """CLI entry: ``emtl-stream evaluate DATA_DIR [--json F] [--markdown F]``."""
     import sys
 
+    if getattr(args, "rotations", False):
+        from .eval_rotations import main_rotations
+
+        return main_rotations(args)
     subjects = None
     if args.subjects:
         subjects = {int(s) for s in args.subjects.split(",")}
