@@ -39,11 +39,16 @@ import numpy as np
 
 from .logs import logger
 
-ROTATIONS = tuple(np.round(np.arange(0.0, 3.0 + 1e-9, 0.25), 2))
+#: 0 to 1 spacing in quarter steps, plus 1.5 and 2.5: the virtual rotation is circulant,
+#: so for a method that searches all rolls k + f behaves as f (the table shows it).
+ROTATIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5)
 GAINS = (0.7, 1.0, 1.4)
 TRAIN_REPS, CAL_REP, TEST_REP = (0, 1, 2), 3, 4
 BURST_S = 0.5
-METHODS = ("no_adapt", "transfer", "zero_label", "slda", "ref")
+METHODS = ("no_adapt", "transfer", "zero_label", "transfer_cont", "zero_label_cont", "slda",
+           "ref")
+#: TransferEM overrides of the ``*_cont`` rows (the opt-in continuous rotation search).
+CONTINUOUS = {"rotation_search": "continuous"}
 
 
 def rotate_ring(emg, rotation: float, gain: float = 1.0) -> np.ndarray:
@@ -139,6 +144,11 @@ def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
                 row["transfer"] = _accuracy(tem.predict(Xt), yt)
                 tz = TransferEM(source, ring_channels=s.ring_channels, **kw).fit(X[cal], None)
                 row["zero_label"] = _accuracy(tz.predict(Xt), yt)
+                kc = dict(kw, **CONTINUOUS)
+                tc = TransferEM(source, ring_channels=s.ring_channels, **kc).fit(X[burst], y[burst])
+                row["transfer_cont"] = _accuracy(tc.predict(Xt), yt)
+                tc = TransferEM(source, ring_channels=s.ring_channels, **kc).fit(X[cal], None)
+                row["zero_label_cont"] = _accuracy(tc.predict(Xt), yt)
             row["slda"] = _accuracy(ShrinkageLDA().fit(X[burst], y[burst]).predict(Xt), yt)
             if grid.reference:
                 with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -287,7 +297,11 @@ def evaluate_synthetic(proto: SyntheticProtocol | None = None) -> dict:
                     warnings.simplefilter("ignore")
                     tem = TransferEM(source, ring_channels=8, **p.transfer).fit(Xb, yb)
                     tz = TransferEM(source, ring_channels=8, **p.transfer).fit(Xu, None)
-                row = {"no_adapt": _accuracy(source.predict(Xt), yt),
+                    kc = dict(p.transfer, **CONTINUOUS)
+                    tc = TransferEM(source, ring_channels=8, **kc).fit(Xb, yb)
+                    tcz = TransferEM(source, ring_channels=8, **kc).fit(Xu, None)
+                row = {"transfer_cont": _accuracy(tc.predict(Xt), yt),
+                       "zero_label_cont": _accuracy(tcz.predict(Xt), yt),"no_adapt": _accuracy(source.predict(Xt), yt),
                        "transfer": _accuracy(tem.predict(Xt), yt),
                        "zero_label": _accuracy(tz.predict(Xt), yt),
                        "slda": _accuracy(ShrinkageLDA().fit(Xb, yb).predict(Xt), yt)}
@@ -297,14 +311,16 @@ def evaluate_synthetic(proto: SyntheticProtocol | None = None) -> dict:
         mean[key] = {m: float(np.mean([r[m] for r, _ in lst])) for m in lst[0][0]}
         mean[key].update({m + "/within": float(np.mean([r[m] / w for r, w in lst]))
                           for m in lst[0][0]})
-    return {"mean": mean, "methods": ["no_adapt", "transfer", "zero_label", "slda"],
+    return {"mean": mean, "methods": ["no_adapt", "transfer", "zero_label", "transfer_cont",
+                                      "zero_label_cont", "slda"],
             "protocol": {k: (list(v) if isinstance(v, tuple) else v)
                          for k, v in p.__dict__.items()}}
 
 
 # ------------------------------------------------------------------ output
 _LABELS = {"no_adapt": "no adaptation", "transfer": "transfer EM ({b:g} s burst)",
-           "zero_label": "zero-label", "slda": "shrinkage-LDA ({b:g} s)", "ref": "reference ({b:g} s)"}
+           "zero_label": "zero-label", "transfer_cont": "continuous search ({b:g} s burst)",
+           "zero_label_cont": "continuous search, zero-label", "slda": "shrinkage-LDA ({b:g} s)", "ref": "reference ({b:g} s)"}
 
 
 def to_markdown(summary: dict, methods, burst_s: float = BURST_S, ratio: bool = True) -> str:

@@ -70,6 +70,18 @@ DENSE_MAX_UNKNOWNS = 128
 #: (8 channels x 4 feature types: p = 256, 32 more with an offset).
 MASKED_DENSE_MAX_UNKNOWNS = 1500
 
+#: EM iterations of the rotation-and-gain search (rotation_search="continuous").
+#: The search only ranks starts; the full EM that follows converges properly.
+SEARCH_ITER = 30
+
+#: Ridge on the gains' normal matrix, relative to its mean diagonal (a feature type
+#: that is constant on the burst would make it singular).
+_SEARCH_RIDGE = 1e-6
+
+#: Ridge ε of the fractional-rotation prior (RᵀR + εI)⁻¹Rᵀ: a rotation between two
+#: electrodes blurs neighbouring channels, and at half a spacing R is singular (even C).
+ROTATION_RIDGE = 0.05
+
 
 def channel_mask(n: int, n_channels: int) -> np.ndarray:
     """Per-feature-type channel mixing: H[i, j] free only when i % f == j % f.
@@ -117,6 +129,55 @@ def ring_roll_matrix(n: int, n_channels: int, roll: int) -> np.ndarray:
     P = np.zeros((n, n))
     P[np.arange(n), idx] = 1.0
     return P
+
+
+def ring_rotation_matrix(n: int, n_channels: int, rotation: float) -> np.ndarray:
+    """Fractional ring roll: the interpolation of the two neighbouring integer rolls.
+
+    For ``rotation = k + f`` (0 ≤ f < 1) this is ``(1 - f) R_k + f R_{k+1}`` with
+    ``R_r = ring_roll_matrix(n, n_channels, r)``, so channel c of ``x @ M.T`` is
+    ``(1 - f) x[c - k] + f x[c - k - 1]`` for every feature type.
+
+    Parameters
+    ----------
+    n : int
+        Feature dimension (channel-major).
+    n_channels : int
+    rotation : float
+        In electrode spacings, any real number.
+
+    Returns
+    -------
+    ndarray of shape (n, n)
+    """
+    k = int(np.floor(rotation))
+    f = float(rotation) - k
+    M = (1.0 - f) * ring_roll_matrix(n, n_channels, k)
+    if f:
+        M += f * ring_roll_matrix(n, n_channels, k + 1)
+    return M
+
+
+def rotation_inverse(n: int, n_channels: int, rotation: float, ridge: float) -> np.ndarray:
+    """Ridge inverse of a fractional ring rotation: (RᵀR + εI)⁻¹ Rᵀ, R = R(rotation).
+
+    The map back to the source for a target rotated by ``rotation`` spacings (it
+    sharpens what the rotation blurred); for an integer rotation k it is
+    ``ring_roll_matrix(n, C, -k) / (1 + ε)``.
+
+    Parameters
+    ----------
+    n, n_channels : int
+    rotation : float
+    ridge : float
+        ε > 0.
+
+    Returns
+    -------
+    ndarray of shape (n, n)
+    """
+    R = ring_rotation_matrix(n, n_channels, rotation)
+    return np.linalg.solve(R.T @ R + ridge * np.eye(n), R.T)
 
 
 def _factor_masked(S):
@@ -192,6 +253,27 @@ class TransferEM:
         with an all-True mask (Λ no longer drops out).
     masked_dense_max : int
         ``solver="auto"`` threshold (free entries) for structured maps.
+    rotation_search : {"roll", "continuous"}
+        How the starts are found when ``ring_channels`` is set. "roll" (default): EM
+        from every integer channel roll, each shrunk towards its roll, best penalised
+        likelihood wins. "continuous": first a batched search over rotated-and-scaled
+        maps diag(g) S(θ), S(θ) = (R(θ)ᵀR(θ) + εI)⁻¹R(θ)ᵀ (:func:`rotation_inverse`,
+        R(θ) the fractional ring rotation of :func:`ring_rotation_matrix`), θ on a
+        grid of ``rotation_step`` spacings, one gain per feature type fitted by EM;
+        candidates are scored as densities of the target points, log p(Hx) + log|det H|
+        (without the Jacobian a blurring map always wins). Then the full EM from the
+        ``n_refine`` best distinct rotations, each shrunk towards its own rotated and
+        scaled map; the winner is again chosen by the penalised objective plus
+        log|det H|. Opt-in: on the shared recordings it helps some fractional
+        rotations but loses at whole-electrode shifts (docs/evaluation.md).
+    n_refine : int
+        Number of search candidates refined by the full EM ("continuous").
+    search_iter : int
+        EM iterations of the rotation search ("continuous").
+    rotation_step : float
+        Grid step of the rotation search in spacings ("continuous").
+    rotation_ridge : float
+        ε of the fractional-rotation inverse ("continuous").
 
     Attributes
     ----------
@@ -207,8 +289,18 @@ class TransferEM:
     H0_ : ndarray of shape (m, n)
         Shrink target of the winning start.
     best_roll_ : int or None
+        Integer roll nearest to the winning start's rotation.
     roll_objectives_ : dict
-        roll → final objective, when ``ring_channels`` is set.
+        start → objective, when ``ring_channels`` is set: roll → final EM objective
+        ("roll"), or start rotation (float spacings) → circulant-search mean
+        log-likelihood ("continuous").
+    rotation_ : float or None
+        Rotation θ of the winning start in spacings, in [0, C) ("continuous": the
+        target rotation, its map is S(θ); "roll": the roll r of the start R_r).
+    ring_taps_ : ndarray of shape (f,) or None
+        Per-feature-type gains of the winning start ("continuous").
+    H_start_ : ndarray of shape (m, n)
+        Start of the winning EM run.
     classifier_ : MappedClassifier
     mask_ : ndarray of shape (m, n), bool, or None
         Free entries of H (None for a dense map solved in closed form).
@@ -220,7 +312,9 @@ class TransferEM:
                  shrink_to="identity", max_iter=100, tol=1e-6, ring_channels=None, *,
                  solver="auto", dense_max=DENSE_MAX_UNKNOWNS, cg_rtol=1e-10,
                  structure="dense", penalty="auto",
-                 masked_dense_max=MASKED_DENSE_MAX_UNKNOWNS):
+                 masked_dense_max=MASKED_DENSE_MAX_UNKNOWNS, rotation_search="roll",
+                 n_refine=1, search_iter=SEARCH_ITER, rotation_step=0.25,
+                 rotation_ridge=ROTATION_RIDGE):
         self.source = as_components(source)
         self.kind = _checks.check_option(kind, ("auto", "shared", "full"), "kind")
         self.bias = bool(bias)
@@ -238,6 +332,15 @@ class TransferEM:
         self.cg_rtol = _checks.ensure_float(cg_rtol, "cg_rtol", minimum=0.0)
         self.masked_dense_max = _checks.ensure_int(masked_dense_max, "masked_dense_max",
                                                    minimum=0)
+        self.rotation_search = _checks.check_option(rotation_search, ("continuous", "roll"),
+                                                    "rotation_search")
+        self.n_refine = _checks.ensure_int(n_refine, "n_refine", minimum=1, maximum=64)
+        self.search_iter = _checks.ensure_int(search_iter, "search_iter", minimum=1,
+                                              maximum=1000)
+        self.rotation_ridge = _checks.ensure_float(rotation_ridge, "rotation_ridge",
+                                                   minimum=0.0, strict_min=True)
+        self.rotation_step = _checks.ensure_float(rotation_step, "rotation_step",
+                                                  minimum=1.0 / 64, maximum=1.0)
         src = self.source
         self._m = src.n_features
         self.structure = self._check_structure(structure)
@@ -624,6 +727,83 @@ class TransferEM:
                 Pl = np.ascontiguousarray(np.linalg.pinv(setup["Lam_s"]))
             setup["Pl_s"] = Pl
 
+    # ---------------------------------------------------------------- ring search
+    def _rotation_search(self, X, yi, n):
+        """Score every rotated-and-scaled map ``diag(g) S(θ)`` on a grid of rotations θ.
+
+        S(θ) is :func:`rotation_inverse`; g holds one gain per feature type (g_t on the
+        rows of type t). The gains start where the second moment of the mapped burst
+        matches the source model's and are refined by EM on the target-space density
+        log p(H x) + log|det H| (a coordinate-wise closed form), batched over all θ.
+
+        Returns a list of (θ, H (m, n), score, gains (f,)), best score first; the
+        scores use the mixture-average precision Λ̄ (exact for a shared precision, a
+        ranking device otherwise).
+        """
+        C = self.ring_channels
+        N = X.shape[0]
+        m = self._m
+        f = n // C
+        src = self.source
+        Lam = self._Lam_bar
+        rots = np.arange(0.0, C, self.rotation_step)
+        S = rots.size
+        R = np.stack([rotation_inverse(n, C, r, self.rotation_ridge) for r in rots])  # (S, m, n)
+        logdet_R = np.linalg.slogdet(R)[1]
+        U = np.einsum("sin,jn->sji", R, X)  # (S, N, m): rotated burst
+        if src.shared_precision:
+            P = src.prec_factor[0]
+            base = self._log_base(yi)
+        else:
+            P = np.linalg.cholesky(Lam)
+            base = (self._log_base(yi) - 0.5 * src.log_det_prec[None]
+                    + 0.5 * float(np.linalg.slogdet(Lam)[1]))
+        nu = src.means @ P
+        nu2 = np.einsum("ki,ki->k", nu, nu)
+        T = (np.arange(m)[:, None] % f == np.arange(f)[None]).astype(float)  # (m, f)
+        var = np.diag(np.linalg.inv(Lam))
+        comp_w = np.exp(base - np.logaddexp.reduce(base, axis=1, keepdims=True))  # (N, K)
+        target = (comp_w @ (src.means ** 2 + var[None])).sum(axis=0) @ T
+        have = np.einsum("sji,sji->si", U, U) @ T  # (S, f)
+        g = np.sqrt(np.where(have > 0, target / np.where(have > 0, have, 1.0), 1.0))
+        # Normal matrices of the gains: G_s = Tᵀ (Λ ⊙ Σ_j u_j u_jᵀ) T (+ a tiny ridge).
+        UU = np.einsum("sji,sjk->sik", U, U)
+        G = np.einsum("it,sik,ku->stu", T, UU * Lam[None], T)
+        G += _SEARCH_RIDGE * (np.trace(G, axis1=1, axis2=2) / f)[:, None, None] * np.eye(f)
+        prev = np.full(S, np.nan)
+        for it in range(self.search_iter + 1):
+            ZP = (U * (g @ T.T)[:, None, :]) @ P
+            log_a = base[None] - 0.5 * (np.einsum("sji,sji->sj", ZP, ZP)[..., None]
+                                        - 2.0 * ZP @ nu.T + nu2)
+            ll = np.logaddexp.reduce(log_a, axis=2)
+            # The likelihood of the *target* points: log p(H x) + log |det H|. Without the
+            # Jacobian a smoothing map (which shrinks the spread) would always win.
+            jac = logdet_R + np.log(np.abs(g)) @ T.sum(axis=0)
+            with np.errstate(invalid="ignore"):
+                obj = np.where(np.all(np.isfinite(ll), axis=1), ll.mean(axis=1) + jac, -np.inf)
+                done = np.abs(obj - prev) <= 1e-7 * np.maximum(1.0, np.abs(prev))
+            if it == self.search_iter or np.all(done | ~np.isfinite(obj)):
+                break
+            prev = obj
+            resp = np.exp(log_a - ll[..., None])
+            resp[~np.isfinite(resp)] = 0.0
+            rhs = np.einsum("sji,sji->si", U, (resp @ src.means) @ Lam) @ T  # (S, f)
+            # Coordinate ascent on Q(g) = -½ gᵀG g + rhsᵀg + N C Σ_t log g_t (the Jacobian
+            # term keeps the gains from the regression dilution a plain least squares has):
+            # each coordinate's maximiser is the positive root of a quadratic.
+            for _ in range(2):
+                for t in range(f):
+                    Gtt = G[:, t, t]
+                    b_t = rhs[:, t] - np.einsum("su,su->s", G[:, t], g) + Gtt * g[:, t]
+                    g[:, t] = (b_t + np.sqrt(b_t ** 2 + 4.0 * Gtt * N * C)) / (2.0 * Gtt)
+        self._search_objectives = {float(r): float(o) for r, o in zip(rots, obj)}
+        out = []
+        for s_ in np.argsort(-obj):
+            if not (np.isfinite(obj[s_]) and np.all(np.isfinite(g[s_]))):
+                continue
+            out.append((float(rots[s_]), (g[s_] @ T.T)[:, None] * R[s_], float(obj[s_]), g[s_]))
+        return out
+
     # ---------------------------------------------------------------- public
     def fit(self, X, y=None, *, H_init=None, b_init=None) -> "TransferEM":
         """Learn H (and b) from a calibration burst.
@@ -724,14 +904,14 @@ class TransferEM:
             if b0.shape != (m,) or not np.all(np.isfinite(b0)):
                 raise ValueError(f"b_init must be a finite vector of shape ({m},).")
 
-        def start(Hs):
+        def start(Hs, bs=None):
             Ht = np.zeros((m, n1))
             Ht[:, :n] = Hs if mask is None else Hs * mask
             if self.bias:
-                Ht[:, n] = b0
+                Ht[:, n] = b0 if bs is None else bs
             return Ht
 
-        starts = []  # (label, H start, shrink target)
+        starts = []  # (label, H start, shrink target, offset start, rotation, taps)
         H0_user = self._resolve_H0(n)
         if mask is not None:
             H0_user = H0_user * mask  # a penalty on fixed entries would only add a constant
@@ -739,14 +919,30 @@ class TransferEM:
             Hi = np.ascontiguousarray(H_init, dtype=np.float64)
             if Hi.shape != (m, n) or not np.all(np.isfinite(Hi)):
                 raise ValueError(f"H_init must be a finite array of shape ({m}, {n}).")
-        if self.ring_channels is not None:
+        search_obj = None
+        if self.ring_channels is not None and self.rotation_search == "continuous":
+            cands = self._rotation_search(X, yi, n)
+            search_obj = self._search_objectives if cands else None
+            picked = []
+            for rot, Hc, _, gains in cands:
+                # distinct rotations only: neighbours of the winner are the same basin
+                if any(min(abs(rot - r), self.ring_channels - abs(rot - r)) < 0.75
+                       for r in picked):
+                    continue
+                picked.append(rot)
+                Hc = Hc if mask is None else Hc * mask  # a no-op for structure="channel"
+                starts.append((int(round(rot)) % self.ring_channels, Hc, Hc, None, rot, gains))
+                if len(picked) == self.n_refine:
+                    break
+        if self.ring_channels is not None and not starts:
             for r in range(self.ring_channels):
                 Pr_ = ring_roll_matrix(n, self.ring_channels, r)
                 if mask is not None:
                     Pr_ = Pr_ * mask  # a no-op for structure="channel"
-                starts.append((r, Pr_, Pr_))
+                starts.append((r, Pr_, Pr_, None, float(r), None))
+        if self.ring_channels is not None:
             if H_init is not None:
-                starts.append((None, Hi, H0_user))
+                starts.append((None, Hi, H0_user, None, None, None))
         else:
             if H_init is not None:
                 Hs = Hi
@@ -754,19 +950,28 @@ class TransferEM:
                 Hs = rectangular_identity(m, n)
             else:
                 Hs = H0_user
-            starts.append((None, Hs, H0_user))
+            starts.append((None, Hs, H0_user, None, None, None))
 
         best = None
         roll_obj = {}
-        for label, Hs, H0 in starts:
-            Ht, trace, n_iter, conv = self._run_em(Xt, log_base, start(Hs), H0, lam, n, setup)
-            if label is not None:
+        for label, Hs, H0, bs, rot, taps in starts:
+            Hst = start(Hs, bs)
+            Ht, trace, n_iter, conv = self._run_em(Xt, log_base, Hst, H0, lam, n, setup)
+            if label is not None and search_obj is None:
                 roll_obj[label] = trace[-1]
-            logger.debug("transfer EM start %s: objective %s after %s iterations", label,
-                         trace[-1], n_iter)
-            if best is None or trace[-1] > best[1][-1]:
-                best = (Ht, trace, n_iter, conv, label, H0)
-        Ht, trace, n_iter, conv, label, H0 = best
+            logger.debug("transfer EM start %s (rotation %s): objective %s after %s iterations",
+                         label, rot, trace[-1], n_iter)
+            score = trace[-1]
+            if search_obj is not None:
+                # Candidates with different priors are compared as densities of the target
+                # points (log |det H| added), as in the search.
+                sign, ld = np.linalg.slogdet(Ht[:, :n])
+                score = score + ld if sign != 0 else -np.inf
+            if best is None or score > best[-1]:
+                best = (Ht, trace, n_iter, conv, label, H0, rot, taps, Hst[:, :n], score)
+        if search_obj is not None:
+            roll_obj = search_obj
+        Ht, trace, n_iter, conv, label, H0, rot, taps, Hst, _ = best
         self.H_ = np.ascontiguousarray(Ht[:, :n])
         self.b_ = np.ascontiguousarray(Ht[:, n]) if self.bias else np.zeros(m)
         self.n_iter_ = n_iter
@@ -777,6 +982,9 @@ class TransferEM:
         self.H0_ = H0
         self.best_roll_ = label
         self.roll_objectives_ = roll_obj
+        self.rotation_ = rot
+        self.ring_taps_ = taps
+        self.H_start_ = np.ascontiguousarray(Hst)
         self.classifier_ = MappedClassifier(src, self.H_, self.b_)
         self.mask_ = mask
         if not conv:
