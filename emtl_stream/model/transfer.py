@@ -281,6 +281,16 @@ class TransferEM:
         Grid step of the rotation search in spacings ("continuous").
     rotation_ridge : float
         ε of the fractional-rotation inverse ("continuous").
+    jacobian_floor : float
+        Floor of the singular values of S(θ), relative to the largest, in the search's
+        log|det H| ("continuous"; at half a spacing S(θ) is singular).
+    guard : bool, optional
+        Keep the live map (``H_init``, else the identity, i.e. no adaptation) when it
+        classifies held-out windows of the burst better than the new map does: the
+        labelled rows are split in two class-balanced halves, each half is predicted
+        by a map fitted on the other, and the held-out accuracies are compared (a tie
+        keeps the live map). Needs at least 2 labelled rows per class in the burst, else it
+        is skipped. Default: on with ``rotation_search="continuous"``, off otherwise.
 
     Attributes
     ----------
@@ -308,6 +318,8 @@ class TransferEM:
         Per-feature-type gains of the winning start ("continuous").
     H_start_ : ndarray of shape (m, n)
         Start of the winning EM run.
+    guard_ : dict or None
+        The guard's held-out scores ``{"new": …, "live": …, "kept_live": bool}``.
     classifier_ : MappedClassifier
     mask_ : ndarray of shape (m, n), bool, or None
         Free entries of H (None for a dense map solved in closed form).
@@ -321,7 +333,8 @@ class TransferEM:
                  structure="dense", penalty="auto",
                  masked_dense_max=MASKED_DENSE_MAX_UNKNOWNS, rotation_search="roll",
                  n_refine=1, search_iter=None, rotation_step=0.25,
-                 rotation_ridge=ROTATION_RIDGE, jacobian_floor=0.6):
+                 rotation_ridge=ROTATION_RIDGE, jacobian_floor=0.6,
+                 guard=None):
         self.source = as_components(source)
         self.kind = _checks.check_option(kind, ("auto", "shared", "full"), "kind")
         self.bias = bool(bias)
@@ -345,6 +358,7 @@ class TransferEM:
         self.search_iter = (None if search_iter is None else
                             _checks.ensure_int(search_iter, "search_iter", minimum=1,
                                                maximum=1000))
+        self.guard = None if guard is None else bool(guard)
         self.jacobian_floor = _checks.ensure_float(jacobian_floor, "jacobian_floor",
                                                    minimum=0.0, maximum=1.0)
         self.rotation_ridge = _checks.ensure_float(rotation_ridge, "rotation_ridge",
@@ -1010,6 +1024,10 @@ class TransferEM:
         self.H_start_ = np.ascontiguousarray(Hst)
         self.classifier_ = MappedClassifier(src, self.H_, self.b_)
         self.mask_ = mask
+        self.guard_ = None
+        guard = self.guard if self.guard is not None else self.rotation_search == "continuous"
+        if guard:
+            self._apply_guard(X, yi, H_init, b_init)
         if not conv:
             warnings.warn(
                 f"transfer EM stopped at max_iter={self.max_iter} before the objective changed "
@@ -1019,6 +1037,50 @@ class TransferEM:
         logger.info("transfer EM (%s) fitted: %s iterations, objective %.6g, roll %s", kind,
                     n_iter, trace[-1], label)
         return self
+
+    def _apply_guard(self, X, yi, H_init, b_init):
+        """Fall back to the live map when it predicts held-out burst windows better."""
+        lab = np.flatnonzero(yi >= 0)
+        classes, counts = np.unique(yi[lab], return_counts=True)
+        if lab.size == 0 or counts.min() < 2:
+            return
+        fold = np.empty(lab.size, dtype=np.int64)
+        for c in classes:  # alternate within each class: both halves see every class
+            sel = np.flatnonzero(yi[lab] == c)
+            fold[sel] = np.arange(sel.size) % 2
+        m, n = self.H_.shape
+        H_live = (np.eye(m, n) if H_init is None else np.asarray(H_init, dtype=np.float64))
+        b_live = np.zeros(m) if b_init is None or not self.bias else np.asarray(b_init, float)
+        live = MappedClassifier(self.source, H_live, b_live)
+        params = {k: getattr(self, k) for k in (
+            "kind", "bias", "reg", "reg_scale", "shrink_to", "max_iter", "tol", "ring_channels",
+            "solver", "dense_max", "cg_rtol", "structure", "penalty", "masked_dense_max",
+            "rotation_search", "n_refine", "search_iter", "rotation_step", "rotation_ridge",
+            "jacobian_floor")}
+        cls = self.source.classes.tolist()
+        score_new = score_live = 0.0
+        for k in (0, 1):
+            train, held = lab[fold != k], lab[fold == k]
+            yt = np.full(X.shape[0], -1, dtype=np.int64)
+            yt[train] = yi[train]
+            keep = np.flatnonzero((yi < 0) | (yt >= 0))  # unlabelled rows stay in
+            half = TransferEM(self.source, guard=False, **params)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", TransferConvergenceWarning)
+                half.fit(X[keep], [None if v < 0 else cls[v] for v in yt[keep]],
+                         H_init=H_init, b_init=b_init)
+            score_new += float(np.sum(half.classifier_.predict_index(X[held]) == yi[held]))
+            score_live += float(np.sum(live.predict_index(X[held]) == yi[held]))
+        # Ties go to the live map: a new map must earn its place on windows it has not seen.
+        kept = score_live >= score_new
+        self.guard_ = {"new": score_new / lab.size, "live": score_live / lab.size,
+                       "kept_live": bool(kept)}
+        if kept:
+            logger.info("transfer EM guard: the live map predicts held-out burst windows "
+                        "better (%.4g > %.4g); keeping it", score_live, score_new)
+            self.H_ = np.ascontiguousarray(H_live)
+            self.b_ = np.ascontiguousarray(b_live)
+            self.classifier_ = live
 
     def _check_fitted(self):
         if not hasattr(self, "H_"):
