@@ -379,3 +379,54 @@ def main_rotations(args) -> int:
     if args.markdown:
         Path(args.markdown).write_text(text + "\n")
     return 0
+
+
+def time_fits(ns=(25, 40, 200), repeats=15, seed=0) -> str:
+    """Median fit times of the roll and the continuous search side by side (Markdown).
+
+    Problem: the daemon's shape (8 channels x 4 feature types, 5 classes, tied LDA
+    source), target = the source rotated by 1.5 spacings at gain 0.7 on the first two
+    feature types; labelled and unlabelled bursts of N windows. One untimed warm-up per
+    cell, then ``repeats`` alternating runs of both modes.
+    """
+    from .model.source import SourceComponents
+    from .model.transfer import TransferEM, ring_rotation_matrix
+
+    rng = np.random.default_rng(seed)
+    C, f, L = 8, 4, 5
+    n = C * f
+    A = rng.normal(size=(n, n))
+    P = np.linalg.cholesky(np.linalg.inv(A @ A.T / n + np.eye(n)))
+    means = rng.normal(size=(L, n)) * 2.0
+    src = SourceComponents(means, np.repeat(P[None], L, 0),
+                           np.full(L, 2 * np.log(np.diag(P)).sum()), np.full(L, -np.log(L)),
+                           np.where(np.eye(L) > 0, 0.0, -np.inf), np.arange(L), True)
+    cov = np.linalg.inv(P @ P.T)
+    gain = np.where(np.arange(n) % f < 2, 0.7, 1.0)
+    lines = ["| N | labels | roll (8 starts) | continuous (search + refine + guard) | ratio |",
+             "|---|---|---|---|---|"]
+    for N in ns:
+        comp = np.arange(N) % L
+        Z = means[comp] + rng.multivariate_normal(np.zeros(n), cov, N)
+        X = gain * (Z @ ring_rotation_matrix(n, C, 1.5).T)
+        for lab in (comp, None):
+            t = {"roll": [], "continuous": []}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for mode in t:
+                    TransferEM(src, ring_channels=C, structure="channel", reg=0.1,
+                               rotation_search=mode).fit(X, lab)
+                for _ in range(repeats):
+                    for mode in t:
+                        t0 = time.perf_counter()
+                        TransferEM(src, ring_channels=C, structure="channel", reg=0.1,
+                                   rotation_search=mode).fit(X, lab)
+                        t[mode].append(time.perf_counter() - t0)
+            a, b = (1e3 * float(np.median(t[k])) for k in ("roll", "continuous"))
+            lines.append(f"| {N} | {'yes' if lab is not None else 'none'} | {a:.1f} ms | "
+                         f"{b:.1f} ms | {b / a:.1f}x |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover - benchmark entry
+    print(time_fits())
