@@ -125,3 +125,50 @@ def test_synthetic_fractional_rotation_with_gain_recovers():
         rb, rz = acc[sh]["roll"]
         assert b >= ref_b - 0.20 and z >= ref_z - 0.20, (sh, acc)
         assert b >= rb + 0.05 and z >= rz + 0.05, (sh, acc)
+
+
+def _gaussian_problem(rotation, N=60, seed=3, sep=3.0):
+    rng = np.random.default_rng(seed)
+    C, f, L = 6, 2, 4
+    n = C * f
+    src = make_source(rng, n, L, sep=sep)
+    comp = np.arange(N) % L
+    cov = np.linalg.inv(src.prec_factor[0] @ src.prec_factor[0].T)
+    Z = src.means[comp] + rng.multivariate_normal(np.zeros(n), cov, N)
+    return src, Z @ ring_rotation_matrix(n, C, rotation).T, comp, C
+
+
+def _nearest_mean(src, Z):
+    """Independent LDA rule: equal priors, shared precision -> nearest mean in the Λ metric."""
+    Lam = src.prec_factor[0] @ src.prec_factor[0].T
+    d = Z[:, None, :] - src.means[None]
+    return np.argmin(np.einsum("jki,il,jkl->jk", d, Lam, d), axis=1)
+
+
+def test_guard_keeps_the_live_map_without_a_shift():
+    src, X, comp, C = _gaussian_problem(0.0, sep=6.0)
+    te = TransferEM(src, ring_channels=C, structure="channel", reg=0.1,
+                    rotation_search="continuous").fit(X, comp)
+    held = np.zeros(len(comp), bool)
+    for c in np.unique(comp):  # the second of every two windows of each class
+        held[np.flatnonzero(comp == c)[1::2]] = True
+    want_live = np.mean(_nearest_mean(src, X[held]) == comp[held])
+    assert te.guard_["live"] == pytest.approx(want_live)
+    assert te.guard_["kept_live"] and want_live == 1.0
+    np.testing.assert_array_equal(te.H_, np.eye(X.shape[1]))
+    np.testing.assert_array_equal(te.b_, 0.0)
+
+
+def test_guard_lets_a_real_rotation_through():
+    src, X, comp, C = _gaussian_problem(2.0)
+    te = TransferEM(src, ring_channels=C, structure="channel", reg=0.1,
+                    rotation_search="continuous").fit(X, comp)
+    assert not te.guard_["kept_live"] and te.guard_["new"] > te.guard_["live"]
+    assert np.mean(te.predict(X) == comp) > 0.9
+    off = TransferEM(src, ring_channels=C, structure="channel", reg=0.1,
+                     rotation_search="continuous", guard=False).fit(X, comp)
+    assert off.guard_ is None
+    np.testing.assert_array_equal(off.H_, te.H_)
+    # without labels there is nothing to hold out
+    assert TransferEM(src, ring_channels=C, structure="channel", reg=0.1,
+                      rotation_search="continuous").fit(X, None).guard_ is None
