@@ -114,7 +114,13 @@ def _subject_features(path: Path, settings, rotations, gains):
 
 
 def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
-    """All grid points for one subject: ``{(rotation, gain): {method: accuracy}}`` plus ``within``."""
+    """All grid points of one subject.
+
+    Returns
+    -------
+    dict
+        ``{(rotation, gain): {method: accuracy, "fit_ms": ...}}`` plus ``"within"``.
+    """
     from .evaluate import _accuracy, _reference_transfer
     from .model.baselines import ShrinkageLDA
     from .model.gmm import LabelledGMM
@@ -139,13 +145,15 @@ def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 t0 = time.perf_counter()
-                tem = TransferEM(source, ring_channels=s.ring_channels, **kw).fit(X[burst], y[burst])
+                tem = TransferEM(source, ring_channels=s.ring_channels, **kw)
+                tem.fit(X[burst], y[burst])
                 row["fit_ms"] = 1e3 * (time.perf_counter() - t0)
                 row["transfer"] = _accuracy(tem.predict(Xt), yt)
                 tz = TransferEM(source, ring_channels=s.ring_channels, **kw).fit(X[cal], None)
                 row["zero_label"] = _accuracy(tz.predict(Xt), yt)
                 kc = dict(kw, **CONTINUOUS)
-                tc = TransferEM(source, ring_channels=s.ring_channels, **kc).fit(X[burst], y[burst])
+                tc = TransferEM(source, ring_channels=s.ring_channels, **kc)
+                tc.fit(X[burst], y[burst])
                 row["transfer_cont"] = _accuracy(tc.predict(Xt), yt)
                 tc = TransferEM(source, ring_channels=s.ring_channels, **kc).fit(X[cal], None)
                 row["zero_label_cont"] = _accuracy(tc.predict(Xt), yt)
@@ -169,7 +177,10 @@ def _summarise(rows: list[dict], grid: RotationGrid, methods) -> dict:
             cell = {}
             for m in (*methods, "fit_ms"):
                 vals = [r[key][m] for r in rows if m in r[key]]
-                if not vals:
+                if m == "ref":  # the reference's non-finite H (its E-step underflow)
+                    cell["ref_failed"] = int(np.sum(np.isnan(vals)))
+                if not vals or np.all(np.isnan(vals)):  # e.g. the reference failed everywhere
+                    cell[m] = cell[m + "/within"] = float("nan")
                     continue
                 cell[m] = float(np.nanmean(vals))
                 if m != "fit_ms":
@@ -301,7 +312,8 @@ def evaluate_synthetic(proto: SyntheticProtocol | None = None) -> dict:
                     tc = TransferEM(source, ring_channels=8, **kc).fit(Xb, yb)
                     tcz = TransferEM(source, ring_channels=8, **kc).fit(Xu, None)
                 row = {"transfer_cont": _accuracy(tc.predict(Xt), yt),
-                       "zero_label_cont": _accuracy(tcz.predict(Xt), yt),"no_adapt": _accuracy(source.predict(Xt), yt),
+                       "zero_label_cont": _accuracy(tcz.predict(Xt), yt),
+                       "no_adapt": _accuracy(source.predict(Xt), yt),
                        "transfer": _accuracy(tem.predict(Xt), yt),
                        "zero_label": _accuracy(tz.predict(Xt), yt),
                        "slda": _accuracy(ShrinkageLDA().fit(Xb, yb).predict(Xt), yt)}
@@ -320,7 +332,8 @@ def evaluate_synthetic(proto: SyntheticProtocol | None = None) -> dict:
 # ------------------------------------------------------------------ output
 _LABELS = {"no_adapt": "no adaptation", "transfer": "transfer EM ({b:g} s burst)",
            "zero_label": "zero-label", "transfer_cont": "continuous search ({b:g} s burst)",
-           "zero_label_cont": "continuous search, zero-label", "slda": "shrinkage-LDA ({b:g} s)", "ref": "reference ({b:g} s)"}
+           "zero_label_cont": "continuous search, zero-label", "slda": "shrinkage-LDA ({b:g} s)",
+           "ref": "reference ({b:g} s)"}
 
 
 def to_markdown(summary: dict, methods, burst_s: float = BURST_S, ratio: bool = True) -> str:
@@ -344,6 +357,11 @@ def to_markdown(summary: dict, methods, burst_s: float = BURST_S, ratio: bool = 
     lines.append("| **worst cell** | | " + " | ".join(
         "–" if not np.isfinite(worst[m]) else f"**{100 * worst[m]:.0f} %**" for m in methods)
         + " |")
+    failed = sum(summary[k].get("ref_failed", 0) for k in keys)
+    if "ref" in methods:
+        lines.append("")
+        lines.append(f"The reference returned a non-finite H in {failed} subject-cells, left "
+                     "out of its means.")
     return "\n".join(lines)
 
 

@@ -67,7 +67,7 @@ def test_rotation_inverse_is_the_ridge_closed_form(rotation):
 @pytest.mark.parametrize("labelled", [True, False])
 @pytest.mark.parametrize("rotation", [2.75, 4.25])
 def test_search_finds_the_known_rotation_and_gain(rotation, labelled):
-    """Target built exactly from the search family: X = (diag(g) S(θ))⁻¹ z, z from the source."""
+    """Target built exactly from the search family: X = (diag(g) S(θ))⁻¹ z, z ~ source."""
     rng = np.random.default_rng(7)
     C, f, L = 6, 2, 4
     n = C * f
@@ -172,3 +172,13 @@ def test_guard_lets_a_real_rotation_through():
     # without labels there is nothing to hold out
     assert TransferEM(src, ring_channels=C, structure="channel", reg=0.1,
                       rotation_search="continuous").fit(X, None).guard_ is None
+
+
+def test_synthetic_gain_scales_every_sample():
+    a = SyntheticArmband(8, 500.0, seed=4, noise_level=0.5, shift=0.5)
+    b = SyntheticArmband(8, 500.0, seed=4, noise_level=0.5, shift=0.5, gain=1.4)
+    for c in (0, 2):
+        np.testing.assert_allclose(b.generate(300, c), 1.4 * a.generate(300, c), rtol=1e-6,
+                                   atol=1e-6)
+    with pytest.raises(ValueError, match="gain"):
+        a.set_gain(0.0)
