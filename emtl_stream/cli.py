@@ -271,6 +271,9 @@ def _evaluate(p):
                    help="include the reference package (em-transfer-learning) if installed")
     p.add_argument("--speed", action="store_true",
                    help="evaluate proportional speed across the shift instead (docs/speed.md)")
+    p.add_argument("--rotations", action="store_true",
+                   help="virtual-rotation grid (fractional angles, gains) and the synthetic "
+                        "armband instead (docs/evaluation.md)")
 
 
 @command("bench", "emtl_stream.commands:bench", "run the benchmarks and print the tables")

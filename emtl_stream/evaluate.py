@@ -245,6 +245,10 @@ def main(args) -> int:
         from .eval_speed import main as speed_main
 
         return speed_main(args)
+    if getattr(args, "rotations", False):
+        from .eval_rotations import main_rotations
+
+        return main_rotations(args)
     subjects = None
     if args.subjects:
         subjects = {int(s) for s in args.subjects.split(",")}

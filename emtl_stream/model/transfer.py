@@ -70,6 +70,24 @@ DENSE_MAX_UNKNOWNS = 128
 #: (8 channels x 4 feature types: p = 256, 32 more with an offset).
 MASKED_DENSE_MAX_UNKNOWNS = 1500
 
+#: EM iterations of the rotation-and-gain search (rotation_search="continuous") with
+#: labelled rows, and without any. Labels anchor the gains; without them further gain
+#: updates drift (measured on the virtual-rotation grid: zero-label 0.92 of within at
+#: half a spacing after one update, 0.83 after 30), while a burst gains from them.
+SEARCH_ITER_LABELLED = 30
+SEARCH_ITER_UNLABELLED = 1
+
+#: Rows the rotation search looks at (an evenly strided subset of a longer burst).
+SEARCH_MAX_ROWS = 128
+
+#: Ridge on the gains' normal matrix, relative to its mean diagonal (a feature type
+#: that is constant on the burst would make it singular).
+_SEARCH_RIDGE = 1e-6
+
+#: Ridge ε of the fractional-rotation prior (RᵀR + εI)⁻¹Rᵀ: a rotation between two
+#: electrodes blurs neighbouring channels, and at half a spacing R is singular (even C).
+ROTATION_RIDGE = 0.05
+
 
 def channel_mask(n: int, n_channels: int) -> np.ndarray:
     """Per-feature-type channel mixing: H[i, j] free only when i % f == j % f.
@@ -117,6 +135,55 @@ def ring_roll_matrix(n: int, n_channels: int, roll: int) -> np.ndarray:
     P = np.zeros((n, n))
     P[np.arange(n), idx] = 1.0
     return P
+
+
+def ring_rotation_matrix(n: int, n_channels: int, rotation: float) -> np.ndarray:
+    """Fractional ring roll: the interpolation of the two neighbouring integer rolls.
+
+    For ``rotation = k + f`` (0 ≤ f < 1) this is ``(1 - f) R_k + f R_{k+1}`` with
+    ``R_r = ring_roll_matrix(n, n_channels, r)``, so channel c of ``x @ M.T`` is
+    ``(1 - f) x[c - k] + f x[c - k - 1]`` for every feature type.
+
+    Parameters
+    ----------
+    n : int
+        Feature dimension (channel-major).
+    n_channels : int
+    rotation : float
+        In electrode spacings, any real number.
+
+    Returns
+    -------
+    ndarray of shape (n, n)
+    """
+    k = int(np.floor(rotation))
+    f = float(rotation) - k
+    M = (1.0 - f) * ring_roll_matrix(n, n_channels, k)
+    if f:
+        M += f * ring_roll_matrix(n, n_channels, k + 1)
+    return M
+
+
+def rotation_inverse(n: int, n_channels: int, rotation: float, ridge: float) -> np.ndarray:
+    """Ridge inverse of a fractional ring rotation: (RᵀR + εI)⁻¹ Rᵀ, R = R(rotation).
+
+    The map back to the source for a target rotated by ``rotation`` spacings (it
+    sharpens what the rotation blurred); for an integer rotation k it is
+    ``ring_roll_matrix(n, C, -k) / (1 + ε)``.
+
+    Parameters
+    ----------
+    n, n_channels : int
+    rotation : float
+    ridge : float
+        ε > 0.
+
+    Returns
+    -------
+    ndarray of shape (n, n)
+    """
+    R = ring_rotation_matrix(n, n_channels, rotation)
+    return np.linalg.solve(R.T @ R + ridge * np.eye(n), R.T)
 
 
 def _factor_masked(S):
@@ -192,6 +259,39 @@ class TransferEM:
         with an all-True mask (Λ no longer drops out).
     masked_dense_max : int
         ``solver="auto"`` threshold (free entries) for structured maps.
+    rotation_search : {"roll", "continuous"}
+        How the starts are found when ``ring_channels`` is set. "roll" (default): EM
+        from every integer channel roll, each shrunk towards its roll, best penalised
+        likelihood wins. "continuous": first a batched search over rotated-and-scaled
+        maps diag(g) S(θ), S(θ) = (R(θ)ᵀR(θ) + εI)⁻¹R(θ)ᵀ (:func:`rotation_inverse`,
+        R(θ) the fractional ring rotation of :func:`ring_rotation_matrix`), θ on a
+        grid of ``rotation_step`` spacings, one gain per feature type fitted by EM;
+        candidates are scored as densities of the target points, log p(Hx) + log|det H|
+        (without the Jacobian a blurring map always wins). Then the full EM from the
+        ``n_refine`` best distinct rotations, each shrunk towards its own rotated and
+        scaled map; the winner is again chosen by the penalised objective plus
+        log|det H|. Opt-in: on the shared recordings it helps some fractional
+        rotations but loses at whole-electrode shifts (docs/evaluation.md).
+    n_refine : int
+        Number of search candidates refined by the full EM ("continuous").
+    search_iter : int, optional
+        EM iterations of the rotation search ("continuous"); default 30 when the burst
+        has labelled rows, 1 when it has none.
+    rotation_step : float
+        Grid step of the rotation search in spacings ("continuous").
+    rotation_ridge : float
+        ε of the fractional-rotation inverse ("continuous").
+    jacobian_floor : float
+        Floor of the singular values of S(θ), relative to the largest, in the search's
+        log|det H| ("continuous"; at half a spacing S(θ) is singular).
+    guard : bool, optional
+        Keep the live map (``H_init``, else the identity, i.e. no adaptation) when it
+        classifies held-out windows of the burst better than the new map does: the
+        labelled rows are split in two class-balanced halves (alternate windows of each
+        class), the second half is predicted by a map refined on the first from the
+        winning start towards the same prior, and the held-out accuracies are compared
+        (a tie keeps the live map). Needs at least 2 labelled rows per class in the burst, else it
+        is skipped. Default: on with ``rotation_search="continuous"``, off otherwise.
 
     Attributes
     ----------
@@ -207,8 +307,20 @@ class TransferEM:
     H0_ : ndarray of shape (m, n)
         Shrink target of the winning start.
     best_roll_ : int or None
+        Integer roll nearest to the winning start's rotation.
     roll_objectives_ : dict
-        roll → final objective, when ``ring_channels`` is set.
+        start → objective, when ``ring_channels`` is set: roll → final EM objective
+        ("roll"), or start rotation (float spacings) → circulant-search mean
+        log-likelihood ("continuous").
+    rotation_ : float or None
+        Rotation θ of the winning start in spacings, in [0, C) ("continuous": the
+        target rotation, its map is S(θ); "roll": the roll r of the start R_r).
+    ring_taps_ : ndarray of shape (f,) or None
+        Per-feature-type gains of the winning start ("continuous").
+    H_start_ : ndarray of shape (m, n)
+        Start of the winning EM run.
+    guard_ : dict or None
+        The guard's held-out scores ``{"new": …, "live": …, "kept_live": bool}``.
     classifier_ : MappedClassifier
     mask_ : ndarray of shape (m, n), bool, or None
         Free entries of H (None for a dense map solved in closed form).
@@ -220,7 +332,10 @@ class TransferEM:
                  shrink_to="identity", max_iter=100, tol=1e-6, ring_channels=None, *,
                  solver="auto", dense_max=DENSE_MAX_UNKNOWNS, cg_rtol=1e-10,
                  structure="dense", penalty="auto",
-                 masked_dense_max=MASKED_DENSE_MAX_UNKNOWNS):
+                 masked_dense_max=MASKED_DENSE_MAX_UNKNOWNS, rotation_search="roll",
+                 n_refine=1, search_iter=None, rotation_step=0.25,
+                 rotation_ridge=ROTATION_RIDGE, jacobian_floor=0.6,
+                 guard=None):
         self.source = as_components(source)
         self.kind = _checks.check_option(kind, ("auto", "shared", "full"), "kind")
         self.bias = bool(bias)
@@ -238,6 +353,19 @@ class TransferEM:
         self.cg_rtol = _checks.ensure_float(cg_rtol, "cg_rtol", minimum=0.0)
         self.masked_dense_max = _checks.ensure_int(masked_dense_max, "masked_dense_max",
                                                    minimum=0)
+        self.rotation_search = _checks.check_option(rotation_search, ("continuous", "roll"),
+                                                    "rotation_search")
+        self.n_refine = _checks.ensure_int(n_refine, "n_refine", minimum=1, maximum=64)
+        self.search_iter = (None if search_iter is None else
+                            _checks.ensure_int(search_iter, "search_iter", minimum=1,
+                                               maximum=1000))
+        self.guard = None if guard is None else bool(guard)
+        self.jacobian_floor = _checks.ensure_float(jacobian_floor, "jacobian_floor",
+                                                   minimum=0.0, maximum=1.0)
+        self.rotation_ridge = _checks.ensure_float(rotation_ridge, "rotation_ridge",
+                                                   minimum=0.0, strict_min=True)
+        self.rotation_step = _checks.ensure_float(rotation_step, "rotation_step",
+                                                  minimum=1.0 / 64, maximum=1.0)
         src = self.source
         self._m = src.n_features
         self.structure = self._check_structure(structure)
@@ -624,6 +752,96 @@ class TransferEM:
                 Pl = np.ascontiguousarray(np.linalg.pinv(setup["Lam_s"]))
             setup["Pl_s"] = Pl
 
+    # ---------------------------------------------------------------- ring search
+    def _rotation_search(self, X, yi, n):
+        """Score every rotated-and-scaled map ``diag(g) S(θ)`` on a grid of rotations θ.
+
+        S(θ) is :func:`rotation_inverse`; g holds one gain per feature type (g_t on the
+        rows of type t). The gains start where the second moment of the mapped burst
+        matches the source model's and are refined by EM on the target-space density
+        log p(H x) + log|det H| (a coordinate-wise closed form), batched over all θ.
+
+        Returns a list of (θ, H (m, n), score, gains (f,)), best score first; the
+        scores use the mixture-average precision Λ̄ (exact for a shared precision, a
+        ranking device otherwise).
+        """
+        C = self.ring_channels
+        if X.shape[0] > SEARCH_MAX_ROWS:
+            # The search only ranks starts: an evenly strided subset keeps its cost flat.
+            keep = np.linspace(0, X.shape[0] - 1, SEARCH_MAX_ROWS).round().astype(np.int64)
+            X, yi = X[keep], yi[keep]
+        N = X.shape[0]
+        m = self._m
+        f = n // C
+        src = self.source
+        Lam = self._Lam_bar
+        rots = np.arange(0.0, C, self.rotation_step)
+        S = rots.size
+        R = np.stack([rotation_inverse(n, C, r, self.rotation_ridge) for r in rots])  # (S, m, n)
+        # log|det S(θ)| with the singular values floored: at half a spacing S is singular
+        # (the blur removed the alternating pattern), and an unfloored Jacobian would
+        # rule out exactly the rotation that happened.
+        sv = np.linalg.svd(R, compute_uv=False)
+        logdet_R = np.log(np.maximum(sv, self.jacobian_floor * sv[:, :1])).sum(axis=1)
+        U = X[None] @ R.transpose(0, 2, 1)  # (S, N, m): the burst mapped by each S(θ)
+        if src.shared_precision:
+            P = src.prec_factor[0]
+            base = self._log_base(yi)
+        else:
+            P = np.linalg.cholesky(Lam)
+            base = (self._log_base(yi) - 0.5 * src.log_det_prec[None]
+                    + 0.5 * float(np.linalg.slogdet(Lam)[1]))
+        nu = src.means @ P
+        nu2 = np.einsum("ki,ki->k", nu, nu)
+        T = (np.arange(m)[:, None] % f == np.arange(f)[None]).astype(float)  # (m, f)
+        var = np.diag(np.linalg.inv(Lam))
+        comp_w = np.exp(base - np.logaddexp.reduce(base, axis=1, keepdims=True))  # (N, K)
+        target = (comp_w @ (src.means ** 2 + var[None])).sum(axis=0) @ T
+        UU = U.transpose(0, 2, 1) @ U  # (S, m, m)
+        have = np.diagonal(UU, axis1=1, axis2=2) @ T  # (S, f)
+        g = np.sqrt(np.where(have > 0, target / np.where(have > 0, have, 1.0), 1.0))
+        # Normal matrices of the gains: G_s = Tᵀ (Λ ⊙ Σ_j u_j u_jᵀ) T (+ a tiny ridge).
+        G = T.T @ (UU * Lam[None]) @ T
+        G += _SEARCH_RIDGE * (np.trace(G, axis1=1, axis2=2) / f)[:, None, None] * np.eye(f)
+        n_it = self.search_iter
+        if n_it is None:
+            n_it = SEARCH_ITER_LABELLED if np.any(yi >= 0) else SEARCH_ITER_UNLABELLED
+        prev = np.full(S, np.nan)
+        for it in range(n_it + 1):
+            ZP = (U * (g @ T.T)[:, None, :]) @ P
+            log_a = base[None] - 0.5 * (np.einsum("sji,sji->sj", ZP, ZP)[..., None]
+                                        - 2.0 * ZP @ nu.T + nu2)
+            amax = log_a.max(axis=2, keepdims=True)
+            amax[~np.isfinite(amax)] = 0.0
+            ll = np.log(np.exp(log_a - amax).sum(axis=2)) + amax[..., 0]
+            # The likelihood of the *target* points: log p(H x) + log |det H|. Without the
+            # Jacobian a smoothing map (which shrinks the spread) would always win.
+            jac = logdet_R + np.log(np.abs(g)) @ T.sum(axis=0)
+            with np.errstate(invalid="ignore"):
+                obj = np.where(np.all(np.isfinite(ll), axis=1), ll.mean(axis=1) + jac, -np.inf)
+                done = np.abs(obj - prev) <= 1e-7 * np.maximum(1.0, np.abs(prev))
+            if it == n_it or np.all(done | ~np.isfinite(obj)):
+                break
+            prev = obj
+            resp = np.exp(log_a - ll[..., None])
+            resp[~np.isfinite(resp)] = 0.0
+            rhs = np.einsum("sji,sji->si", U, resp @ (src.means @ Lam)) @ T  # (S, f)
+            # Coordinate ascent on Q(g) = -½ gᵀG g + rhsᵀg + N C Σ_t log g_t (the Jacobian
+            # term keeps the gains from the regression dilution a plain least squares has):
+            # each coordinate's maximiser is the positive root of a quadratic.
+            for _ in range(2):
+                for t in range(f):
+                    Gtt = G[:, t, t]
+                    b_t = rhs[:, t] - np.einsum("su,su->s", G[:, t], g) + Gtt * g[:, t]
+                    g[:, t] = (b_t + np.sqrt(b_t ** 2 + 4.0 * Gtt * N * C)) / (2.0 * Gtt)
+        self._search_objectives = {float(r): float(o) for r, o in zip(rots, obj)}
+        out = []
+        for s_ in np.argsort(-obj):
+            if not (np.isfinite(obj[s_]) and np.all(np.isfinite(g[s_]))):
+                continue
+            out.append((float(rots[s_]), (g[s_] @ T.T)[:, None] * R[s_], float(obj[s_]), g[s_]))
+        return out
+
     # ---------------------------------------------------------------- public
     def fit(self, X, y=None, *, H_init=None, b_init=None) -> "TransferEM":
         """Learn H (and b) from a calibration burst.
@@ -724,14 +942,14 @@ class TransferEM:
             if b0.shape != (m,) or not np.all(np.isfinite(b0)):
                 raise ValueError(f"b_init must be a finite vector of shape ({m},).")
 
-        def start(Hs):
+        def start(Hs, bs=None):
             Ht = np.zeros((m, n1))
             Ht[:, :n] = Hs if mask is None else Hs * mask
             if self.bias:
-                Ht[:, n] = b0
+                Ht[:, n] = b0 if bs is None else bs
             return Ht
 
-        starts = []  # (label, H start, shrink target)
+        starts = []  # (label, H start, shrink target, offset start, rotation, taps)
         H0_user = self._resolve_H0(n)
         if mask is not None:
             H0_user = H0_user * mask  # a penalty on fixed entries would only add a constant
@@ -739,14 +957,39 @@ class TransferEM:
             Hi = np.ascontiguousarray(H_init, dtype=np.float64)
             if Hi.shape != (m, n) or not np.all(np.isfinite(Hi)):
                 raise ValueError(f"H_init must be a finite array of shape ({m}, {n}).")
-        if self.ring_channels is not None:
+        search_obj = None
+        if self.ring_channels is not None and self.rotation_search == "continuous":
+            cands = self._rotation_search(X, yi, n)
+            search_obj = self._search_objectives if cands else None
+            picked = []
+            for rot, Hc, _, gains in cands:
+                # distinct rotations only: neighbours of the winner are the same basin
+                if any(min(abs(rot - r), self.ring_channels - abs(rot - r)) < 0.75
+                       for r in picked):
+                    continue
+                picked.append(rot)
+                label = int(round(rot)) % self.ring_channels
+                Hc = Hc if mask is None else Hc * mask  # a no-op for structure="channel"
+                starts.append((label, Hc, Hc, None, rot, gains))
+                if np.any(yi >= 0):
+                    # With labels, the same rotation at unit gain too: a gain fitted to the
+                    # first half second of each prompt (the onset of the contraction) can
+                    # be far off; the refined fits decide. Unlabelled bursts span whole
+                    # contractions, and their moment-matched gain is the better one.
+                    Hu = rotation_inverse(n, self.ring_channels, rot, self.rotation_ridge)
+                    Hu = Hu if mask is None else Hu * mask
+                    starts.append((label, Hu, Hu, None, rot, np.ones_like(gains)))
+                if len(picked) == self.n_refine:
+                    break
+        if self.ring_channels is not None and not starts:
             for r in range(self.ring_channels):
                 Pr_ = ring_roll_matrix(n, self.ring_channels, r)
                 if mask is not None:
                     Pr_ = Pr_ * mask  # a no-op for structure="channel"
-                starts.append((r, Pr_, Pr_))
+                starts.append((r, Pr_, Pr_, None, float(r), None))
+        if self.ring_channels is not None:
             if H_init is not None:
-                starts.append((None, Hi, H0_user))
+                starts.append((None, Hi, H0_user, None, None, None))
         else:
             if H_init is not None:
                 Hs = Hi
@@ -754,19 +997,28 @@ class TransferEM:
                 Hs = rectangular_identity(m, n)
             else:
                 Hs = H0_user
-            starts.append((None, Hs, H0_user))
+            starts.append((None, Hs, H0_user, None, None, None))
 
         best = None
         roll_obj = {}
-        for label, Hs, H0 in starts:
-            Ht, trace, n_iter, conv = self._run_em(Xt, log_base, start(Hs), H0, lam, n, setup)
-            if label is not None:
+        for label, Hs, H0, bs, rot, taps in starts:
+            Hst = start(Hs, bs)
+            Ht, trace, n_iter, conv = self._run_em(Xt, log_base, Hst, H0, lam, n, setup)
+            if label is not None and search_obj is None:
                 roll_obj[label] = trace[-1]
-            logger.debug("transfer EM start %s: objective %s after %s iterations", label,
-                         trace[-1], n_iter)
-            if best is None or trace[-1] > best[1][-1]:
-                best = (Ht, trace, n_iter, conv, label, H0)
-        Ht, trace, n_iter, conv, label, H0 = best
+            logger.debug("transfer EM start %s (rotation %s): objective %s after %s iterations",
+                         label, rot, trace[-1], n_iter)
+            score = trace[-1]
+            if search_obj is not None:
+                # Candidates with different priors are compared as densities of the target
+                # points (log |det H| added), as in the search.
+                sign, ld = np.linalg.slogdet(Ht[:, :n])
+                score = score + ld if sign != 0 else -np.inf
+            if best is None or score > best[-1]:
+                best = (Ht, trace, n_iter, conv, label, H0, rot, taps, Hst[:, :n], score)
+        if search_obj is not None:
+            roll_obj = search_obj
+        Ht, trace, n_iter, conv, label, H0, rot, taps, Hst, _ = best
         self.H_ = np.ascontiguousarray(Ht[:, :n])
         self.b_ = np.ascontiguousarray(Ht[:, n]) if self.bias else np.zeros(m)
         self.n_iter_ = n_iter
@@ -777,8 +1029,15 @@ class TransferEM:
         self.H0_ = H0
         self.best_roll_ = label
         self.roll_objectives_ = roll_obj
+        self.rotation_ = rot
+        self.ring_taps_ = taps
+        self.H_start_ = np.ascontiguousarray(Hst)
         self.classifier_ = MappedClassifier(src, self.H_, self.b_)
         self.mask_ = mask
+        self.guard_ = None
+        guard = self.guard if self.guard is not None else self.rotation_search == "continuous"
+        if guard:
+            self._apply_guard(X, yi, H_init, b_init)
         if not conv:
             warnings.warn(
                 f"transfer EM stopped at max_iter={self.max_iter} before the objective changed "
@@ -788,6 +1047,53 @@ class TransferEM:
         logger.info("transfer EM (%s) fitted: %s iterations, objective %.6g, roll %s", kind,
                     n_iter, trace[-1], label)
         return self
+
+    def _apply_guard(self, X, yi, H_init, b_init):
+        """Fall back to the live map when it predicts held-out burst windows better."""
+        lab = np.flatnonzero(yi >= 0)
+        classes, counts = np.unique(yi[lab], return_counts=True)
+        if lab.size == 0 or counts.min() < 2:
+            return
+        fold = np.empty(lab.size, dtype=np.int64)
+        for c in classes:  # alternate within each class: both halves see every class
+            sel = np.flatnonzero(yi[lab] == c)
+            fold[sel] = np.arange(sel.size) % 2
+        m, n = self.H_.shape
+        H_live = (np.eye(m, n) if H_init is None else np.asarray(H_init, dtype=np.float64))
+        b_live = np.zeros(m) if b_init is None or not self.bias else np.asarray(b_init, float)
+        live = MappedClassifier(self.source, H_live, b_live)
+        # The half fits refine the winning start towards the same prior (no new search):
+        # the guard asks whether adapting helps, not which rotation is best.
+        params = {k: getattr(self, k) for k in (
+            "kind", "bias", "reg", "reg_scale", "max_iter", "tol", "solver", "dense_max",
+            "cg_rtol", "penalty", "masked_dense_max")}
+        params["structure"] = self.mask_ if self.mask_ is not None else self.structure
+        params["shrink_to"] = self.H0_
+        cls = self.source.classes.tolist()
+        score_new = score_live = 0.0
+        for k in (1,):  # one split: a second would double the guard's cost for little
+            train, held = lab[fold != k], lab[fold == k]
+            yt = np.full(X.shape[0], -1, dtype=np.int64)
+            yt[train] = yi[train]
+            keep = np.flatnonzero((yi < 0) | (yt >= 0))  # unlabelled rows stay in
+            half = TransferEM(self.source, guard=False, **params)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", TransferConvergenceWarning)
+                half.fit(X[keep], [None if v < 0 else cls[v] for v in yt[keep]],
+                         H_init=self.H_start_, b_init=b_init)
+            score_new += float(np.sum(half.classifier_.predict_index(X[held]) == yi[held]))
+            score_live += float(np.sum(live.predict_index(X[held]) == yi[held]))
+        # Ties go to the live map: a new map must earn its place on windows it has not seen.
+        kept = score_live >= score_new
+        n_held = int(np.sum(fold == 1))
+        self.guard_ = {"new": score_new / n_held, "live": score_live / n_held,
+                       "kept_live": bool(kept)}
+        if kept:
+            logger.info("transfer EM guard: the live map predicts held-out burst windows "
+                        "better (%.4g > %.4g); keeping it", score_live, score_new)
+            self.H_ = np.ascontiguousarray(H_live)
+            self.b_ = np.ascontiguousarray(b_live)
+            self.classifier_ = live
 
     def _check_fitted(self):
         if not hasattr(self, "H_"):

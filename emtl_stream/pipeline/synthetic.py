@@ -57,6 +57,9 @@ class SyntheticArmband:
         Number of muscle sources (default ``max(6, n_classes + 1)``).
     kappa : float
         von-Mises concentration of a muscle's spatial profile (in angle).
+    gain : float
+        Electrode gain (skin contact): every output sample, noise included, is
+        multiplied by it.
 
     Attributes
     ----------
@@ -69,7 +72,8 @@ class SyntheticArmband:
 
     def __init__(self, n_channels: int = 8, fs: float = 1000.0, classes=DEFAULT_CLASSES,
                  seed: int = 0, shift: float = 0.0, noise_level: float = 0.05,
-                 n_sources: int | None = None, kappa: float = 3.0):
+                 n_sources: int | None = None, kappa: float = 3.0,
+                 gain: float = 1.0):
         self.n_channels = ensure_int(n_channels, "n_channels", 1, MAX_CHANNELS)
         self.fs = ensure_float(fs, "fs", minimum=50.0, maximum=MAX_FS)
         check_type(classes, (list, tuple), "classes")
@@ -105,6 +109,8 @@ class SyntheticArmband:
         self.shift = 0.0
         self.mixing = self._mixing(0.0)
         self.set_shift(shift)
+        self.gain = 1.0
+        self.set_gain(gain)
 
     # ------------------------------------------------------------------ setup
     def _class_patterns(self, layout) -> np.ndarray:
@@ -144,6 +150,10 @@ class SyntheticArmband:
         """Rotate the armband to ``shift`` electrode spacings (absolute, any real)."""
         self.shift = ensure_float(shift, "shift")
         self.mixing = self._mixing(self.shift)
+
+    def set_gain(self, gain: float) -> None:
+        """Set the electrode gain (> 0; 1 = as trained); noise is scaled with the signal."""
+        self.gain = ensure_float(gain, "gain", minimum=0.0, strict_min=True)
 
     def class_index(self, class_) -> int:
         """Index of a class given by name or index; ``ValueError`` naming the options."""
@@ -187,4 +197,6 @@ class SyntheticArmband:
         out = src @ self.mixing.T
         if self.noise_level > 0:
             out += self.noise_level * self._noise_rng.standard_normal((n, self.n_channels))
+        if self.gain != 1.0:
+            out *= self.gain
         return out.astype(np.float32)

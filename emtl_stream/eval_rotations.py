@@ -1,0 +1,450 @@
+"""``emtl-stream evaluate DATA_DIR --rotations``: transfer at any armband angle and gain.
+
+The CIIL electrode-shift recordings (Campbell et al., J. NeuroEng. Rehabil. 21:70, 2024)
+rotate the armband by exactly one electrode. To test fractional rotations and amplitude
+changes, the *baseline* recording is rotated virtually: every raw channel is mixed with
+its ring neighbour,
+
+    x'_c = g ((1 - f) x_{c-k} + f x_{c-k-1})      for a rotation of k + f spacings,
+
+and the features are computed from x'. Protocol per subject and grid point:
+
+* source model: the daemon's default, trained on the unrotated baseline reps 0-2;
+* ``within``: the source model on the unrotated baseline rep 4 (the same windows as
+  the test set, before rotation);
+* the new session is the rotated baseline reps 3-4; test = rotated rep 4;
+* ``no_adapt``: the source model on the rotated test set;
+* ``transfer``: :class:`TransferEM` with the daemon's settings, calibrated on the first
+  ``burst_s`` seconds of every class of rotated rep 3 (a window counts when it ends
+  within ``burst_s`` of its segment's start);
+* ``zero_label``: the same TransferEM fitted on all of rotated rep 3 without labels;
+* ``slda``: shrinkage-LDA retrained on the burst;
+* ``ref``: the reference package (em-transfer-learning, GPLv3, imported only, never
+  copied) on the burst, when it is installed.
+
+A second table runs the same rows on :class:`~emtl_stream.pipeline.synthetic.SyntheticArmband`
+with fractional shifts and an electrode gain.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .logs import logger
+
+#: 0 to 1 spacing in quarter steps, plus 1.5 and 2.5: the virtual rotation is circulant,
+#: so for a method that searches all rolls k + f behaves as f (the table shows it).
+ROTATIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5)
+GAINS = (0.7, 1.0, 1.4)
+TRAIN_REPS, CAL_REP, TEST_REP = (0, 1, 2), 3, 4
+BURST_S = 0.5
+METHODS = ("no_adapt", "transfer", "zero_label", "transfer_cont", "zero_label_cont", "slda",
+           "ref")
+#: TransferEM overrides of the ``*_cont`` rows (the opt-in continuous rotation search).
+CONTINUOUS = {"rotation_search": "continuous"}
+
+
+def rotate_ring(emg, rotation: float, gain: float = 1.0) -> np.ndarray:
+    """Virtual armband rotation of raw EMG by ``rotation`` electrode spacings, times ``gain``.
+
+    Parameters
+    ----------
+    emg : array-like of shape (n_samples, n_channels)
+    rotation : float
+        k + f spacings; channel c of the result is ``g((1-f) x[c-k] + f x[c-k-1])``.
+    gain : float
+
+    Returns
+    -------
+    ndarray of shape (n_samples, n_channels), float64
+    """
+    x = np.asarray(emg, dtype=np.float64)
+    k = int(np.floor(rotation))
+    f = float(rotation) - k
+    return gain * ((1.0 - f) * np.roll(x, k, axis=1) + f * np.roll(x, k + 1, axis=1))
+
+
+def reference_available() -> bool:
+    """Whether the reference package can be imported."""
+    try:
+        import em_transfer_learning.transfer_learning  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class RotationGrid:
+    """What the rotation benchmark runs."""
+
+    rotations: tuple = ROTATIONS
+    gains: tuple = GAINS
+    burst_s: float = BURST_S
+    reference: bool = True
+    settings: object = None  # evaluate.EvalSettings (daemon defaults when None)
+    extra: dict = field(default_factory=dict)  # TransferEM keyword overrides (experiments)
+
+
+def _subject_features(path: Path, settings, rotations, gains):
+    from .pipeline.features import FeatureExtractor
+    from .pipeline.offline import featurize
+
+    ex = FeatureExtractor(settings.feature_names, n_channels=8, fs=200.0)
+    with np.load(path, allow_pickle=False) as z:
+        emg, fs = z["emg"], float(z["fs"])
+        seg_start, seg_len = z["seg_start"], z["seg_len"]
+        seg_class, seg_rep = z["seg_class"], z["seg_rep"]
+    feats = {}
+    for key in [(0.0, 1.0)] + [(float(r), float(g)) for r in rotations for g in gains]:
+        if key not in feats:
+            X, si, off = featurize(rotate_ring(emg, *key), fs, ex, settings.window_ms,
+                                   settings.step_ms, seg_start, seg_len)
+            feats[key] = X
+    window = int(round(settings.window_ms * fs / 1000.0))
+    meta = {"y": seg_class[si].astype(np.int64), "rep": seg_rep[si].astype(np.int64),
+            "offset_s": (off + window) / fs}
+    return feats, meta
+
+
+def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
+    """All grid points of one subject.
+
+    Returns
+    -------
+    dict
+        ``{(rotation, gain): {method: accuracy, "fit_ms": ...}}`` plus ``"within"``.
+    """
+    from .evaluate import _accuracy, _reference_transfer
+    from .model.baselines import ShrinkageLDA
+    from .model.gmm import LabelledGMM
+    from .model.transfer import TransferEM
+
+    s = grid.settings
+    feats, meta = _subject_features(baseline, s, grid.rotations, grid.gains)
+    y, rep = meta["y"], meta["rep"]
+    train, cal, test = np.isin(rep, TRAIN_REPS), rep == CAL_REP, rep == TEST_REP
+    burst = cal & (meta["offset_s"] <= grid.burst_s + 1e-9)
+    source = LabelledGMM(n_components_per_class=s.n_components_per_class,
+                         covariance_type=s.covariance_type, random_state=0)
+    source.fit(feats[(0.0, 1.0)][train], y[train])
+    out = {"within": _accuracy(source.predict(feats[(0.0, 1.0)][test]), y[test])}
+    kw = dict(s.transfer, **grid.extra)
+    classes = np.unique(y)
+    for rot in grid.rotations:
+        for g in grid.gains:
+            X = feats[(float(rot), float(g))]
+            Xt, yt = X[test], y[test]
+            row = {"no_adapt": _accuracy(source.predict(Xt), yt)}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                t0 = time.perf_counter()
+                tem = TransferEM(source, ring_channels=s.ring_channels, **kw)
+                tem.fit(X[burst], y[burst])
+                row["fit_ms"] = 1e3 * (time.perf_counter() - t0)
+                row["transfer"] = _accuracy(tem.predict(Xt), yt)
+                tz = TransferEM(source, ring_channels=s.ring_channels, **kw).fit(X[cal], None)
+                row["zero_label"] = _accuracy(tz.predict(Xt), yt)
+                kc = dict(kw, **CONTINUOUS)
+                tc = TransferEM(source, ring_channels=s.ring_channels, **kc)
+                tc.fit(X[burst], y[burst])
+                row["transfer_cont"] = _accuracy(tc.predict(Xt), yt)
+                tc = TransferEM(source, ring_channels=s.ring_channels, **kc).fit(X[cal], None)
+                row["zero_label_cont"] = _accuracy(tc.predict(Xt), yt)
+            row["slda"] = _accuracy(ShrinkageLDA().fit(X[burst], y[burst]).predict(Xt), yt)
+            if grid.reference:
+                with warnings.catch_warnings(), np.errstate(all="ignore"):
+                    warnings.simplefilter("ignore")
+                    H = _reference_transfer(source, X[burst], np.searchsorted(classes, y[burst]))
+                row["ref"] = (_accuracy(source.predict(Xt @ H.T), yt)
+                              if np.all(np.isfinite(H)) else float("nan"))
+            out[(float(rot), float(g))] = row
+    return out
+
+
+def _summarise(rows: list[dict], grid: RotationGrid, methods) -> dict:
+    """Mean accuracy and mean ratio to within-session per grid point and method."""
+    summary = {"within": float(np.mean([r["within"] for r in rows]))}
+    for rot in grid.rotations:
+        for g in grid.gains:
+            key = (float(rot), float(g))
+            cell = {}
+            for m in (*methods, "fit_ms"):
+                vals = [r[key][m] for r in rows if m in r[key]]
+                if m == "ref":  # the reference's non-finite H (its E-step underflow)
+                    cell["ref_failed"] = int(np.sum(np.isnan(vals)))
+                if not vals or np.all(np.isnan(vals)):  # e.g. the reference failed everywhere
+                    cell[m] = cell[m + "/within"] = float("nan")
+                    continue
+                cell[m] = float(np.nanmean(vals))
+                if m != "fit_ms":
+                    cell[m + "/within"] = float(np.nanmean(
+                        [r[key][m] / r["within"] for r in rows if m in r[key]]))
+            summary[key] = cell
+    return summary
+
+
+def evaluate_rotations(data_dir, grid: RotationGrid | None = None, subjects=None,
+                       progress=None) -> dict:
+    """The real-EMG rotation grid over every subject in ``data_dir``.
+
+    Returns
+    -------
+    dict
+        ``{"subjects": {id: per-subject dict}, "mean": summary, "grid": ...}``; the
+        summary holds, per (rotation, gain), every method's mean accuracy and mean
+        ratio to within-session (``"<method>/within"``).
+    """
+    from .evaluate import find_subjects
+
+    grid = grid or RotationGrid()
+    if grid.settings is None:
+        from .config import load_config
+        from .evaluate import EvalSettings
+
+        grid.settings = EvalSettings.from_config(load_config(None, env={}))
+    if grid.reference and not reference_available():
+        print("note: em-transfer-learning is not installed; the reference row is skipped",
+              file=sys.stderr)
+        grid.reference = False
+    pairs = find_subjects(Path(data_dir), subjects)
+    if not pairs:
+        raise FileNotFoundError(f"no ciil_es_sNN_baseline.npz files in {data_dir}")
+    rows = {}
+    for sid, b, _ in pairs:
+        rows[sid] = evaluate_subject_rotations(b, grid)
+        logger.info("subject %d done", sid)
+        if progress:
+            progress(sid, rows[sid])
+    methods = [m for m in METHODS if m != "ref" or grid.reference]
+    return {"subjects": rows, "mean": _summarise(list(rows.values()), grid, methods),
+            "methods": methods, "grid": {"rotations": list(map(float, grid.rotations)),
+                                         "gains": list(map(float, grid.gains)),
+                                         "burst_s": grid.burst_s}}
+
+
+# ------------------------------------------------------------------ synthetic armband
+@dataclass
+class SyntheticProtocol:
+    """The same rows on the synthetic armband (fs 1 kHz, Hudgins features)."""
+
+    shifts: tuple = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5)
+    gains: tuple = GAINS
+    noise_level: float = 1.5
+    seeds: tuple = (0, 1, 2, 3)
+    fs: float = 1000.0
+    train_s: float = 10.0
+    burst_s: float = BURST_S
+    unlabelled_s: float = 3.0
+    test_s: float = 5.0
+    window_ms: float = 200.0
+    step_ms: float = 50.0
+    reference: bool = False
+    transfer: dict = field(default_factory=lambda: dict(structure="channel", reg=0.1))
+
+
+def synthetic_session(arm, seconds: float, extractor, window_ms, step_ms):
+    """Features and labels of ``seconds`` per class (classes in order) from ``arm``.
+
+    Returns
+    -------
+    X : ndarray of shape (N, n_features)
+    y : ndarray of shape (N,) int
+    t : ndarray of shape (N,)
+        End of each window since the start of its class segment (s).
+    """
+    from .pipeline.offline import featurize
+
+    n = int(round(seconds * arm.fs))
+    n_cls = len(arm.class_names)
+    # A lead-in per class, discarded, so every segment starts from a settled level.
+    lead = int(round(0.3 * arm.fs))
+    segs = []
+    for c in range(n_cls):
+        arm.generate(lead, c)
+        segs.append(arm.generate(n, c))
+    emg = np.concatenate(segs)
+    X, si, off = featurize(emg, arm.fs, extractor, window_ms, step_ms,
+                           np.arange(n_cls) * n, np.full(n_cls, n))
+    window = int(round(window_ms * arm.fs / 1000.0))
+    return X, si.astype(np.int64), (off + window) / arm.fs
+
+
+def evaluate_synthetic(proto: SyntheticProtocol | None = None) -> dict:
+    """Mean accuracies (over seeds) per (shift, gain) on the synthetic armband."""
+    from .evaluate import _accuracy
+    from .model.baselines import ShrinkageLDA
+    from .model.gmm import LabelledGMM
+    from .model.transfer import TransferEM
+    from .pipeline.features import FeatureExtractor
+    from .pipeline.synthetic import SyntheticArmband
+
+    p = proto or SyntheticProtocol()
+    ex = FeatureExtractor(("mav", "wl", "zc", "ssc"), n_channels=8, fs=p.fs)
+    per = {}
+    within = []
+    for seed in p.seeds:
+        arm = SyntheticArmband(8, p.fs, seed=seed, noise_level=p.noise_level)
+        Xs, ys, _ = synthetic_session(arm, p.train_s, ex, p.window_ms, p.step_ms)
+        source = LabelledGMM(covariance_type="tied", random_state=0).fit(Xs, ys)
+        Xw, yw, _ = synthetic_session(arm, p.test_s, ex, p.window_ms, p.step_ms)
+        within.append(_accuracy(source.predict(Xw), yw))
+        for sh in p.shifts:
+            for g in p.gains:
+                arm.set_shift(sh)
+                arm.set_gain(g)
+                Xb, yb, tb = synthetic_session(arm, p.burst_s, ex, p.window_ms, p.step_ms)
+                Xu, _, _ = synthetic_session(arm, p.unlabelled_s, ex, p.window_ms, p.step_ms)
+                Xt, yt, _ = synthetic_session(arm, p.test_s, ex, p.window_ms, p.step_ms)
+                arm.set_shift(0.0)
+                arm.set_gain(1.0)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    tem = TransferEM(source, ring_channels=8, **p.transfer).fit(Xb, yb)
+                    tz = TransferEM(source, ring_channels=8, **p.transfer).fit(Xu, None)
+                    kc = dict(p.transfer, **CONTINUOUS)
+                    tc = TransferEM(source, ring_channels=8, **kc).fit(Xb, yb)
+                    tcz = TransferEM(source, ring_channels=8, **kc).fit(Xu, None)
+                row = {"transfer_cont": _accuracy(tc.predict(Xt), yt),
+                       "zero_label_cont": _accuracy(tcz.predict(Xt), yt),
+                       "no_adapt": _accuracy(source.predict(Xt), yt),
+                       "transfer": _accuracy(tem.predict(Xt), yt),
+                       "zero_label": _accuracy(tz.predict(Xt), yt),
+                       "slda": _accuracy(ShrinkageLDA().fit(Xb, yb).predict(Xt), yt)}
+                per.setdefault((float(sh), float(g)), []).append((row, within[-1]))
+    mean = {"within": float(np.mean(within))}
+    for key, lst in per.items():
+        mean[key] = {m: float(np.mean([r[m] for r, _ in lst])) for m in lst[0][0]}
+        mean[key].update({m + "/within": float(np.mean([r[m] / w for r, w in lst]))
+                          for m in lst[0][0]})
+    return {"mean": mean, "methods": ["no_adapt", "transfer", "zero_label", "transfer_cont",
+                                      "zero_label_cont", "slda"],
+            "protocol": {k: (list(v) if isinstance(v, tuple) else v)
+                         for k, v in p.__dict__.items()}}
+
+
+# ------------------------------------------------------------------ output
+_LABELS = {"no_adapt": "no adaptation", "transfer": "transfer EM ({b:g} s burst)",
+           "zero_label": "zero-label", "transfer_cont": "continuous search ({b:g} s burst)",
+           "zero_label_cont": "continuous search, zero-label", "slda": "shrinkage-LDA ({b:g} s)",
+           "ref": "reference ({b:g} s)"}
+
+
+def to_markdown(summary: dict, methods, burst_s: float = BURST_S, ratio: bool = True) -> str:
+    """One row per (rotation, gain), one column per method: accuracy (ratio to within)."""
+    head = [_LABELS[m].format(b=burst_s) for m in methods]
+    lines = [f"Within-session {summary['within']:.3f}; cells: mean accuracy "
+             "(mean ratio to within-session).", "",
+             "| rotation (spacings) | gain | " + " | ".join(head) + " |",
+             "|---" * (len(head) + 2) + "|"]
+    keys = sorted(k for k in summary if isinstance(k, tuple))
+    for key in keys:
+        cell = summary[key]
+        vals = []
+        for m in methods:
+            v = cell.get(m, float("nan"))
+            r = cell.get(m + "/within", float("nan"))
+            vals.append("–" if not np.isfinite(v) else
+                        (f"{v:.3f} ({100 * r:.0f} %)" if ratio else f"{v:.3f}"))
+        lines.append(f"| {key[0]:g} | {key[1]:g} | " + " | ".join(vals) + " |")
+    worst = {m: min(summary[k].get(m + "/within", np.nan) for k in keys) for m in methods}
+    lines.append("| **worst cell** | | " + " | ".join(
+        "–" if not np.isfinite(worst[m]) else f"**{100 * worst[m]:.0f} %**" for m in methods)
+        + " |")
+    failed = sum(summary[k].get("ref_failed", 0) for k in keys)
+    if "ref" in methods:
+        lines.append("")
+        lines.append(f"The reference returned a non-finite H in {failed} subject-cells, left "
+                     "out of its means.")
+    return "\n".join(lines)
+
+
+def _jsonable(result):
+    def conv(d):
+        if isinstance(d, dict):
+            return {(f"{k[0]:g}@{k[1]:g}" if isinstance(k, tuple) else str(k)): conv(v)
+                    for k, v in d.items()}
+        return d
+    return conv(result)
+
+
+def main_rotations(args) -> int:
+    """CLI entry: ``emtl-stream evaluate DATA_DIR --rotations [--synthetic] [--json F]``."""
+    from .config import load_config
+    from .evaluate import EvalSettings
+
+    subjects = {int(s) for s in args.subjects.split(",")} if args.subjects else None
+    settings = EvalSettings.from_config(load_config(getattr(args, "config", None)))
+    grid = RotationGrid(settings=settings, reference=True)
+
+    def progress(sid, row):
+        print(f"subject {sid:2d} done", file=sys.stderr, flush=True)
+
+    result = evaluate_rotations(args.data_dir, grid, subjects, progress)
+    text = "## Real EMG, virtual rotation\n\n" + to_markdown(result["mean"], result["methods"])
+    syn = evaluate_synthetic()
+    text += "\n\n## Synthetic armband\n\n" + to_markdown(syn["mean"], syn["methods"])
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(_jsonable({"real": result, "synthetic": syn}),
+                                              indent=2, default=str))
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+    return 0
+
+
+def time_fits(ns=(25, 40, 200), repeats=15, seed=0) -> str:
+    """Median fit times of the roll and the continuous search side by side (Markdown).
+
+    Problem: the daemon's shape (8 channels x 4 feature types, 5 classes, tied LDA
+    source), target = the source rotated by 1.5 spacings at gain 0.7 on the first two
+    feature types; labelled and unlabelled bursts of N windows. One untimed warm-up per
+    cell, then ``repeats`` alternating runs of both modes.
+    """
+    from .model.source import SourceComponents
+    from .model.transfer import TransferEM, ring_rotation_matrix
+
+    rng = np.random.default_rng(seed)
+    C, f, L = 8, 4, 5
+    n = C * f
+    A = rng.normal(size=(n, n))
+    P = np.linalg.cholesky(np.linalg.inv(A @ A.T / n + np.eye(n)))
+    means = rng.normal(size=(L, n)) * 2.0
+    src = SourceComponents(means, np.repeat(P[None], L, 0),
+                           np.full(L, 2 * np.log(np.diag(P)).sum()), np.full(L, -np.log(L)),
+                           np.where(np.eye(L) > 0, 0.0, -np.inf), np.arange(L), True)
+    cov = np.linalg.inv(P @ P.T)
+    gain = np.where(np.arange(n) % f < 2, 0.7, 1.0)
+    lines = ["| N | labels | roll (8 starts) | continuous (search + refine + guard) | ratio |",
+             "|---|---|---|---|---|"]
+    for N in ns:
+        comp = np.arange(N) % L
+        Z = means[comp] + rng.multivariate_normal(np.zeros(n), cov, N)
+        X = gain * (Z @ ring_rotation_matrix(n, C, 1.5).T)
+        for lab in (comp, None):
+            t = {"roll": [], "continuous": []}
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                for mode in t:
+                    TransferEM(src, ring_channels=C, structure="channel", reg=0.1,
+                               rotation_search=mode).fit(X, lab)
+                for _ in range(repeats):
+                    for mode in t:
+                        t0 = time.perf_counter()
+                        TransferEM(src, ring_channels=C, structure="channel", reg=0.1,
+                                   rotation_search=mode).fit(X, lab)
+                        t[mode].append(time.perf_counter() - t0)
+            a, b = (1e3 * float(np.median(t[k])) for k in ("roll", "continuous"))
+            lines.append(f"| {N} | {'yes' if lab is not None else 'none'} | {a:.1f} ms | "
+                         f"{b:.1f} ms | {b / a:.1f}x |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover - benchmark entry
+    print(time_fits())
