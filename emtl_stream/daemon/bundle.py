@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
-from ..io.store import atomic_write
+from .._atomic import atomic_write, model_file_error, read_model_npz
 from ..model.source import SourceComponents
 
 BUNDLE_FORMAT = "emtl_stream.source_bundle/1"
+_WHAT = "an emtl_stream source model"
 
 
 @dataclass
@@ -61,7 +62,7 @@ class SourceBundle:
         return FeatureExtractor.from_dict(self.features)
 
     def save(self, path) -> Path:
-        """Write atomically to ``path`` (temp file, fsync, rename); returns the path."""
+        """Write atomically to ``path`` (temp file, fsync, rename, folder fsync); returns it."""
         path = Path(path)
         header = {
             "format": BUNDLE_FORMAT,
@@ -83,26 +84,21 @@ class SourceBundle:
     def load(cls, path) -> "SourceBundle":
         """Read a bundle written by :meth:`save`; ``ModelError`` naming the path if invalid."""
         path = Path(path)
+        z = read_model_npz(path, _WHAT)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                header = json.loads(str(z["header_json"]))
-                if header.get("format") != BUNDLE_FORMAT:
-                    raise ModelError(f"{path} is not an emtl_stream source model "
-                                     f"(format {header.get('format')!r}).")
-                comp = {k[len("components__"):]: z[k] for k in z.files
-                        if k.startswith("components__")}
-                comp["classes"] = np.asarray(header["classes"])
-                components = SourceComponents.from_arrays(comp)
-        except ModelError:
-            raise
-        except FileNotFoundError:
-            raise
-        except Exception as exc:
-            raise ModelError(f"cannot read source model {path}: {exc}") from exc
-        return cls(components=components, features=header["features"],
-                   window_ms=float(header["window_ms"]), step_ms=float(header["step_ms"]),
-                   n_channels=int(header["n_channels"]), fs=float(header["fs"]),
-                   meta=header.get("meta", {}))
+            header = json.loads(str(z["header_json"]))
+            if header.get("format") != BUNDLE_FORMAT:
+                raise ValueError(f"format {header.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+            comp = {k[len("components__"):]: v for k, v in z.items()
+                    if k.startswith("components__")}
+            comp["classes"] = np.asarray(header["classes"])
+            components = SourceComponents.from_arrays(comp)
+            return cls(components=components, features=header["features"],
+                       window_ms=float(header["window_ms"]), step_ms=float(header["step_ms"]),
+                       n_channels=int(header["n_channels"]), fs=float(header["fs"]),
+                       meta=header.get("meta", {}))
+        except (ModelError, ValueError, KeyError, TypeError) as exc:
+            raise model_file_error(path, _WHAT, exc) from exc
 
 
 def fit_source_model(X, y, kind: str = "lgmm", covariance_type: str = "tied",
