@@ -56,12 +56,13 @@ def replay(args) -> int:
 
 def train(args) -> int:
     """``emtl-stream train FILE... --out MODEL``: features + source model in one file."""
-    from .daemon.bundle import fit_source_model, make_bundle
+    from .daemon.bundle import fit_source_model, filter_spec_from_config, make_bundle, make_filter
     from .io.recordings import load_recording
     from .pipeline.features import FeatureExtractor
     from .pipeline.offline import featurize
 
     cfg = _config(args)
+    spec = filter_spec_from_config(cfg.features)  # recorded, so the daemon filters alike
     reps = {int(r) for r in args.reps.split(",")} if args.reps else None
     Xs, ys, shape = [], [], None
     for f in args.files:
@@ -76,10 +77,12 @@ def train(args) -> int:
         extractor = FeatureExtractor(tuple(cfg.features.names), n_channels=shape[0], fs=shape[1],
                                      zc_threshold=cfg.features.zc_threshold,
                                      ssc_threshold=cfg.features.ssc_threshold)
-        X, seg_index, _ = featurize(rec.emg, rec.fs, extractor, cfg.features.window_ms,
-                                    cfg.features.step_ms, rec.seg_start, rec.seg_len)
+        filt = make_filter(spec, shape[0], shape[1])  # as the daemon builds it from the bundle
+        X, seg_index, offset = featurize(rec.emg, rec.fs, extractor, cfg.features.window_ms,
+                                         cfg.features.step_ms, rec.seg_start, rec.seg_len,
+                                         filter=filt)
         # a window's label is the label of its last sample
-        stops = _window_stops(rec, extractor, cfg, seg_index)
+        stops = _window_stops(rec, extractor, cfg, seg_index, offset)
         y = rec.labels[stops - 1]
         keep = np.ones(len(X), bool)
         if reps is not None and "rep" in rec.meta:
@@ -94,7 +97,7 @@ def train(args) -> int:
     model = fit_source_model(X, y, kind=args.model, covariance_type=args.covariance_type,
                              n_components_per_class=args.components_per_class)
     bundle = make_bundle(model, extractor, cfg.features.window_ms, cfg.features.step_ms,
-                         shape[0], shape[1], files=[str(f) for f in args.files])
+                         shape[0], shape[1], filter_spec=spec, files=[str(f) for f in args.files])
     bundle.save(args.out)
     acc = float(np.mean(model.predict(X) == y))
     print(f"wrote {args.out}: {len(X)} windows, classes {bundle.classes}, "
@@ -102,16 +105,17 @@ def train(args) -> int:
     return 0
 
 
-def _window_stops(rec, extractor, cfg, seg_index):
-    """Absolute end sample of each offline window (same order as ``featurize``)."""
-    from .pipeline.offline import segment_windows
+def _window_stops(rec, extractor, cfg, seg_index, offset):
+    """Absolute end sample (exclusive) of each window ``featurize`` kept.
 
-    win = int(round(cfg.features.window_ms * rec.fs / 1000.0))
-    step = int(round(cfg.features.step_ms * rec.fs / 1000.0))
+    Uses featurize's own ``seg_index``/``offset``: windows holding NaN are dropped
+    there, so re-deriving the positions would shift every later label.
+    """
+    from .pipeline.windowing import ms_to_samples
+
+    win = ms_to_samples(cfg.features.window_ms, rec.fs, "window_ms")
     seg_start = rec.seg_start if rec.seg_start is not None else np.array([0])
-    seg_len = rec.seg_len if rec.seg_len is not None else np.array([len(rec.emg)])
-    _, seg_idx, offset = segment_windows(rec.emg, seg_start, seg_len, win, step)
-    return np.asarray(seg_start)[seg_idx] + offset + win
+    return np.asarray(seg_start, dtype=np.int64)[seg_index] + offset + win
 
 
 def recalibrate(args) -> int:
