@@ -229,7 +229,8 @@ def test_error_table_in_docs_matches_the_code():
     (b'{"v": 1, "cmd": "recalibrate", "seconds_per_class": 300, "repetitions": 3}',
      "seconds_per_class x repetitions must be <= 600"),
     (b'{"v": 1, "cmd": "fit", "min_windows": 10000001}', "fit.min_windows must be <= 1000000"),
-    (b'{"v": 1, "cmd": "rollback", "version": 2147483648}', "rollback.version must be <= 2147483647"),
+    (b'{"v": 1, "cmd": "rollback", "version": 2147483648}',
+     "rollback.version must be <= 2147483647"),
     (b'{"v": 1, "cmd": "recalibrate", "classes": ["c%d"]}' % 0, None),
     # strict version: a float or a bool is not the integer 1
     (b'{"v": 1.0, "cmd": "status"}', "unsupported protocol version v=1.0"),
@@ -256,7 +257,8 @@ def test_hostile_requests_are_refused_naming_field_and_bound(data, reason):
 
 def test_class_lists_and_names_are_bounded():
     names = [f"c{i}" for i in range(P.MAX_CLASSES)]
-    assert P.parse_request(req({"v": 1, "cmd": "train", "classes": names})).fields["classes"] == names
+    got = P.parse_request(req({"v": 1, "cmd": "train", "classes": names}))
+    assert got.fields["classes"] == names
     with pytest.raises(ProtocolError, match=r"train.classes lists 33 classes; at most 32"):
         P.parse_request(req({"v": 1, "cmd": "train", "classes": names + ["x"]}))
     long = "a" * (P.MAX_NAME_CHARS + 1)
@@ -293,7 +295,8 @@ def test_deep_nesting_is_refused_without_recursion(depth):
             P.parse_request(body.encode(), max_bytes=1 << 20)
         assert "nested" in str(info.value) or "unknown field" in str(info.value)
     with pytest.raises(ProtocolError, match="nested"):
-        P.parse_request(("[" * depth).encode(), max_bytes=1 << 20)  # unterminated, still one clean error
+        # unterminated, still one clean error
+        P.parse_request(("[" * depth).encode(), max_bytes=1 << 20)
 
 
 def test_brackets_inside_strings_do_not_count_as_nesting():
