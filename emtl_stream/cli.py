@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("warmup", help="compile or cache-load every numba kernel and report times")
     p.add_argument("--config", default=None, help="TOML config whose code paths are warmed up")
+    p.add_argument("--clear-cache", action="store_true",
+                   help="delete cached kernels first, so everything compiles from source")
 
     p = sub.add_parser("evaluate", help="offline evaluation on shared-format recordings")
     p.add_argument("data_dir", help="folder with ciil_es_sNN_{baseline,shifted}.npz files")

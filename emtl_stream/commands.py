@@ -201,8 +201,10 @@ def subscribe(args) -> int:
 
 def warmup(args) -> int:
     """``emtl-stream warmup``: compile or load every kernel; prints the times."""
-    from .daemon.warmup import warm_up_for
+    from .daemon.warmup import clear_cache, warm_up_for
 
+    if getattr(args, "clear_cache", False):
+        print(f"removed {len(clear_cache())} cached kernel file(s)")
     t = warm_up_for(_config(args))
     print(" ".join(f"{k}={v:.3f}s" for k, v in t.items()))
     return 0
