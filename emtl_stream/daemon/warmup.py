@@ -10,9 +10,9 @@ the daemon never pays compile time while serving.
 
 numba's cache keys a kernel on its own source file only: after an edit to a callee
 in another file, the cached caller keeps the old machine code. :func:`clear_cache`
-deletes the package's cached kernels (``*.nbi`` index, ``*.nbc`` code) wherever
-numba keeps them (``NUMBA_CACHE_DIR`` if set, else ``kernels/__pycache__``, else
-the user-wide numba cache), so the next warm-up compiles from source.
+deletes the package's cached kernels (``*.nbi`` index, ``*.nbc`` code) where numba
+reads them (under ``NUMBA_CACHE_DIR`` if set, else ``kernels/__pycache__`` or the
+user-wide numba cache), so the next warm-up compiles from source.
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ def _kernel_dir() -> Path:
 
 
 def cache_dirs() -> list[Path]:
-    """Every folder numba may keep this package's cached kernels in (existing or not).
+    """The folders numba reads this package's cached kernels from (existing or not).
 
-    Mirrors numba's cache locators, in numba's order: ``NUMBA_CACHE_DIR`` (user
-    provided), the ``__pycache__`` beside the kernel sources, the user-wide cache.
+    Mirrors numba's cache locators: with ``NUMBA_CACHE_DIR`` set only the folder
+    under it is used; otherwise the ``__pycache__`` beside the kernel sources, or the
+    user-wide numba cache when that is not writable.
     """
     from numba.core import config as numba_config
     from numba.core.caching import _CacheLocator
@@ -47,12 +48,10 @@ def cache_dirs() -> list[Path]:
 
     src = str(_kernel_dir() / "estep.py")
     sub = _CacheLocator.get_suitable_cache_subpath(src)  # one folder per source folder
-    dirs = []
     if numba_config.CACHE_DIR:
-        dirs.append(Path(numba_config.CACHE_DIR) / sub)
-    dirs.append(_kernel_dir() / "__pycache__")
-    dirs.append(Path(AppDirs(appname="numba", appauthor=False).user_cache_dir) / sub)
-    return dirs
+        return [Path(numba_config.CACHE_DIR) / sub]
+    return [_kernel_dir() / "__pycache__",
+            Path(AppDirs(appname="numba", appauthor=False).user_cache_dir) / sub]
 
 
 def clear_cache(dirs=None) -> list[Path]:
