@@ -19,7 +19,10 @@ process then, for ``--minutes``:
   fuzzed ``cancel`` would end it);
 * every ``--recal-every`` seconds runs a real prompted recalibration and waits for
   ``calibration_done``;
-* samples the daemon's RSS every 5 s (Linux ``/proc``).
+* samples the daemon's RSS every 5 s (Linux ``/proc``);
+* finally (``--kill-cycles N``) kills the daemon with SIGKILL N times at a random
+  moment of a recalibration (prompting, recording, fitting, saving), checks that the
+  state directory loads, restarts it and checks that it serves the last live map.
 
 It prints a JSON summary (and writes it with ``--json``). Counts and time are bounded
 (``--max-requests``, ``--minutes``), never open-ended.
@@ -234,8 +237,58 @@ class Fuzzer:
 
 
 # ----------------------------------------------------------------------------- main
+def _kill_cycles(setup, watcher, fuzz, n: int, seconds_per_class: float,
+                 rng: random.Random) -> dict:
+    """SIGKILL the daemon ``n`` times mid-recalibration; restart; check the state dir."""
+    import os
+    import signal
+    import subprocess
+
+    from emtl_stream.io.store import StateStore
+
+    out = {"cycles": 0, "state_dir_loadable": 0, "resumed_live_map": 0, "restart_s": []}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMTL_")}
+    cmd = [sys.executable, "-m", "emtl_stream", "run", "--config",
+           str(setup.tmp / "daemon.toml")]
+    log = open(setup.tmp / "processes.log", "a")
+    for _ in range(n):
+        reply = fuzz.ask(protocol.encode_request("recalibrate",
+                                                 seconds_per_class=seconds_per_class), False)
+        duration = reply["duration_s"] if reply and reply["ok"] else 1.0
+        time.sleep(rng.uniform(0.0, duration + 1.5))  # prompting ... fitting, saving
+        proc = setup.procs[-1]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+        out["cycles"] += 1
+        store = StateStore(setup.state)
+        live = store.live_version()
+        if live is not None:
+            store.load_map(live)
+            for m in store.list_maps():
+                store.load_map(m["version"])
+            out["state_dir_loadable"] += 1
+        t0 = time.monotonic()
+        setup.procs[-1] = subprocess.Popen(cmd, env=env, stdout=log, stderr=log)
+        watcher.last_seq = None  # a new process counts windows from 1 again
+        deadline = t0 + 120.0
+        status = None
+        while time.monotonic() < deadline:
+            status = fuzz.ask(protocol.encode_request("status"), False)
+            if status and status["ok"] and status["stream"]["connected"]:
+                break
+            time.sleep(0.5)
+        out["restart_s"].append(round(time.monotonic() - t0, 2))
+        if status and status.get("model") == live:
+            out["resumed_live_map"] += 1
+    out["restart_s"] = {"max": max(out["restart_s"]) if out["restart_s"] else None,
+                        "median": float(np.median(out["restart_s"])) if out["restart_s"]
+                        else None}
+    return out
+
+
 def soak(minutes: float, channels: int, fs: float, max_requests: int, recal_every_s: float,
-         seconds_per_class: float, reply_timeout_s: float, seed: int) -> dict:
+         seconds_per_class: float, reply_timeout_s: float, seed: int,
+         kill_cycles: int = 0) -> dict:
     rng = random.Random(seed)
     ctx = zmq.Context()
     t_start = time.monotonic()
@@ -287,6 +340,11 @@ def soak(minutes: float, channels: int, fs: float, max_requests: int, recal_ever
                     status_fail += 1
             time.sleep(0.002)  # ~300 requests/s at most: a hostile client, not a flood test
         rss.append(_rss_mb(daemon_pid))
+        pred_before_kills = (watcher.n_pred, watcher.gaps, watcher.gap_windows,
+                             watcher.max_silence_s)
+        requests_before_kills = dict(fuzz.counts)  # the restarts cost replies on purpose
+        kills = _kill_cycles(setup, watcher, fuzz, kill_cycles, seconds_per_class, rng) \
+            if kill_cycles else None
         final = fuzz.ask(protocol.encode_request("status"), False)
         alive = setup.procs[-1].poll() is None
         watcher.stop.set()
@@ -296,13 +354,14 @@ def soak(minutes: float, channels: int, fs: float, max_requests: int, recal_ever
     rss_ok = [r for r in rss if r is not None]
     summary.update({
         "elapsed_s": round(time.monotonic() - t_start, 1),
-        "requests": fuzz.counts, "accepted_by_cmd": fuzz.accepted,
+        "requests": requests_before_kills, "accepted_by_cmd": fuzz.accepted,
         "status_failures": status_fail, "daemon_alive_at_end": alive,
         "final_state": final.get("state") if final else None,
         "recalibrations": recals,
-        "pred": {"n": watcher.n_pred, "seq_gaps": watcher.gaps,
-                 "windows_missing": watcher.gap_windows,
-                 "max_silence_s": round(watcher.max_silence_s, 3),
+        "kill_9": kills,
+        "pred": {"n": pred_before_kills[0], "seq_gaps": pred_before_kills[1],
+                 "windows_missing": pred_before_kills[2],
+                 "max_silence_s": round(pred_before_kills[3], 3),
                  "max_silence_during_calibration_s": round(watcher.max_silence_cal_s, 3),
                  "proba_not_summing_to_1": watcher.bad_pred},
         "events": watcher.events,
@@ -326,10 +385,12 @@ def main(argv=None) -> int:
     p.add_argument("--seconds-per-class", type=float, default=1.0)
     p.add_argument("--reply-timeout", type=float, default=5.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--kill-cycles", type=int, default=0,
+                   help="SIGKILL + restart the daemon this many times at the end")
     p.add_argument("--json", default=None, help="also write the summary here")
     a = p.parse_args(argv)
     out = soak(a.minutes, a.channels, a.fs, a.max_requests, a.recal_every,
-               a.seconds_per_class, a.reply_timeout, a.seed)
+               a.seconds_per_class, a.reply_timeout, a.seed, a.kill_cycles)
     text = json.dumps(out, indent=1)
     print(text)
     if a.json:
@@ -338,6 +399,9 @@ def main(argv=None) -> int:
     healthy = (out["daemon_alive_at_end"] and r["no_reply"] == 0 and r["extra_reply"] == 0
                and r["bad_reply"] == 0 and out["pred"]["seq_gaps"] == 0
                and out["pred"]["proba_not_summing_to_1"] == 0)
+    k = out["kill_9"]
+    if k:
+        healthy = healthy and k["state_dir_loadable"] == k["resumed_live_map"] == k["cycles"]
     return 0 if healthy else 1
 
 
