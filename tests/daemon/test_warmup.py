@@ -96,7 +96,8 @@ def test_clear_cache_compile_versus_cache_load(tmp_path, monkeypatch):
                                      text=True, timeout=900))
     assert cold[0] == "removed 0 cached kernel file(s)"
     cold = {k: float(v[:-1]) for k, v in (kv.split("=") for kv in cold[-1].split())}
-    code = "from emtl_stream.daemon.warmup import warm_up; import json; print(json.dumps(warm_up()))"
+    code = ("from emtl_stream.daemon.warmup import warm_up; import json; "
+            "print(json.dumps(warm_up()))")
     warm = json.loads(_last_json(subprocess.run([sys.executable, "-c", code], env=env,
                                                 capture_output=True, text=True,
                                                 timeout=900))[-1])
