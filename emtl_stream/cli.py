@@ -256,7 +256,8 @@ def _subscribe(p):
 @command("warmup", "emtl_stream.commands:warmup",
          "compile or cache-load every numba kernel and report times")
 def _warmup(p):
-    pass
+    p.add_argument("--clear-cache", action="store_true",
+                   help="delete cached kernels first, so everything compiles from source")
 
 
 @command("evaluate", "emtl_stream.evaluate:main",

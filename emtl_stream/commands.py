@@ -296,13 +296,14 @@ def train(args) -> int:
         raise ConfigError("--classes, --seconds and --repetitions go with --live")
     if args.components_per_class < 1:
         raise ConfigError(f"--components-per-class must be >= 1, got {args.components_per_class}")
-    from .daemon.bundle import fit_source_model, make_bundle
+    from .daemon.bundle import fit_source_model, filter_spec_from_config, make_bundle
 
     cfg = _config(args)
+    spec = filter_spec_from_config(cfg.features)  # recorded, so the daemon filters alike
     reps = {int(r) for r in args.reps.split(",")} if args.reps else None
     Xs, ys, shape, extractor = [], [], None, None
     for f in args.files:
-        X, y, f_shape, f_extractor = _training_windows(f, cfg, reps)
+        X, y, f_shape, f_extractor = _training_windows(f, cfg, reps, spec)
         if shape is None:
             shape, extractor = f_shape, f_extractor
         elif shape != f_shape:
@@ -317,7 +318,7 @@ def train(args) -> int:
     model = fit_source_model(X, y, kind=args.model, covariance_type=args.covariance_type,
                              n_components_per_class=args.components_per_class)
     bundle = make_bundle(model, extractor, cfg.features.window_ms, cfg.features.step_ms,
-                         shape[0], shape[1], files=[str(f) for f in args.files])
+                         shape[0], shape[1], filter_spec=spec, files=[str(f) for f in args.files])
     bundle.save(args.out)
     acc = float(np.mean(model.predict(X) == y))
     print(f"wrote {args.out}: {len(X)} windows, {shape[0]} ch @ {shape[1]:g} Hz, classes "
@@ -325,8 +326,13 @@ def train(args) -> int:
     return 0
 
 
-def _training_windows(path, cfg, reps):
-    """``(X, y, (n_channels, fs), extractor)`` of one file: a recording or a saved burst."""
+def _training_windows(path, cfg, reps, spec):
+    """``(X, y, (n_channels, fs), extractor)`` of one file: a recording or a saved burst.
+
+    ``spec`` is the band-pass/notch filter the bundle records; recordings are filtered
+    with it exactly as the daemon filters its stream.
+    """
+    from .daemon.bundle import make_filter
     from .pipeline.features import FeatureExtractor
     from .pipeline.offline import featurize
 
@@ -341,10 +347,12 @@ def _training_windows(path, cfg, reps):
     extractor = FeatureExtractor(tuple(cfg.features.names), n_channels=shape[0], fs=shape[1],
                                  zc_threshold=cfg.features.zc_threshold,
                                  ssc_threshold=cfg.features.ssc_threshold)
-    X, seg_index, _ = featurize(rec.emg, rec.fs, extractor, cfg.features.window_ms,
-                                cfg.features.step_ms, rec.seg_start, rec.seg_len)
+    filt = make_filter(spec, shape[0], shape[1])  # as the daemon builds it from the bundle
+    X, seg_index, offset = featurize(rec.emg, rec.fs, extractor, cfg.features.window_ms,
+                                     cfg.features.step_ms, rec.seg_start, rec.seg_len,
+                                     filter=filt)
     # a window's label is the label of its last sample; -1 (unlabelled) windows are left out
-    stops = _window_stops(rec, cfg)
+    stops = _window_stops(rec, extractor, cfg, seg_index, offset)
     y = rec.labels[stops - 1]
     keep = y >= 0
     if reps is not None and "rep" in rec.meta:
@@ -402,16 +410,17 @@ def _load_burst(path, cfg):
     return X, y, (extractor.n_channels, float(extractor.fs)), extractor
 
 
-def _window_stops(rec, cfg):
-    """Absolute end sample of each offline window (same order as ``featurize``)."""
-    from .pipeline.offline import segment_windows
+def _window_stops(rec, extractor, cfg, seg_index, offset):
+    """Absolute end sample (exclusive) of each window ``featurize`` kept.
 
-    win = int(round(cfg.features.window_ms * rec.fs / 1000.0))
-    step = int(round(cfg.features.step_ms * rec.fs / 1000.0))
+    Uses featurize's own ``seg_index``/``offset``: windows holding NaN are dropped
+    there, so re-deriving the positions would shift every later label.
+    """
+    from .pipeline.windowing import ms_to_samples
+
+    win = ms_to_samples(cfg.features.window_ms, rec.fs, "window_ms")
     seg_start = rec.seg_start if rec.seg_start is not None else np.array([0])
-    seg_len = rec.seg_len if rec.seg_len is not None else np.array([len(rec.emg)])
-    _, seg_idx, offset = segment_windows(rec.emg, seg_start, seg_len, win, step)
-    return np.asarray(seg_start)[seg_idx] + offset + win
+    return np.asarray(seg_start, dtype=np.int64)[seg_index] + offset + win
 
 
 def _train_live(args) -> int:
@@ -435,7 +444,7 @@ def _train_live(args) -> int:
 
 
 def _copy_daemon_model(client, out) -> None:
-    from .io.store import atomic_write
+    from ._atomic import atomic_write
 
     state_dir = Path(_check_ok("train", client.save()).get("state_dir", ""))
     src = state_dir / "source" / "model.npz"
@@ -641,8 +650,10 @@ def subscribe(args) -> int:
 
 def warmup(args) -> int:
     """``emtl-stream warmup``: compile or load every kernel; prints the times."""
-    from .daemon.warmup import warm_up_for
+    from .daemon.warmup import clear_cache, warm_up_for
 
+    if getattr(args, "clear_cache", False):
+        print(f"removed {len(clear_cache())} cached kernel file(s)")
     t = warm_up_for(_config(args))
     print(" ".join(f"{k}={v:.3f}s" for k, v in t.items()))
     return 0

@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[1] / "emtl_stream"
 
 # Which first-party subpackages each layer may import. Root modules (errors,
 # logs, _checks, config) are shared by all layers except kernels.
-ROOT_SHARED = {"errors", "logs", "_checks", "config"}
+ROOT_SHARED = {"errors", "logs", "_checks", "config", "_atomic"}
 ALLOWED = {
     "kernels": {"kernels"},
     "pipeline": {"pipeline", "kernels"} | ROOT_SHARED,

@@ -119,7 +119,7 @@ def convert_condition(subject_dir: Path, folders: list[tuple[str, int]], conditi
 
 def convert(src: Path, out: Path, subjects=None) -> list[Path]:
     """Convert every subject folder of ``src`` into ``out``; returns the files written."""
-    from emtl_stream.io.store import atomic_write
+    from emtl_stream._atomic import atomic_write
 
     src, out = Path(src), Path(out)
     if not src.is_dir():

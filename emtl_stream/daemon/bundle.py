@@ -1,8 +1,9 @@
 """The source-model file: features + source model + classes + stream shape in one ``.npz``.
 
 A :class:`SourceBundle` is everything the daemon needs to classify a stream and to
-run transfer EM: the feature settings (so the live features equal the training
-features), the stream it was trained on (channel count, rate) and the source model
+run transfer EM: the feature settings and the band-pass/notch filter (so the live
+features equal the training features), the stream it was trained on (channel count,
+rate) and the source model
 as :class:`~emtl_stream.model.source.SourceComponents`. It is written atomically
 and holds plain arrays plus one JSON string; ``np.load(allow_pickle=False)`` reads it.
 """
@@ -17,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ModelError
-from ..io.store import atomic_write
+from .._atomic import atomic_write, model_file_error, read_model_npz
 from ..model.source import SourceComponents
 
 BUNDLE_FORMAT = "emtl_stream.source_bundle/1"
+_WHAT = "an emtl_stream source model"
 
 
 @dataclass
@@ -39,6 +41,11 @@ class SourceBundle:
         Nominal sampling rate of the training stream (Hz).
     meta : dict
         Free-form provenance (model type, training files, created time, ...).
+    filter : dict or None
+        The filter the training windows went through, as :func:`filter_spec` gives it
+        (``{"bandpass": [lo, hi] or None, "notch": hz or None, "order": int}``); None
+        for a bundle written before filters were recorded (the caller then decides,
+        see :meth:`make_filter`).
     """
 
     components: SourceComponents
@@ -48,6 +55,12 @@ class SourceBundle:
     n_channels: int
     fs: float
     meta: dict = field(default_factory=dict)
+    filter: dict | None = None
+
+    def __post_init__(self):
+        if self.filter is not None:
+            self.filter = filter_spec(self.filter.get("bandpass"), self.filter.get("notch"),
+                                      self.filter.get("order", DEFAULT_FILTER_ORDER))
 
     @property
     def classes(self) -> list[str]:
@@ -60,8 +73,26 @@ class SourceBundle:
 
         return FeatureExtractor.from_dict(self.features)
 
+    def make_filter(self, n_channels: int, fs: float, fallback: dict | None = None):
+        """The streaming filter the training windows went through, or None for none.
+
+        Parameters
+        ----------
+        n_channels : int
+        fs : float
+            Rate of the live stream (Hz); equal to :attr:`fs` for a stream the model fits.
+        fallback : dict, optional
+            A :func:`filter_spec` used only when the bundle has no record (written
+            before filters were recorded), e.g. ``filter_spec_from_config(config.features)``.
+
+        Returns
+        -------
+        StreamingFilter or None
+        """
+        return make_filter(self.filter if self.filter is not None else fallback, n_channels, fs)
+
     def save(self, path) -> Path:
-        """Write atomically to ``path`` (temp file, fsync, rename); returns the path."""
+        """Write atomically to ``path`` (temp file, fsync, rename, folder fsync); returns it."""
         path = Path(path)
         header = {
             "format": BUNDLE_FORMAT,
@@ -72,6 +103,7 @@ class SourceBundle:
             "fs": self.fs,
             "classes": self.classes,
             "meta": self.meta,
+            "filter": self.filter,
         }
         arrays = {f"components__{k}": v for k, v in self.components.to_arrays().items()}
         arrays["classes"] = np.asarray(self.classes, dtype=str)
@@ -83,26 +115,77 @@ class SourceBundle:
     def load(cls, path) -> "SourceBundle":
         """Read a bundle written by :meth:`save`; ``ModelError`` naming the path if invalid."""
         path = Path(path)
+        z = read_model_npz(path, _WHAT)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                header = json.loads(str(z["header_json"]))
-                if header.get("format") != BUNDLE_FORMAT:
-                    raise ModelError(f"{path} is not an emtl_stream source model "
-                                     f"(format {header.get('format')!r}).")
-                comp = {k[len("components__"):]: z[k] for k in z.files
-                        if k.startswith("components__")}
-                comp["classes"] = np.asarray(header["classes"])
-                components = SourceComponents.from_arrays(comp)
-        except ModelError:
-            raise
-        except FileNotFoundError:
-            raise
-        except Exception as exc:
-            raise ModelError(f"cannot read source model {path}: {exc}") from exc
-        return cls(components=components, features=header["features"],
-                   window_ms=float(header["window_ms"]), step_ms=float(header["step_ms"]),
-                   n_channels=int(header["n_channels"]), fs=float(header["fs"]),
-                   meta=header.get("meta", {}))
+            header = json.loads(str(z["header_json"]))
+            if header.get("format") != BUNDLE_FORMAT:
+                raise ValueError(f"format {header.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+            comp = {k[len("components__"):]: v for k, v in z.items()
+                    if k.startswith("components__")}
+            comp["classes"] = np.asarray(header["classes"])
+            components = SourceComponents.from_arrays(comp)
+            return cls(components=components, features=header["features"],
+                       window_ms=float(header["window_ms"]), step_ms=float(header["step_ms"]),
+                       n_channels=int(header["n_channels"]), fs=float(header["fs"]),
+                       meta=header.get("meta", {}), filter=header.get("filter"))
+        except (ModelError, ValueError, KeyError, TypeError) as exc:
+            raise model_file_error(path, _WHAT, exc) from exc
+
+
+DEFAULT_FILTER_ORDER = 4  # StreamingFilter's default Butterworth order
+
+
+def filter_spec(bandpass=None, notch=None, order: int = DEFAULT_FILTER_ORDER) -> dict:
+    """A validated, JSON-able filter description for :class:`SourceBundle`.
+
+    Parameters
+    ----------
+    bandpass : (float, float) or None
+        Pass band in Hz as configured (``StreamingFilter`` clips it to the rate).
+    notch : float or None
+        Notch centre in Hz; 0 or None for no notch.
+    order : int
+        Butterworth order of the band-pass.
+
+    Returns
+    -------
+    dict
+        ``{"bandpass": [lo, hi] or None, "notch": float or None, "order": int}``.
+    """
+    if bandpass is not None and len(bandpass) == 0:
+        bandpass = None
+    if bandpass is not None:
+        if len(bandpass) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                         for v in bandpass) or not 0 < bandpass[0] < bandpass[1]:
+            raise ValueError(f"filter bandpass must be [low, high] Hz with 0 < low < high, got "
+                             f"{bandpass!r}.")
+        bandpass = [float(bandpass[0]), float(bandpass[1])]
+    if notch is not None and (isinstance(notch, bool) or not isinstance(notch, (int, float))
+                              or notch < 0):
+        raise ValueError(f"filter notch must be a frequency >= 0 Hz or None, got {notch!r}.")
+    if isinstance(order, bool) or not isinstance(order, int) or not 1 <= order <= 16:
+        raise ValueError(f"filter order must be an integer in [1, 16], got {order!r}.")
+    return {"bandpass": bandpass, "notch": float(notch) if notch else None, "order": order}
+
+
+def make_filter(spec: dict | None, n_channels: int, fs: float):
+    """The :class:`~emtl_stream.pipeline.filters.StreamingFilter` of a :func:`filter_spec`
+    (None for ``spec=None`` or a spec that filters nothing)."""
+    if spec is None:
+        return None
+    spec = filter_spec(spec.get("bandpass"), spec.get("notch"),
+                       spec.get("order", DEFAULT_FILTER_ORDER))
+    if spec["bandpass"] is None and spec["notch"] is None:
+        return None
+    from ..pipeline.filters import StreamingFilter
+
+    return StreamingFilter(fs, n_channels, bandpass=spec["bandpass"], notch=spec["notch"],
+                           order=spec["order"])
+
+
+def filter_spec_from_config(features) -> dict:
+    """:func:`filter_spec` of a ``[features]`` section (``bandpass``, ``notch``)."""
+    return filter_spec(list(features.bandpass) or None, features.notch or None)
 
 
 def fit_source_model(X, y, kind: str = "lgmm", covariance_type: str = "tied",
@@ -130,13 +213,18 @@ def fit_source_model(X, y, kind: str = "lgmm", covariance_type: str = "tied",
 
 
 def make_bundle(model, extractor, window_ms: float, step_ms: float, n_channels: int, fs: float,
-                **meta) -> SourceBundle:
-    """Wrap a fitted source model and its feature extractor into a :class:`SourceBundle`."""
+                filter_spec: dict | None = None, **meta) -> SourceBundle:
+    """Wrap a fitted source model and its feature extractor into a :class:`SourceBundle`.
+
+    ``filter_spec`` (from :func:`filter_spec`) records the filter the training windows
+    went through; pass ``filter_spec()`` for "unfiltered". None leaves it unrecorded.
+    """
     meta.setdefault("created", time.time())
     meta.setdefault("model_type", type(model).__name__)
     return SourceBundle(components=model.to_components(), features=extractor.to_dict(),
                         window_ms=float(window_ms), step_ms=float(step_ms),
-                        n_channels=int(n_channels), fs=float(fs), meta=meta)
+                        n_channels=int(n_channels), fs=float(fs), meta=meta,
+                        filter=filter_spec)
 
 
 def transfer_kwargs(config, n_channels: int) -> dict:

@@ -7,15 +7,107 @@ the per-window classifier, transfer EM with its ring search and structure, both
 the dense and the conjugate-gradient M-step, shared and per-component
 precisions), moves that cost out of the first window and the first calibration:
 the daemon never pays compile time while serving.
+
+numba's cache keys a kernel on its own source file only: after an edit to a callee
+in another file, the cached caller keeps the old machine code. :func:`clear_cache`
+deletes the package's cached kernels (``*.nbi`` index, ``*.nbc`` code) where numba
+reads them (under ``NUMBA_CACHE_DIR`` if set, else ``kernels/__pycache__`` or the
+user-wide numba cache), so the next warm-up compiles from source.
 """
 
 from __future__ import annotations
 
+import importlib
 import time
+from pathlib import Path
 
 import numpy as np
 
 from ..logs import logger
+
+#: Modules holding numba kernels, imported (compiled or cache-loaded) by the warm-up.
+KERNEL_MODULES = ("emtl_stream.kernels.linalg", "emtl_stream.kernels.features",
+                  "emtl_stream.kernels.estep", "emtl_stream.kernels.mstep")
+_CACHE_SUFFIXES = (".nbi", ".nbc")
+
+
+def _kernel_dir() -> Path:
+    return Path(__file__).resolve().parents[1] / "kernels"
+
+
+def cache_dirs() -> list[Path]:
+    """The folders numba reads this package's cached kernels from (existing or not).
+
+    Mirrors numba's cache locators: with ``NUMBA_CACHE_DIR`` set only the folder
+    under it is used; otherwise the ``__pycache__`` beside the kernel sources, or the
+    user-wide numba cache when that is not writable.
+    """
+    from numba.core import config as numba_config
+    from numba.core.caching import _CacheLocator
+    from numba.misc.appdirs import AppDirs
+
+    src = str(_kernel_dir() / "estep.py")
+    sub = _CacheLocator.get_suitable_cache_subpath(src)  # one folder per source folder
+    if numba_config.CACHE_DIR:
+        return [Path(numba_config.CACHE_DIR) / sub]
+    return [_kernel_dir() / "__pycache__",
+            Path(AppDirs(appname="numba", appauthor=False).user_cache_dir) / sub]
+
+
+def clear_cache(dirs=None) -> list[Path]:
+    """Delete the cached machine code of every emtl_stream kernel.
+
+    Call it before the kernels are imported (``emtl-stream warmup --clear-cache`` and
+    ``.ci/run`` do): a process that already loaded a kernel keeps that code.
+
+    Parameters
+    ----------
+    dirs : sequence of path-like, optional
+        Folders to clear; default :func:`cache_dirs` (all of them).
+
+    Returns
+    -------
+    list of Path
+        The files removed.
+    """
+    modules = {name.rsplit(".", 1)[1] for name in KERNEL_MODULES}
+    dirs = cache_dirs() if dirs is None else [Path(d) for d in dirs]
+    removed = []
+    for folder in dirs:
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            # numba names cache files "<module>.<function>-<line>.py<ver>[.<n>].nb[ic]"
+            if path.suffix in _CACHE_SUFFIXES and path.name.split(".", 1)[0] in modules:
+                try:
+                    path.unlink()
+                except FileNotFoundError:  # another process removed it first
+                    continue
+                removed.append(path)
+    logger.info("removed %d cached kernel file(s) from %s", len(removed),
+                ", ".join(str(d) for d in dirs))
+    return removed
+
+
+def kernel_signatures() -> dict[str, int]:
+    """Compiled signatures per kernel (``module.function``) of the imported kernel modules.
+
+    A count that grows while the daemon serves means serving compiled (or
+    cache-loaded) a specialisation the warm-up missed.
+    """
+    import sys
+
+    from numba.core.registry import CPUDispatcher
+
+    out = {}
+    for name in KERNEL_MODULES:
+        mod = sys.modules.get(name)
+        if mod is None:
+            continue
+        for attr, obj in vars(mod).items():
+            if isinstance(obj, CPUDispatcher) and obj.__module__ == name:
+                out[f"{name.rsplit('.', 1)[1]}.{attr}"] = len(obj.signatures)
+    return out
 
 
 def _toy_source(m: int, shared: bool, rng):
@@ -55,15 +147,41 @@ def warm_up(n_channels: int = 8, fs: float = 200.0, feature_names=("mav", "wl", 
     Returns
     -------
     dict
-        Seconds per stage (``features``, ``classify``, ``transfer_*``) and ``total``.
+        Seconds per stage (``import``, ``features``, ``classify_*``, ``transfer_*``),
+        ``total``, and the split of ``total`` into ``compile`` (numba compiling from
+        source) and ``cache_load`` (everything else: loading cached code and running
+        the toy inputs).
     """
+    from numba.core import event
+
+    compile_s = []
+    with event.install_timer("numba:compile", compile_s.append), \
+            event.install_recorder("numba:compile") as record:
+        times = _warm_up(n_channels, fs, feature_names, window_ms, transfer_kwargs, ring)
+    times["compile"] = compile_s[0] if compile_s else 0.0
+    times["cache_load"] = max(0.0, times["total"] - times["compile"])
+    n_compiled = sum(1 for _, ev in record.buffer if ev.is_start)
+    logger.info("kernel warm-up %.2f s: %.2f s compiling %d function(s), %.2f s loading "
+                "cached code and running (%s)", times["total"], times["compile"], n_compiled,
+                times["cache_load"],
+                ", ".join(f"{k} {v:.2f} s" for k, v in times.items()
+                          if k not in ("total", "compile", "cache_load")))
+    return times
+
+
+def _warm_up(n_channels, fs, feature_names, window_ms, transfer_kwargs, ring) -> dict:
+    rng = np.random.default_rng(0)
+    times = {}
+    t_all = t0 = time.perf_counter()
+    for name in KERNEL_MODULES:  # eager signatures compile or cache-load at import
+        importlib.import_module(name)
+    times["import"] = time.perf_counter() - t0
+
     from ..model.classify import MappedClassifier
     from ..model.transfer import TransferEM
     from ..pipeline.features import FeatureExtractor
 
-    rng = np.random.default_rng(0)
-    times = {}
-    t_all = t0 = time.perf_counter()
+    t0 = time.perf_counter()
     extractor = FeatureExtractor(tuple(feature_names), n_channels=n_channels, fs=fs)
     n = max(int(round(window_ms * fs / 1000.0)), extractor.min_samples, 8)
     window = rng.normal(size=(n, n_channels))
@@ -98,8 +216,6 @@ def warm_up(n_channels: int = 8, fs: float = 200.0, feature_names=("mav", "wl", 
             times[f"transfer_{'shared' if shared else 'full'}_{solver}"] = (
                 time.perf_counter() - t0)
     times["total"] = time.perf_counter() - t_all
-    logger.info("kernel warm-up %.2f s (%s)", times["total"],
-                ", ".join(f"{k} {v:.2f} s" for k, v in times.items() if k != "total"))
     return times
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -86,9 +87,52 @@ def _no_duplicates(pairs):
     return out
 
 
-def loads(data: bytes | str) -> Any:
-    """Strict JSON: rejects NaN/Infinity and duplicate keys (``ValueError``)."""
-    return json.loads(data, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
+#: Deepest nesting accepted by :func:`loads` (a request needs 2: object, class list).
+#: Checked by a linear scan *before* parsing, because ``json`` recurses once per level
+#: and a 2 kB message of brackets would otherwise end in ``RecursionError``.
+MAX_JSON_DEPTH = 32
+#: Requests are flatter still; anything deeper is refused before it is parsed.
+MAX_REQUEST_DEPTH = 4
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_BRACKETS = np.zeros(256, dtype=np.int8)
+_BRACKETS[[ord("["), ord("{")]] = 1
+_BRACKETS[[ord("]"), ord("}")]] = -1
+
+
+def json_depth(text: str) -> int:
+    """Deepest bracket nesting of JSON ``text``, brackets inside strings not counted.
+
+    Linear in ``len(text)`` and without recursion, so it can run on any input before
+    ``json.loads``. Malformed text (an unterminated string) may over-count; that only
+    turns one refusal into another.
+    """
+    bare = _JSON_STRING.sub("", text).encode("utf-8", "replace")
+    if not bare:
+        return 0
+    steps = _BRACKETS[np.frombuffer(bare, dtype=np.uint8)].astype(np.int32)
+    return max(0, int(np.cumsum(steps).max()))
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):  # "1e309" parses to inf without this
+        raise ValueError(f"number {literal[:40]} is out of range for a float")
+    return value
+
+
+def loads(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Strict JSON: rejects NaN/Infinity, out-of-range numbers, duplicate keys and
+    nesting deeper than ``max_depth`` (all ``ValueError``; never ``RecursionError``)."""
+    text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise ValueError(f"JSON nested {depth} levels deep; at most {max_depth} allowed")
+    try:
+        return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
+                          object_pairs_hook=_no_duplicates)
+    except RecursionError:  # unreachable after the depth scan; kept so no input escapes
+        raise ValueError("JSON nested too deeply") from None
 
 
 # --------------------------------------------------------------------------- publishing
@@ -261,67 +305,170 @@ def prompt_msg(*, cls: str, remaining_s: float, step: int, of: int, **extra) -> 
 
 
 # --------------------------------------------------------------------------- control requests
+# Bounds of the request fields. Each is a promise to the daemon that no single request
+# makes it allocate or wait in proportion to a client's number: a session records at
+# most MAX_CLASSES x MAX_RECORDED_S_PER_CLASS seconds (about 5 h at the limits).
+#: Most classes one request may name (a model of 32 movements is already unusual).
+MAX_CLASSES = 32
+#: Longest class name or label, in characters.
+MAX_NAME_CHARS = 64
+#: Shortest and longest recorded time per class prompt, in seconds.
+MIN_SECONDS_PER_CLASS = 0.1
+MAX_SECONDS_PER_CLASS = 600.0
+#: Most repetitions of the class sequence in one session.
+MAX_REPETITIONS = 20
+#: Recorded seconds per class over the whole session (seconds_per_class x repetitions).
+MAX_RECORDED_S_PER_CLASS = 600.0
+#: Largest ``fit.min_windows`` (the daemon only compares it with a count).
+MAX_MIN_WINDOWS = 1_000_000
+#: Largest map version (the store numbers versions from 1; 0 is never a live map).
+MAX_VERSION = 2**31 - 1
+
+
+def _show(value) -> str:
+    """A short rendering of a client's value for an error message (never 64 kB of digits)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 @dataclass(frozen=True)
 class FieldSpec:
-    """One optional/required request field: a checker that returns the clean value."""
+    """One request field: a checker that returns the clean value, and its documentation.
+
+    Attributes
+    ----------
+    check : callable
+        ``check(value, "cmd.field") -> clean value``; raises ``ProtocolError``.
+    required : bool
+    kind : str
+        JSON type, as written in the bounds table of ``docs/protocol.md``.
+    bounds : str
+        The documented bounds (the same text appears in that table).
+    doc : str
+        What the field means.
+    nullable : bool
+        Whether ``null`` is a meaningful value (only ``label.label``). Elsewhere
+        ``null`` is refused: omit a field to get its default.
+    """
 
     check: Callable[[Any, str], Any]
     required: bool = False
+    kind: str = ""
+    bounds: str = ""
     doc: str = ""
+    nullable: bool = False
 
 
-def _opt_classes(v, name):
-    if v is None:
-        return None
-    if not isinstance(v, list) or not v or not all(isinstance(c, str) and c for c in v):
-        raise ProtocolError(f"{name} must be a non-empty list of class names or null, got {v!r}.")
-    if len(set(v)) != len(v):
-        raise ProtocolError(f"{name} lists a class twice: {v!r}.")
-    return list(v)
-
-
-def _opt_pos_number(v, name):
-    if v is None:
-        return None
-    v = _finite(v, name)
-    if v <= 0:
-        raise ProtocolError(f"{name} must be > 0, got {v}.")
+def _bounded_int(v, name: str, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ProtocolError(f"{name} must be an integer, got {type(v).__name__} {_show(v)}.")
+    if v < lo:
+        raise ProtocolError(f"{name} must be >= {lo}, got {_show(v)}.")
+    if v > hi:
+        raise ProtocolError(f"{name} must be <= {hi}, got {_show(v)}.")
     return v
 
 
-def _opt_int(minimum):
-    def check(v, name):
-        return None if v is None else _int(v, name, minimum)
-    return check
+def _int_field(lo: int, hi: int):
+    return lambda v, name: _bounded_int(v, name, lo, hi)
 
 
-def _label(v, name):
-    if v is not None and (not isinstance(v, str) or not v):
-        raise ProtocolError(f"{name} must be a class name (string) or null, got {v!r}.")
+def _seconds(v, name: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ProtocolError(f"{name} must be a number, got {type(v).__name__} {_show(v)}.")
+    if isinstance(v, int) and v.bit_length() > 64:
+        raise ProtocolError(f"{name} must be <= {MAX_SECONDS_PER_CLASS:g}, got {_show(v)}.")
+    v = float(v)
+    if not math.isfinite(v):
+        raise ProtocolError(f"{name} must be finite, got {v}.")
+    if v < MIN_SECONDS_PER_CLASS:
+        raise ProtocolError(f"{name} must be >= {MIN_SECONDS_PER_CLASS:g}, got {v:g}.")
+    if v > MAX_SECONDS_PER_CLASS:
+        raise ProtocolError(f"{name} must be <= {MAX_SECONDS_PER_CLASS:g}, got {v:g}.")
     return v
 
+
+def _name(v, name: str) -> str:
+    if not isinstance(v, str) or not v:
+        raise ProtocolError(f"{name} must be a class name (non-empty string), got {_show(v)}.")
+    if len(v) > MAX_NAME_CHARS:
+        raise ProtocolError(f"{name} must be at most {MAX_NAME_CHARS} characters, got "
+                            f"{len(v)}.")
+    if not v.isprintable():
+        raise ProtocolError(f"{name} must not contain control characters, got {_show(v)}.")
+    return v
+
+
+def _classes(v, name: str) -> list[str]:
+    if not isinstance(v, list) or not v:
+        raise ProtocolError(f"{name} must be a non-empty list of class names, got {_show(v)}.")
+    if len(v) > MAX_CLASSES:
+        raise ProtocolError(f"{name} lists {len(v)} classes; at most {MAX_CLASSES} allowed.")
+    out = [_name(c, f"{name}[{i}]") for i, c in enumerate(v)]
+    if len(set(out)) != len(out):
+        raise ProtocolError(f"{name} lists a class twice: {_show(v)}.")
+    return out
+
+
+def _bool(v, name: str) -> bool:
+    if not isinstance(v, bool):
+        raise ProtocolError(f"{name} must be true or false, got {type(v).__name__} {_show(v)}.")
+    return v
+
+
+def _label(v, name: str):
+    return None if v is None else _name(v, name)
+
+
+_NAMES = f"1-{MAX_CLASSES} distinct names, each 1-{MAX_NAME_CHARS} printable characters"
+_SESSION = {
+    "classes": FieldSpec(_classes, kind="list of str", bounds=_NAMES,
+                         doc="classes to prompt (default: all of the model / [model] classes)"),
+    "seconds_per_class": FieldSpec(
+        _seconds, kind="number",
+        bounds=f"{MIN_SECONDS_PER_CLASS:g} ≤ x ≤ {MAX_SECONDS_PER_CLASS:g}; "
+               f"x × repetitions ≤ {MAX_RECORDED_S_PER_CLASS:g}",
+        doc="recorded seconds per class prompt"),
+    "repetitions": FieldSpec(_int_field(1, MAX_REPETITIONS), kind="int",
+                             bounds=f"1 ≤ n ≤ {MAX_REPETITIONS}",
+                             doc="how often the class sequence is prompted"),
+}
 
 #: Control commands and their fields. A field not listed is an error.
 COMMANDS: dict[str, dict[str, FieldSpec]] = {
     "status": {},
     "recalibrate": {
-        "classes": FieldSpec(_opt_classes, doc="subset of classes to prompt (default all)"),
-        "seconds_per_class": FieldSpec(_opt_pos_number, doc="recorded seconds per class"),
-        "repetitions": FieldSpec(_opt_int(1), doc="how often the class sequence is prompted"),
+        **_SESSION,
+        "labels": FieldSpec(_bool, kind="bool", bounds="true or false",
+                            doc="fit with the prompts' labels (default true); false fits the "
+                                "map without labels"),
     },
-    "train": {
-        "classes": FieldSpec(_opt_classes, doc="classes of the new source model"),
-        "seconds_per_class": FieldSpec(_opt_pos_number, doc="recorded seconds per class"),
-        "repetitions": FieldSpec(_opt_int(1), doc="how often the class sequence is prompted"),
-    },
-    "label": {"label": FieldSpec(_label, required=True,
-                                 doc="class of the windows from now on, or null to stop")},
-    "fit": {"min_windows": FieldSpec(_opt_int(1), doc="refuse to fit on fewer labelled windows")},
+    "train": dict(_SESSION),
+    "label": {"label": FieldSpec(_label, required=True, kind="str or null",
+                                 bounds=f"1-{MAX_NAME_CHARS} printable characters",
+                                 doc="class of the windows from now on; null stops labelling",
+                                 nullable=True)},
+    "fit": {"min_windows": FieldSpec(_int_field(1, MAX_MIN_WINDOWS), kind="int",
+                                     bounds=f"1 ≤ n ≤ {MAX_MIN_WINDOWS}",
+                                     doc="refuse to fit on fewer labelled windows")},
     "cancel": {},
-    "rollback": {"version": FieldSpec(_opt_int(0), doc="map version (default: the previous one)")},
+    "rollback": {"version": FieldSpec(_int_field(0, MAX_VERSION), kind="int",
+                                      bounds=f"0 ≤ n ≤ {MAX_VERSION}",
+                                      doc="map version (default: the previous one)")},
     "save": {},
     "shutdown": {},
 }
+
+
+def _check_session(cmd: str, fields: dict) -> None:
+    """Cross-field bound: recorded time per class over the whole session."""
+    seconds, reps = fields.get("seconds_per_class"), fields.get("repetitions")
+    if seconds is not None and reps is not None and seconds * reps > MAX_RECORDED_S_PER_CLASS:
+        raise ProtocolError(f"{cmd}: seconds_per_class x repetitions must be <= "
+                            f"{MAX_RECORDED_S_PER_CLASS:g} s, got {seconds:g} x {reps} = "
+                            f"{seconds * reps:g} s.")
 
 
 @dataclass(frozen=True)
@@ -371,7 +518,7 @@ def parse_request(data: bytes, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> Re
     except UnicodeDecodeError as exc:
         raise ProtocolError(f"request is not UTF-8 ({exc.reason} at byte {exc.start}).") from None
     try:
-        obj = loads(text)
+        obj = loads(text, max_depth=MAX_REQUEST_DEPTH)
     except ValueError as exc:
         raise ProtocolError(f"request is not valid JSON: {exc}.") from None
     if not isinstance(obj, dict):
@@ -381,14 +528,14 @@ def parse_request(data: bytes, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> Re
         raise ProtocolError(f"request has no protocol version field \"v\" (this daemon speaks "
                             f"v={PROTOCOL_VERSION}).")
     v = obj.pop("v")
-    if isinstance(v, bool) or v != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version v={v!r}; this daemon speaks "
+    if type(v) is not int or v != PROTOCOL_VERSION:  # 1.0 and true are not the integer 1
+        raise ProtocolError(f"unsupported protocol version v={_show(v)}; this daemon speaks "
                             f"v={PROTOCOL_VERSION}.")
     if "cmd" not in obj:
         raise ProtocolError("request has no \"cmd\" field; commands: " + ", ".join(COMMANDS) + ".")
     cmd = obj.pop("cmd")
     if not isinstance(cmd, str) or cmd not in COMMANDS:
-        raise ProtocolError(f"unknown command {cmd!r}; commands: {', '.join(COMMANDS)}.")
+        raise ProtocolError(f"unknown command {_show(cmd)}; commands: {', '.join(COMMANDS)}.")
     spec = COMMANDS[cmd]
     unknown = sorted(set(obj) - set(spec))
     if unknown:
@@ -400,7 +547,13 @@ def parse_request(data: bytes, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> Re
             if fs.required:
                 raise ProtocolError(f"command {cmd!r} needs field {name!r} ({fs.doc}).")
             continue
-        fields[name] = fs.check(obj[name], f"{cmd}.{name}")
+        value = obj[name]
+        if value is None and not fs.nullable:
+            raise ProtocolError(f"{cmd}.{name} must not be null; omit the field to get its "
+                                f"default ({fs.doc}).")
+        fields[name] = fs.check(value, f"{cmd}.{name}")
+    if cmd in ("recalibrate", "train"):
+        _check_session(cmd, fields)
     return Request(cmd, fields)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .._checks import ensure_float
-from .store import atomic_write
+from .._atomic import atomic_write
 
 SUFFIXES = (".npz", ".xdf", ".csv")
 # Keys of the shared format that become Recording fields rather than meta.

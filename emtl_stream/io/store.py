@@ -9,10 +9,9 @@ Layout of ``state_dir``::
     bursts/<id>.json        burst metadata (commit marker)
     live.json               {"version": <live map version>}
 
-Every file is written atomically: a temp file in the same folder
-(``.<name>.<random>.tmp``), write, flush, ``fsync``, ``os.replace`` onto the final
-name, then ``fsync`` of the folder so the rename itself survives a power cut. A
-reader therefore sees either the old file or the complete new one. The ``.json``
+Every file is written atomically by :mod:`emtl_stream._atomic` (temp file in the
+same folder, ``fsync``, ``os.replace``, ``fsync`` of the folder), so a reader sees
+either the old file or the complete new one. The ``.json``
 of a map or burst is written *after* its ``.npz``, so it marks the pair complete;
 an ``.npz`` without ``.json`` (killed in between) is ignored, and its number is
 never reused. Stale temp files are removed when a store is opened. Map versions
@@ -28,15 +27,18 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
+from .._atomic import atomic_write, atomic_write_bytes, fsync_dir
 from ..logs import logger
+
+__all__ = ["StateStore", "atomic_write", "atomic_write_json", "atomic_write_npz", "fsync_dir",
+           "load_npz"]
 
 _MAP_RE = re.compile(r"^H_(\d+)\.(npz|json)$")
 _BURST_RE = re.compile(r"^(\d+)\.(npz|json)$")
@@ -44,50 +46,6 @@ _KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 # --------------------------------------------------------------------------- atomic I/O
-def fsync_dir(path: Path) -> None:
-    """``fsync`` a folder so a rename inside it is durable (no-op where unsupported)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-    """Write ``path`` atomically: ``write(fh)`` fills a temp file in the same folder.
-
-    Parameters
-    ----------
-    path : path-like
-        Final file name.
-    write : callable
-        Gets a binary file handle.
-
-    Returns
-    -------
-    Path
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
 def _json_bytes(obj: Mapping[str, Any], what: str) -> bytes:
     def default(o):
         if isinstance(o, np.generic):
@@ -108,7 +66,7 @@ def _json_bytes(obj: Mapping[str, Any], what: str) -> bytes:
 def atomic_write_json(path, obj: Mapping[str, Any]) -> Path:
     """Atomically write a JSON object (finite numbers only)."""
     data = _json_bytes(obj, Path(path).name)
-    return atomic_write(path, lambda fh: fh.write(data))
+    return atomic_write_bytes(path, data)
 
 
 def _check_arrays(arrays: Mapping[str, Any], what: str) -> dict[str, np.ndarray]:

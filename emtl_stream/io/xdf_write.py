@@ -17,7 +17,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from .recordings import Recording
-from .store import atomic_write
+from .._atomic import atomic_write
 
 _FILE_HEADER, _STREAM_HEADER, _SAMPLES, _CLOCK_OFFSET, _STREAM_FOOTER = 1, 2, 3, 4, 6
 

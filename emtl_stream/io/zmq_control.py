@@ -100,6 +100,11 @@ class ControlServer:
             self.n_errors += 1
             logger.info("refused control request: %s", exc)
             return protocol.reply_error(str(exc))
+        except Exception as exc:  # a parser bug must still cost only this request
+            self.n_errors += 1
+            logger.error("control request of %d bytes could not be parsed", len(body),
+                         exc_info=True)
+            return protocol.reply_error(f"request could not be parsed ({type(exc).__name__}).")
         try:
             result = self.handler(request)
         except Exception as exc:  # a command failed: the client gets the reason

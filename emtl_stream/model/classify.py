@@ -4,6 +4,13 @@
 z = H x + b → class log-posteriors (per-row log-sum-exp) → label index and
 probabilities. Every row is processed on its own by the same numba kernel, so a
 window's result never depends on the other windows in a batch.
+
+Out-of-range windows are flagged, never classified with confidence: a window whose
+mapped features lie farther than ``sqrt(MAX_SQUARED_DISTANCE)`` standard deviations
+from every source component (or are NaN/inf, or overflow) gets index −1 and NaN
+probabilities and log-marginal. At such distances the component log joints are so
+large (|log p| > 1e11) that their differences drop below float64 resolution and the
+normalisation would lose ``log L``: samples of ±1e30 gave ``proba = [1, 1, 1, 1, 1]``.
 """
 
 from __future__ import annotations
@@ -15,6 +22,14 @@ from ..errors import ModelError
 from .source import SourceComponents
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
+
+#: Squared Mahalanobis distance (in source standard deviations) beyond which a window
+#: is out of range for every component; 1e12 is 10^6 standard deviations, far past any
+#: real EMG feature yet well inside the range where float64 log joints still resolve
+#: posterior differences (ulp of 5e11 is 6e-5).
+MAX_SQUARED_DISTANCE = 1e12
+#: Largest |Σ proba − 1| accepted from the kernel; a safety net behind the distance test.
+PROBA_SUM_TOLERANCE = 1e-3
 
 
 def as_components(source) -> SourceComponents:
@@ -74,6 +89,8 @@ class MappedClassifier:
             src.log_weights + 0.5 * src.log_det_prec - 0.5 * m * _LOG_2PI
         )
         self._log_rho = src.log_label_given_comp
+        #: Windows with log p(H x + b) below this are flagged (index −1, NaN proba).
+        self.min_log_marginal = float(self._log_c.max() - 0.5 * MAX_SQUARED_DISTANCE)
         self._shared = bool(src.shared_precision)
         if self._shared:
             # Whitening folded into the map: y = Pᵀ(Hx + b) = G x + g, so a window
@@ -101,6 +118,12 @@ class MappedClassifier:
             s = self.source
             marg = self._k.mapped_log_posteriors_full(
                 X, self.H, self.b, s.means, s.prec_factor, self._log_c, self._log_rho, out)
+        with np.errstate(invalid="ignore", over="ignore"):
+            off = np.abs(np.exp(out).sum(axis=1) - 1.0)
+            bad = ~(marg >= self.min_log_marginal) | ~(off <= PROBA_SUM_TOLERANCE)
+        if bad.any():  # out of range, non-finite or overflowed: flagged, never confident
+            out[bad] = np.nan
+            marg[bad] = np.nan
         return out, marg
 
     def log_posteriors(self, X) -> np.ndarray:
@@ -109,7 +132,8 @@ class MappedClassifier:
         Parameters
         ----------
         X : array-like of shape (N, n)
-            A row with NaN/inf gives a NaN row; other rows are unaffected.
+            A row with NaN/inf, or out of range (see :data:`MAX_SQUARED_DISTANCE`),
+            gives a NaN row; other rows are unaffected.
 
         Returns
         -------
@@ -129,7 +153,10 @@ class MappedClassifier:
         return idx
 
     def log_marginal(self, X) -> np.ndarray:
-        """log p(H x + b) under the source mixture, shape (N,) (for shift detection)."""
+        """log p(H x + b) under the source mixture, shape (N,) (for shift detection).
+
+        NaN for the rows :meth:`predict_index` flags with −1.
+        """
         return self._run(X)[1]
 
     # ---------------------------------------------------------------- one row
@@ -144,7 +171,8 @@ class MappedClassifier:
         Returns
         -------
         index : int
-            Most probable class index, −1 if ``x`` is not finite.
+            Most probable class index; −1 (and all-NaN ``proba``) if ``x`` is not
+            finite or out of range (see :data:`MAX_SQUARED_DISTANCE`).
         proba : ndarray of shape (L,)
             A view of an internal buffer, overwritten by the next call; copy it to keep it.
         """
@@ -162,4 +190,20 @@ class MappedClassifier:
             idx = self._k.classify_one_full(x, self.H, self.b, s.means, s.prec_factor,
                                             self._log_c, self._log_rho, self._buf1, self._buf2,
                                             self._lj, self._tb, self._proba)
-        return int(idx), self._proba
+        return self._guard_one(int(idx))[0], self._proba
+
+    def _guard_one(self, idx: int) -> tuple[int, float]:
+        """Check the kernel's last single-window result; flag it in place if unusable.
+
+        Reads the component log joints the kernel left in the scratch buffer, so it
+        allocates nothing. Returns ``(index, log_marginal)``: ``(-1, nan)`` and an
+        all-NaN ``proba`` buffer when the window is out of range, non-finite, or its
+        probabilities do not sum to 1.
+        """
+        if idx >= 0:  # the kernel returns −1 for NaN, so the log joints hold no NaN here
+            log_marginal = float(np.logaddexp.reduce(self._lj))
+            if log_marginal >= self.min_log_marginal and abs(
+                    float(self._proba.sum()) - 1.0) <= PROBA_SUM_TOLERANCE:
+                return idx, log_marginal
+        self._proba[:] = np.nan
+        return -1, float("nan")

@@ -33,14 +33,12 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
-import tempfile
 import warnings
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from .._atomic import atomic_write, model_file_error, read_model_npz
 from .._checks import as_float_matrix, check_option, ensure_float, ensure_int
 from ..errors import FitConvergenceWarning, ModelError
 from ..logs import logger
@@ -966,18 +964,7 @@ class LabelledGMM:
         if arrays["classes_"].dtype.kind == "O":
             arrays["classes_"] = arrays["classes_"].astype(str)
         arrays["meta"] = np.asarray(json.dumps(meta))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write(path, lambda fh: np.savez(fh, **arrays))
         logger.debug("LabelledGMM saved to %s", path)
         return path
 
@@ -992,10 +979,10 @@ class LabelledGMM:
             names the path).
         """
         path = Path(path)
+        data = read_model_npz(path, "a LabelledGMM")
         try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in cls._ARRAYS}
-                meta = json.loads(str(data["meta"]))
+            arrays = {name: data[name] for name in cls._ARRAYS}
+            meta = json.loads(str(data["meta"]))
             if meta.get("format") != _FILE_FORMAT:
                 raise ValueError(f"unknown format {meta.get('format')!r}")
             model = cls(**meta["hyper_parameters"])
@@ -1015,11 +1002,8 @@ class LabelledGMM:
                          "precisions_cholesky_", "label_distribution_"):
                 if not np.all(np.isfinite(arrays[name])):
                     raise ValueError(f"{name} contains NaN or inf")
-        except ModelError:
-            raise
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
-            raise ModelError(f"cannot load a LabelledGMM from {path}: {exc}. The file is "
-                             f"missing, corrupted or incomplete; save the model again.") from exc
+        except (ModelError, ValueError, KeyError, TypeError) as exc:
+            raise model_file_error(path, "a LabelledGMM", exc) from exc
         model.classes_ = arrays["classes_"]
         for name in ("means_", "weights_", "covariances_", "precisions_",
                      "precisions_cholesky_", "label_distribution_"):

@@ -36,14 +36,13 @@ reference package or of sklearn-lvq is used.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 from scipy import optimize
 
+from .._atomic import atomic_write, model_file_error, read_model_npz
 from .._checks import as_float_matrix, ensure_float, ensure_int
 from ..errors import FitConvergenceWarning, ModelError
 from ..logs import logger
@@ -450,7 +449,8 @@ class _BaseLVQ:
 
         The arrays go in as plain ``.npz`` entries; hyper-parameters and scalar
         fitted values as one JSON string. The file is written to a temporary
-        name in the same folder, fsync'ed and renamed over ``path``.
+        name in the same folder, fsync'ed and renamed over ``path``, then the folder
+        is fsync'ed (:func:`emtl_stream._atomic.atomic_write`).
 
         Returns
         -------
@@ -476,18 +476,7 @@ class _BaseLVQ:
             "classes": classes,
             "header_json": np.asarray(json.dumps(header)),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
     @classmethod
     def load(cls, path):
@@ -496,23 +485,24 @@ class _BaseLVQ:
         Raises
         ------
         ModelError
-            If the file is not a saved model of this class.
+            The file is missing, corrupted or not a saved model of this class (the
+            message names the path).
         """
         path = Path(path)
+        what = f"a {cls.__name__} model"
+        z = read_model_npz(path, what)
         try:
-            with np.load(path, allow_pickle=False) as z:
-                header = json.loads(str(z["header_json"]))
-                arrays = {k: z[k] for k in ("prototypes", "prototype_labels", "omegas", "classes")}
-        except FileNotFoundError:
-            raise
-        except Exception as exc:
-            raise ModelError(f"cannot read LVQ model {path}: {exc}") from exc
+            header = json.loads(str(z["header_json"]))
+            arrays = {k: z[k] for k in ("prototypes", "prototype_labels", "omegas", "classes")}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise model_file_error(path, what, exc) from exc
         if header.get("format") != LVQ_FORMAT:
-            raise ModelError(f"{path} is not an emtl_stream LVQ model (format "
-                             f"{header.get('format')!r}, expected {LVQ_FORMAT!r}).")
+            raise model_file_error(path, what, ValueError(
+                f"format {header.get('format')!r}, expected {LVQ_FORMAT!r}"))
         if header.get("kind") != cls.__name__:
-            raise ModelError(f"{path} holds a {header.get('kind')} model; load it with "
-                             f"{header.get('kind')}.load, not {cls.__name__}.load.")
+            raise model_file_error(path, what, ValueError(
+                f"it holds a {header.get('kind')} model; load it with "
+                f"{header.get('kind')}.load, not {cls.__name__}.load"))
         self = cls(**header["params"])
         self.classes_ = arrays["classes"]
         self.prototypes_ = np.ascontiguousarray(arrays["prototypes"], dtype=np.float64)

@@ -24,7 +24,7 @@ Everything is plain numpy (and scipy for the band-pass); no I/O, no threads.
 from __future__ import annotations
 
 import numpy as np
-from scipy import signal
+from scipy import integrate, signal
 
 from .._checks import check_type, ensure_float, ensure_int
 
@@ -137,7 +137,8 @@ class SyntheticArmband:
         # active muscle has unit standard deviation. Computed from the filter's
         # response (no random draws, so the output stream is unaffected).
         w, h = signal.sosfreqz(self._sos, worN=4096, fs=self.fs)
-        power = np.trapezoid(np.abs(h) ** 2, w) / (self.fs / 2)
+        # scipy's trapezoid: np.trapezoid exists only from NumPy 2.0 (pyproject allows 1.24)
+        power = integrate.trapezoid(np.abs(h) ** 2, w) / (self.fs / 2)
         return float(1.0 / np.sqrt(max(power, 1e-12)))
 
     def _mixing(self, shift: float) -> np.ndarray:

@@ -112,7 +112,6 @@ def req(obj) -> bytes:
     ({"v": 1, "cmd": "recalibrate", "classes": ["a", "b"], "seconds_per_class": 1,
       "repetitions": 2}, "recalibrate", {"classes": ["a", "b"], "seconds_per_class": 1.0,
                                          "repetitions": 2}),
-    ({"v": 1, "cmd": "recalibrate", "classes": None}, "recalibrate", {"classes": None}),
     ({"v": 1, "cmd": "label", "label": "fist"}, "label", {"label": "fist"}),
     ({"v": 1, "cmd": "label", "label": None}, "label", {"label": None}),
     ({"v": 1, "cmd": "fit", "min_windows": 5}, "fit", {"min_windows": 5}),
@@ -157,7 +156,7 @@ def test_encode_request_round_trips_for_every_command():
     (b'{"v": 1, "cmd": "recalibrate", "classes": "fist"}', "recalibrate.classes must be a"),
     (b'{"v": 1, "cmd": "recalibrate", "classes": []}', "non-empty list"),
     (b'{"v": 1, "cmd": "recalibrate", "classes": ["a", "a"]}', "twice"),
-    (b'{"v": 1, "cmd": "recalibrate", "seconds_per_class": -1}', "must be > 0"),
+    (b'{"v": 1, "cmd": "recalibrate", "seconds_per_class": -1}', "must be >= 0.1"),
     (b'{"v": 1, "cmd": "recalibrate", "seconds_per_class": "1"}', "must be a number"),
     (b'{"v": 1, "cmd": "recalibrate", "repetitions": 1.5}', "must be an integer"),
     (b'{"v": 1, "cmd": "recalibrate", "repetitions": 0}', "must be >= 1"),
@@ -211,3 +210,108 @@ def test_error_table_in_docs_matches_the_code():
         P.parse_request(b"\xff\xfe")
     with pytest.raises(ProtocolError, match="request of 70000 bytes exceeds the limit of 65536"):
         P.parse_request(b" " * 70000)
+
+
+# ------------------------------------------------------------------ hostile requests
+@pytest.mark.parametrize("data,reason", [
+    # absurd counts and durations: refused with the field and its bound
+    (b'{"v": 1, "cmd": "recalibrate", "repetitions": 1000000000000000000000000000000}',
+     "recalibrate.repetitions must be <= 20"),
+    (b'{"v": 1, "cmd": "train", "repetitions": 1000000}', "train.repetitions must be <= 20"),
+    (b'{"v": 1, "cmd": "recalibrate", "repetitions": 1e30}', "must be an integer"),
+    (b'{"v": 1, "cmd": "recalibrate", "seconds_per_class": 1e300}',
+     "recalibrate.seconds_per_class must be <= 600"),
+    (b'{"v": 1, "cmd": "recalibrate", "seconds_per_class": 1e308, "repetitions": 10}',
+     "recalibrate.seconds_per_class must be <= 600"),
+    (b'{"v": 1, "cmd": "recalibrate", "seconds_per_class": 1e309}', "out of range"),
+    (b'{"v": 1, "cmd": "recalibrate", "seconds_per_class": 0.01}',
+     "recalibrate.seconds_per_class must be >= 0.1"),
+    (b'{"v": 1, "cmd": "recalibrate", "seconds_per_class": 300, "repetitions": 3}',
+     "seconds_per_class x repetitions must be <= 600"),
+    (b'{"v": 1, "cmd": "fit", "min_windows": 10000001}', "fit.min_windows must be <= 1000000"),
+    (b'{"v": 1, "cmd": "rollback", "version": 2147483648}',
+     "rollback.version must be <= 2147483647"),
+    (b'{"v": 1, "cmd": "recalibrate", "classes": ["c%d"]}' % 0, None),
+    # strict version: a float or a bool is not the integer 1
+    (b'{"v": 1.0, "cmd": "status"}', "unsupported protocol version v=1.0"),
+    (b'{"v": 1e0, "cmd": "status"}', "unsupported protocol version"),
+    # null is not "default": omit the field instead
+    (b'{"v": 1, "cmd": "recalibrate", "classes": null}', "recalibrate.classes must not be null"),
+    (b'{"v": 1, "cmd": "recalibrate", "seconds_per_class": null}', "must not be null"),
+    (b'{"v": 1, "cmd": "train", "repetitions": null}', "train.repetitions must not be null"),
+    (b'{"v": 1, "cmd": "fit", "min_windows": null}', "fit.min_windows must not be null"),
+    (b'{"v": 1, "cmd": "rollback", "version": null}', "rollback.version must not be null"),
+    (b'{"v": 1, "cmd": "recalibrate", "labels": null}', "recalibrate.labels must not be null"),
+    (b'{"v": 1, "cmd": "recalibrate", "labels": 1}', "recalibrate.labels must be true or false"),
+    (b'{"v": 1, "cmd": "train", "labels": true}', "unknown field(s) ['labels']"),
+    (b'{"v": 1, "cmd": "recalibrate", "repetitions": true}', "must be an integer"),
+])
+def test_hostile_requests_are_refused_naming_field_and_bound(data, reason):
+    if reason is None:
+        assert P.parse_request(data).fields == {"classes": ["c0"]}
+        return
+    with pytest.raises(ProtocolError) as info:
+        P.parse_request(data)
+    assert reason in str(info.value)
+
+
+def test_class_lists_and_names_are_bounded():
+    names = [f"c{i}" for i in range(P.MAX_CLASSES)]
+    got = P.parse_request(req({"v": 1, "cmd": "train", "classes": names}))
+    assert got.fields["classes"] == names
+    with pytest.raises(ProtocolError, match=r"train.classes lists 33 classes; at most 32"):
+        P.parse_request(req({"v": 1, "cmd": "train", "classes": names + ["x"]}))
+    long = "a" * (P.MAX_NAME_CHARS + 1)
+    for obj in ({"v": 1, "cmd": "recalibrate", "classes": [long]},
+                {"v": 1, "cmd": "label", "label": long}):
+        with pytest.raises(ProtocolError, match="at most 64 characters"):
+            P.parse_request(req(obj))
+    with pytest.raises(ProtocolError, match="control characters"):
+        P.parse_request(req({"v": 1, "cmd": "label", "label": "fi\nst"}))
+    assert P.parse_request(req({"v": 1, "cmd": "label", "label": "a" * 64})).fields == {
+        "label": "a" * 64}
+
+
+def test_bounds_are_inclusive_and_documented():
+    ok = P.parse_request(req({"v": 1, "cmd": "recalibrate", "seconds_per_class": 600,
+                              "repetitions": 1, "labels": False}))
+    assert ok.fields == {"seconds_per_class": 600.0, "repetitions": 1, "labels": False}
+    assert P.parse_request(req({"v": 1, "cmd": "recalibrate", "repetitions": 20,
+                                "seconds_per_class": 30})).fields["repetitions"] == 20
+    assert P.parse_request(req({"v": 1, "cmd": "rollback", "version": 2**31 - 1})).fields == {
+        "version": 2**31 - 1}
+    text = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    for cmd, spec in P.COMMANDS.items():
+        for name, fs in spec.items():
+            row = f"| `{cmd}` | `{name}` | {fs.kind} | {fs.bounds} |"
+            assert row in text, row
+
+
+@pytest.mark.parametrize("depth", [5, 100, 985, 986, 5000, 30000])
+def test_deep_nesting_is_refused_without_recursion(depth):
+    for opener, closer in (("[", "]"), ('{"a":', "}")):
+        body = '{"v": 1, "cmd": "status", "x": ' + opener * depth + closer * depth + "}"
+        with pytest.raises(ProtocolError) as info:
+            P.parse_request(body.encode(), max_bytes=1 << 20)
+        assert "nested" in str(info.value) or "unknown field" in str(info.value)
+    with pytest.raises(ProtocolError, match="nested"):
+        # unterminated, still one clean error
+        P.parse_request(("[" * depth).encode(), max_bytes=1 << 20)
+
+
+def test_brackets_inside_strings_do_not_count_as_nesting():
+    r = P.parse_request(req({"v": 1, "cmd": "label", "label": "[[[[[[[[[[{{{{{{{{\\\"]"}))
+    assert r.fields["label"] == "[[[[[[[[[[{{{{{{{{\\\"]"
+    with pytest.raises(ProtocolError, match="nested"):
+        P.decode_pub(b"pred " + b'{"a":' * 2000 + b"1" + b"}" * 2000)
+    with pytest.raises(ProtocolError, match="nested"):
+        P.parse_reply(b"[" * 2000 + b"]" * 2000)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300) | st.text(alphabet='[]{}":,1 \\a', max_size=3000).map(str.encode))
+def test_any_bytes_give_a_request_or_a_protocol_error(data):
+    try:
+        P.parse_request(data)
+    except ProtocolError:
+        pass

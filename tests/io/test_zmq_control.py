@@ -149,6 +149,53 @@ def test_every_request_gets_exactly_one_reply(server, ctx):
     assert server.n_requests == len(bodies)
 
 
+HOSTILE = [
+    b'{"v":1,"cmd":"recalibrate","repetitions":1000000000000000000000000000000}',
+    b'{"v":1,"cmd":"recalibrate","seconds_per_class":1e300}',
+    b'{"v":1,"cmd":"recalibrate","seconds_per_class":1e308,"repetitions":10}',
+    b'{"v":1,"cmd":"recalibrate","seconds_per_class":1e309}',
+    b'{"v":1.0,"cmd":"status"}',
+    b'{"v":1,"cmd":"train","classes":null}',
+    b'{"v":1,"cmd":"recalibrate","repetitions":null}',
+    b"[" * 986 + b"]" * 986,
+    b'{"v":1,"cmd":"status","x":' + b"[" * 5000 + b"]" * 5000 + b"}",
+    b'{"a":' * 4000,
+]
+
+
+@pytest.mark.parametrize("kind", [zmq.REQ, zmq.DEALER])
+def test_hostile_requests_get_exactly_one_ok_false_reply(server, ctx, kind):
+    """Absurd numbers, nulls, a float version and deep nesting: one refusal each, in order."""
+    sock = req_socket(ctx, server.address, kind)
+    for body in HOSTILE:
+        if kind == zmq.DEALER:
+            r = ask(server, sock, None, frames=[b"", body])
+        else:
+            r = ask(server, sock, body)
+        assert r["v"] == 1 and r["ok"] is False, (body[:60], r)
+        assert not sock.poll(50, zmq.POLLIN)  # exactly one reply
+    assert server.n_requests == server.n_errors == len(HOSTILE)
+    assert ask(server, sock, J({"v": 1, "cmd": "status"}), None if kind == zmq.REQ else
+               [b"", J({"v": 1, "cmd": "status"})])["ok"] is True
+
+
+def test_a_parser_bug_still_gets_one_reply(ctx, monkeypatch):
+    """Belt and braces: whatever parse_request raises, the client gets ok:false."""
+    from emtl_stream.io import protocol
+
+    def broken(data, max_bytes):
+        raise RecursionError("maximum recursion depth exceeded")
+
+    srv = ControlServer("tcp://127.0.0.1:*", handler, context=ctx)
+    try:
+        monkeypatch.setattr(protocol, "parse_request", broken)
+        sock = req_socket(ctx, srv.address)
+        r = ask(srv, sock, J({"v": 1, "cmd": "status"}))
+        assert r["ok"] is False and "could not be parsed" in r["error"]
+    finally:
+        srv.close()
+
+
 def test_frames_over_the_hard_limit_drop_the_peer_without_hurting_the_server(ctx):
     srv = ControlServer("tcp://127.0.0.1:*", handler, context=ctx, max_message_bytes=1000,
                         hard_limit_bytes=4000)

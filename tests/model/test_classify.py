@@ -90,3 +90,58 @@ def test_accepts_objects_with_to_components(rng):
     X = rng.normal(size=(4, 3))
     np.testing.assert_array_equal(MappedClassifier(Wrapper(), np.eye(3)).log_posteriors(X),
                                   MappedClassifier(src, np.eye(3)).log_posteriors(X))
+
+
+# ------------------------------------------------------------------ hostile inputs
+def _scipy_posteriors(Z, src):
+    """Independent twin: scipy.special.logsumexp over the per-component log joints,
+    normalised as (a - max) - log Σ exp(a - max) so that log L is never absorbed."""
+    from scipy.special import logsumexp
+
+    d = np.einsum("jki,kia->jka", Z[:, None, :] - src.means[None], src.prec_factor)
+    lj = (src.log_weights + 0.5 * src.log_det_prec - 0.5 * Z.shape[1] * np.log(2 * np.pi)
+          - 0.5 * (d ** 2).sum(-1))
+    joint = logsumexp(lj[:, None, :] + src.log_label_given_comp[None], axis=2)
+    mx = joint.max(1, keepdims=True)
+    return (joint - mx) - np.log(np.exp(joint - mx).sum(1, keepdims=True)), logsumexp(lj, axis=1)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("value", [1e30, -1e30, 1e200, 1e300])
+def test_absurd_inputs_are_flagged_not_certain(rng, shared, value):
+    """x = ±1e30 used to give proba [1, 1, 1, 1, 1] (sum 5) with confidence 1.0."""
+    src = _source(rng, 4, 5, 1, shared)
+    clf = MappedClassifier(src, rng.normal(size=(4, 6)))
+    X = np.vstack([np.full(6, value), rng.normal(size=6), np.full(6, -value)])
+    X[2, ::2] = value
+    idx, p = clf.classify_one(X[0])
+    assert idx == -1 and np.isnan(p).all()
+    proba = clf.predict_proba(X)
+    assert np.isnan(proba[[0, 2]]).all() and list(clf.predict_index(X)[[0, 2]]) == [-1, -1]
+    assert np.isnan(clf.log_marginal(X)[[0, 2]]).all()
+    np.testing.assert_allclose(proba[1].sum(), 1.0, rtol=1e-12)
+    idx1, p1 = clf.classify_one(X[1])
+    assert idx1 == int(np.argmax(proba[1])) and np.isclose(p1.sum(), 1.0)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_classification_is_a_distribution_or_flagged_against_scipy(rng, shared):
+    """Over 12 orders of magnitude: either a distribution that matches scipy, or index −1."""
+    src = _source(rng, 3, 4, 2, shared)
+    H, b = rng.normal(size=(3, 5)), rng.normal(size=3)
+    clf = MappedClassifier(src, H, b)
+    X = rng.normal(size=(60, 5)) * np.logspace(0, 12, 60)[:, None]
+    lp = clf.log_posteriors(X)
+    want, wmarg = _scipy_posteriors(X @ H.T + b, src)
+    flagged = np.isnan(lp).all(1)
+    assert not flagged[:20].any() and flagged[-10:].all()  # 1..~100 std fine, 1e10+ flagged
+    assert (np.isnan(lp).any(1) == flagged).all()  # a row is all-NaN or all-finite
+    np.testing.assert_allclose(lp[~flagged], want[~flagged], rtol=1e-7, atol=1e-7)
+    np.testing.assert_allclose(clf.log_marginal(X)[~flagged], wmarg[~flagged], rtol=1e-10)
+    assert (wmarg[flagged] < clf.min_log_marginal).all()
+    assert (wmarg[~flagged] >= clf.min_log_marginal).all()
+    np.testing.assert_allclose(np.exp(lp[~flagged]).sum(1), 1.0, rtol=1e-9)
+    for j in range(60):
+        i1, p1 = clf.classify_one(X[j])
+        assert i1 == (-1 if flagged[j] else int(np.argmax(want[j])))
+        assert np.isnan(p1).all() if flagged[j] else np.isclose(p1.sum(), 1.0, rtol=1e-9)
