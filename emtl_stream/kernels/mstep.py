@@ -19,15 +19,11 @@ import math
 
 import numpy as np
 
-from ._jit import kernel
+from ._jit import F1, F2, F3, I1, kernel
 from .estep import log_joint_shared, log_responsibilities
 
-_F2 = "float64[:, ::1]"
-_F1 = "float64[::1]"
-_F3 = "float64[:, :, ::1]"
 
-
-@kernel(f"void({_F2}, {_F2}, {_F3}, {_F2})")
+@kernel(f"void({F2}, {F2}, {F3}, {F2})")
 def weighted_stats(Xt, resp, C, c):
     """C_k = Σ_j γ_jk x̃_j x̃_jᵀ and c_k = Σ_j γ_jk x̃_j.
 
@@ -66,7 +62,7 @@ def weighted_stats(Xt, resp, C, c):
         np.dot(W[:cnt].T, G[:cnt], C[k])
 
 
-@kernel(f"void({_F2}, {_F2}, {_F2}, {_F2})")
+@kernel(f"void({F2}, {F2}, {F2}, {F2})")
 def shared_rhs(resp, means, Xt, out):
     """out = X̃ᵀ (Γ M): the data part of the shared closed-form update's right side.
 
@@ -84,7 +80,7 @@ def shared_rhs(resp, means, Xt, out):
     np.dot(Xt.T, T, out)
 
 
-@kernel(f"void({_F3}, {_F3}, {_F2})")
+@kernel(f"void({F3}, {F3}, {F2})")
 def kron_assemble(Lam, A, S):
     """S = Σ_k Λ_k ⊗ A_k, the Sylvester operator on row-major vec(H̃).
 
@@ -110,7 +106,7 @@ def kron_assemble(Lam, A, S):
                         S[row, jj * n + b] += lij * A[k, a, b]
 
 
-@kernel(f"void({_F3}, {_F3}, {_F2}, {_F2}, {_F2})")
+@kernel(f"void({F3}, {F3}, {F2}, {F2}, {F2})")
 def sylvester_matvec(Lam, A, H, tmp, out):
     """out = Σ_k Λ_k H A_k (matrix form of S vec(H)).
 
@@ -131,7 +127,7 @@ def sylvester_matvec(Lam, A, H, tmp, out):
         out += np.dot(tmp, A[k])
 
 
-@kernel(f"UniTuple(float64, 2)({_F3}, {_F3}, {_F2}, {_F2}, {_F2}, {_F2}, float64, int64)")
+@kernel(f"UniTuple(float64, 2)({F3}, {F3}, {F2}, {F2}, {F2}, {F2}, float64, int64)")
 def pcg_sylvester(Lam, A, R, Pl, Pr, H, rtol, maxiter):
     """Preconditioned conjugate gradients for Σ_k Λ_k H A_k = R, in matrix form.
 
@@ -200,7 +196,7 @@ def pcg_sylvester(Lam, A, R, Pl, Pr, H, rtol, maxiter):
 # ---------------------------------------------------------------------------
 
 
-@kernel(f"void({_F3}, {_F3}, int64[::1], int64[::1], {_F2})")
+@kernel(f"void({F3}, {F3}, {I1}, {I1}, {F2})")
 def kron_assemble_masked(Lam, A, fi, fa, S):
     """S = (Σ_k Λ_k ⊗ A_k) restricted to the free entries of H̃.
 
@@ -230,7 +226,7 @@ def kron_assemble_masked(Lam, A, fi, fa, S):
             S[v, u] = s
 
 
-@kernel(f"UniTuple(float64, 2)({_F3}, {_F3}, {_F2}, {_F2}, {_F2}, {_F2}, {_F2}, float64, int64)")
+@kernel(f"UniTuple(float64, 2)({F3}, {F3}, {F2}, {F2}, {F2}, {F2}, {F2}, float64, int64)")
 def pcg_sylvester_masked(Lam, A, R, Pl, Pr, Mask, H, rtol, maxiter):
     """Preconditioned CG for the masked system M ⊙ Σ_k Λ_k (M ⊙ H) A_k = M ⊙ R.
 
@@ -297,8 +293,8 @@ def pcg_sylvester_masked(Lam, A, R, Pl, Pr, Mask, H, rtol, maxiter):
 # ---------------------------------------------------------------------------
 
 
-@kernel(f"UniTuple(int64, 3)({_F2}, {_F2}, {_F2}, {_F2}, {_F2}, {_F2}, {_F2}, {_F2}, float64, "
-        f"int64, float64, int64, {_F1})")
+@kernel(f"UniTuple(int64, 3)({F2}, {F2}, {F2}, {F2}, {F2}, {F2}, {F2}, {F2}, float64, "
+        f"int64, float64, int64, {F1})")
 def em_shared(Xt, Ht, H0t, P, nu, log_base, means, Ainv, lam, n_pen, tol, max_iter, trace):
     """Transfer EM for a shared precision Λ = P Pᵀ, dense H̃, penalty λ‖H − H₀‖²_Λ.
 
