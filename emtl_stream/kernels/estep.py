@@ -24,7 +24,7 @@ from .linalg import logsumexp_row
 
 @kernel(f"boolean({F1})")
 def _row_finite(v):
-    """True when every entry of v is finite."""
+    """Return True when every entry of v is finite."""
     for i in range(v.shape[0]):
         x = v[i]
         if not (x - x == 0.0):
@@ -156,6 +156,8 @@ def row_log_joint_shared(x, G, g, nu, log_c, ybuf, out):
     """Log joint of one window with every component, shared precision.
 
     out[k] = log_c[k] − ½‖G x + g − ν_k‖² where G = Pᵀ H, g = Pᵀ b, ν = means @ P.
+    A NaN or ±inf in x leaves no entry of ``out`` finite (NaN or ``-inf``), which
+    :func:`row_class_log_posterior` turns into a NaN posterior.
 
     Parameters
     ----------
@@ -188,6 +190,8 @@ def row_log_joint_full(x, H, b, means, prec_factor, log_c, zbuf, dbuf, out):
     """Log joint of one window with every component, per-component precisions.
 
     out[k] = log_c[k] − ½‖(H x + b − μ_k) P_k‖².
+    A NaN or ±inf in x leaves no entry of ``out`` finite, as for
+    :func:`row_log_joint_shared`.
 
     Parameters
     ----------
@@ -334,10 +338,27 @@ def _exp_argmax(logp):
 
 @kernel(f"int64({F1}, {F2}, {F1}, {F2}, {F1}, {F2}, {F1}, {F1}, {F1}, {F1})")
 def classify_one_shared(x, G, g, nu, log_c, log_rho, ybuf, lj, tbuf, proba):
-    """Classify one window (shared precision); fills ``proba`` (L,), returns the argmax.
+    """Classify one window (shared precision); fills ``proba``, returns the argmax.
 
-    Returns −1 when the posterior is NaN (non-finite input). All buffers are
-    preallocated by the caller so the call allocates nothing.
+    All buffers are preallocated by the caller so the call allocates nothing.
+
+    Parameters
+    ----------
+    x, G, g, nu, log_c : see :func:`row_log_joint_shared`
+    log_rho : ndarray of shape (L, K)
+        log P(y = l | k), ``-inf`` for impossible labels.
+    ybuf : ndarray of shape (m,)
+        Scratch.
+    lj, tbuf : ndarray of shape (K,)
+        Scratch.
+    proba : ndarray of shape (L,)
+        Class probabilities, written in place (NaN for a non-finite window).
+
+    Returns
+    -------
+    int
+        Index of the most probable class, −1 when the posterior is NaN
+        (non-finite input).
     """
     row_log_joint_shared(x, G, g, nu, log_c, ybuf, lj)
     row_class_log_posterior(lj, log_rho, tbuf, proba)
@@ -348,7 +369,25 @@ def classify_one_shared(x, G, g, nu, log_c, log_rho, ybuf, lj, tbuf, proba):
 def classify_one_full(x, H, b, means, prec_factor, log_c, log_rho, zbuf, dbuf, lj, tbuf, proba):
     """Classify one window (per-component precisions); fills ``proba``, returns the argmax.
 
-    Returns −1 when the posterior is NaN (non-finite input).
+    All buffers are preallocated by the caller so the call allocates nothing.
+
+    Parameters
+    ----------
+    x, H, b, means, prec_factor, log_c : see :func:`row_log_joint_full`
+    log_rho : ndarray of shape (L, K)
+        log P(y = l | k), ``-inf`` for impossible labels.
+    zbuf, dbuf : ndarray of shape (m,)
+        Scratch.
+    lj, tbuf : ndarray of shape (K,)
+        Scratch.
+    proba : ndarray of shape (L,)
+        Class probabilities, written in place (NaN for a non-finite window).
+
+    Returns
+    -------
+    int
+        Index of the most probable class, −1 when the posterior is NaN
+        (non-finite input).
     """
     row_log_joint_full(x, H, b, means, prec_factor, log_c, zbuf, dbuf, lj)
     row_class_log_posterior(lj, log_rho, tbuf, proba)

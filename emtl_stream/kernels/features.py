@@ -265,7 +265,19 @@ def _mnf_mdf(power, n, fs):
 
 @kernel()
 def features_per_channel(codes, ar_order):
-    """Number of output values per channel for ``codes`` (``ar`` counts ``ar_order``)."""
+    """Count the output values per channel for ``codes``.
+
+    Parameters
+    ----------
+    codes : ndarray of shape (n_codes,) int64
+        Feature codes (:mod:`emtl_stream.kernels.feature_codes`).
+    ar_order : int
+        Values contributed by ``ar``; every other feature contributes one.
+
+    Returns
+    -------
+    int
+    """
     w = 0
     for j in range(codes.shape[0]):
         w += ar_order if codes[j] == CODE_AR else 1

@@ -18,7 +18,7 @@ from ._jit import F1, F2, kernel
 
 @kernel(f"float64({F1})")
 def logsumexp_row(v):
-    """log Σ_i exp(v_i), shifted by the row maximum.
+    """Compute log Σ_i exp(v_i), shifted by the row maximum.
 
     Parameters
     ----------

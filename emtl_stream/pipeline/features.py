@@ -102,6 +102,7 @@ class FeatureExtractor:
         self.min_samples = max(3, self.ar_order + 1) if "ar" in names else 3
 
     def __repr__(self) -> str:
+        """Show the feature names, channel count and rate."""
         return (f"FeatureExtractor(names={self.names}, n_channels={self.n_channels}, "
                 f"fs={self.fs})")
 
@@ -215,7 +216,18 @@ class FeatureExtractor:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureExtractor":
-        """Inverse of :meth:`to_dict` (unknown keys are an error naming them)."""
+        """Inverse of :meth:`to_dict`.
+
+        Parameters
+        ----------
+        d : dict
+            Keys as written by :meth:`to_dict`; missing ones take the defaults,
+            unknown ones are a ``ValueError`` naming them.
+
+        Returns
+        -------
+        FeatureExtractor
+        """
         d = dict(d)
         allowed = {"names", "n_channels", "fs", "zc_threshold", "ssc_threshold",
                    "wamp_threshold", "ar_order", "log_eps"}
@@ -229,6 +241,7 @@ class FeatureExtractor:
         return cls(tuple(names), n_channels, fs, **d)
 
     def __eq__(self, other) -> bool:
+        """Equal when :meth:`to_dict` is (same features, thresholds and rate)."""
         return isinstance(other, FeatureExtractor) and self.to_dict() == other.to_dict()
 
     __hash__ = None
