@@ -108,7 +108,6 @@ def test_every_kernel_is_a_cached_nopython_dispatcher():
     import importlib
     import pkgutil
 
-    import numba
     from numba.core.registry import CPUDispatcher
 
     import emtl_stream.kernels as kpkg
@@ -128,7 +127,6 @@ def test_every_kernel_is_a_cached_nopython_dispatcher():
                 flags = set(opts.get("fastmath") or ())
                 assert flags == set(FASTMATH_FLAGS), f"{info.name}.{name} fastmath {flags}"
     assert n > 10, f"found only {n} kernels"
-    assert numba.__version__
 
 
 def test_no_pickle_or_eval_anywhere():

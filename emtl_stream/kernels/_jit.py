@@ -14,6 +14,9 @@ Why these choices
   so these options are import-time constants, never runtime configuration.
 * ``FASTMATH_FLAGS`` leaves out ``nnan`` and ``ninf``: with them LLVM may assume
   that no NaN/inf exists and delete the very guards that catch bad samples.
+* The array-type strings below (:data:`F1`, :data:`F2`, ...) are the one spelling of
+  the eager signatures every kernel module composes, so a layout change (say,
+  accepting read-only arrays) is made here once.
 """
 
 from __future__ import annotations
@@ -22,6 +25,14 @@ import numba
 
 #: LLVM fast-math flags allowed in kernels (no ``nnan``/``ninf``, see module docstring).
 FASTMATH_FLAGS = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+#: C-contiguous float64 arrays of 1, 2 and 3 dimensions (eager-signature spelling).
+F1 = "float64[::1]"
+F2 = "float64[:, ::1]"
+F3 = "float64[:, :, ::1]"
+#: C-contiguous int64 and boolean vectors.
+I1 = "int64[::1]"
+B1 = "boolean[::1]"
 
 #: Options shared by every kernel.
 JIT_OPTIONS = dict(cache=True, nogil=True, fastmath=set(FASTMATH_FLAGS))

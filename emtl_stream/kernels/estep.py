@@ -18,17 +18,13 @@ import math
 
 import numpy as np
 
-from ._jit import kernel
+from ._jit import F1, F2, F3, kernel
 from .linalg import logsumexp_row
 
-_F2 = "float64[:, ::1]"
-_F1 = "float64[::1]"
-_F3 = "float64[:, :, ::1]"
 
-
-@kernel("boolean(float64[::1])")
+@kernel(f"boolean({F1})")
 def _row_finite(v):
-    """True when every entry of v is finite."""
+    """Return True when every entry of v is finite."""
     for i in range(v.shape[0]):
         x = v[i]
         if not (x - x == 0.0):
@@ -36,7 +32,7 @@ def _row_finite(v):
     return True
 
 
-@kernel(f"void({_F2}, {_F2}, {_F2}, {_F2})")
+@kernel(f"void({F2}, {F2}, {F2}, {F2})")
 def log_joint_shared(Y, nu, log_base, out):
     """out[j, k] = log_base[j, k] − ½‖y_j − ν_k‖² for a shared precision Λ = P Pᵀ.
 
@@ -69,7 +65,7 @@ def log_joint_shared(Y, nu, log_base, out):
             out[j, k] = base - 0.5 * s
 
 
-@kernel(f"void({_F2}, {_F2}, {_F3}, {_F2}, {_F2})")
+@kernel(f"void({F2}, {F2}, {F3}, {F2}, {F2})")
 def log_joint_full(Z, means, prec_factor, log_base, out):
     """out[j, k] = log_base[j, k] − ½‖(z_j − μ_k) P_k‖² for per-component precisions.
 
@@ -119,7 +115,7 @@ def log_joint_full(Z, means, prec_factor, log_base, out):
             out[rows[r], k] = log_base[rows[r], k] - 0.5 * s
 
 
-@kernel(f"float64[::1]({_F2}, {_F2})")
+@kernel(f"{F1}({F2}, {F2})")
 def log_responsibilities(log_a, resp):
     """Per-row log-sum-exp and responsibilities γ_jk = exp(log a_jk − lse_j).
 
@@ -155,11 +151,13 @@ def log_responsibilities(log_a, resp):
 # ---------------------------------------------------------------------------
 
 
-@kernel(f"void({_F1}, {_F2}, {_F1}, {_F2}, {_F1}, {_F1}, {_F1})")
+@kernel(f"void({F1}, {F2}, {F1}, {F2}, {F1}, {F1}, {F1})")
 def row_log_joint_shared(x, G, g, nu, log_c, ybuf, out):
     """Log joint of one window with every component, shared precision.
 
     out[k] = log_c[k] − ½‖G x + g − ν_k‖² where G = Pᵀ H, g = Pᵀ b, ν = means @ P.
+    A NaN or ±inf in x leaves no entry of ``out`` finite (NaN or ``-inf``), which
+    :func:`row_class_log_posterior` turns into a NaN posterior.
 
     Parameters
     ----------
@@ -187,11 +185,13 @@ def row_log_joint_shared(x, G, g, nu, log_c, ybuf, out):
         out[k] = log_c[k] - 0.5 * s
 
 
-@kernel(f"void({_F1}, {_F2}, {_F1}, {_F2}, {_F3}, {_F1}, {_F1}, {_F1}, {_F1})")
+@kernel(f"void({F1}, {F2}, {F1}, {F2}, {F3}, {F1}, {F1}, {F1}, {F1})")
 def row_log_joint_full(x, H, b, means, prec_factor, log_c, zbuf, dbuf, out):
     """Log joint of one window with every component, per-component precisions.
 
     out[k] = log_c[k] − ½‖(H x + b − μ_k) P_k‖².
+    A NaN or ±inf in x leaves no entry of ``out`` finite, as for
+    :func:`row_log_joint_shared`.
 
     Parameters
     ----------
@@ -225,7 +225,7 @@ def row_log_joint_full(x, H, b, means, prec_factor, log_c, zbuf, dbuf, out):
         out[k] = log_c[k] - 0.5 * s
 
 
-@kernel(f"float64({_F1}, {_F2}, {_F1}, {_F1})")
+@kernel(f"float64({F1}, {F2}, {F1}, {F1})")
 def row_class_log_posterior(lj, log_rho, tbuf, out):
     """Class log-posteriors of one window from its component log joints.
 
@@ -257,7 +257,7 @@ def row_class_log_posterior(lj, log_rho, tbuf, out):
     return logsumexp_row(lj)
 
 
-@kernel(f"float64[::1]({_F2}, {_F2}, {_F1}, {_F2}, {_F1}, {_F2}, {_F2})")
+@kernel(f"{F1}({F2}, {F2}, {F1}, {F2}, {F1}, {F2}, {F2})")
 def mapped_log_posteriors_shared(X, G, g, nu, log_c, log_rho, out):
     """Batch version of :func:`row_log_joint_shared` + :func:`row_class_log_posterior`.
 
@@ -286,7 +286,7 @@ def mapped_log_posteriors_shared(X, G, g, nu, log_c, log_rho, out):
     return marg
 
 
-@kernel(f"float64[::1]({_F2}, {_F2}, {_F1}, {_F2}, {_F3}, {_F1}, {_F2}, {_F2})")
+@kernel(f"{F1}({F2}, {F2}, {F1}, {F2}, {F3}, {F1}, {F2}, {F2})")
 def mapped_log_posteriors_full(X, H, b, means, prec_factor, log_c, log_rho, out):
     """Batch version of :func:`row_log_joint_full` + :func:`row_class_log_posterior`.
 
@@ -317,7 +317,7 @@ def mapped_log_posteriors_full(X, H, b, means, prec_factor, log_c, log_rho, out)
     return marg
 
 
-@kernel(f"int64({_F1})")
+@kernel(f"int64({F1})")
 def _exp_argmax(logp):
     """Exponentiate in place and return the index of the largest entry (−1 on NaN)."""
     best = -1
@@ -336,23 +336,58 @@ def _exp_argmax(logp):
     return best
 
 
-@kernel(f"int64({_F1}, {_F2}, {_F1}, {_F2}, {_F1}, {_F2}, {_F1}, {_F1}, {_F1}, {_F1})")
+@kernel(f"int64({F1}, {F2}, {F1}, {F2}, {F1}, {F2}, {F1}, {F1}, {F1}, {F1})")
 def classify_one_shared(x, G, g, nu, log_c, log_rho, ybuf, lj, tbuf, proba):
-    """Classify one window (shared precision); fills ``proba`` (L,), returns the argmax.
+    """Classify one window (shared precision); fills ``proba``, returns the argmax.
 
-    Returns −1 when the posterior is NaN (non-finite input). All buffers are
-    preallocated by the caller so the call allocates nothing.
+    All buffers are preallocated by the caller so the call allocates nothing.
+
+    Parameters
+    ----------
+    x, G, g, nu, log_c : see :func:`row_log_joint_shared`
+    log_rho : ndarray of shape (L, K)
+        log P(y = l | k), ``-inf`` for impossible labels.
+    ybuf : ndarray of shape (m,)
+        Scratch.
+    lj, tbuf : ndarray of shape (K,)
+        Scratch.
+    proba : ndarray of shape (L,)
+        Class probabilities, written in place (NaN for a non-finite window).
+
+    Returns
+    -------
+    int
+        Index of the most probable class, −1 when the posterior is NaN
+        (non-finite input).
     """
     row_log_joint_shared(x, G, g, nu, log_c, ybuf, lj)
     row_class_log_posterior(lj, log_rho, tbuf, proba)
     return _exp_argmax(proba)
 
 
-@kernel(f"int64({_F1}, {_F2}, {_F1}, {_F2}, {_F3}, {_F1}, {_F2}, {_F1}, {_F1}, {_F1}, {_F1}, {_F1})")
+@kernel(f"int64({F1}, {F2}, {F1}, {F2}, {F3}, {F1}, {F2}, {F1}, {F1}, {F1}, {F1}, {F1})")
 def classify_one_full(x, H, b, means, prec_factor, log_c, log_rho, zbuf, dbuf, lj, tbuf, proba):
     """Classify one window (per-component precisions); fills ``proba``, returns the argmax.
 
-    Returns −1 when the posterior is NaN (non-finite input).
+    All buffers are preallocated by the caller so the call allocates nothing.
+
+    Parameters
+    ----------
+    x, H, b, means, prec_factor, log_c : see :func:`row_log_joint_full`
+    log_rho : ndarray of shape (L, K)
+        log P(y = l | k), ``-inf`` for impossible labels.
+    zbuf, dbuf : ndarray of shape (m,)
+        Scratch.
+    lj, tbuf : ndarray of shape (K,)
+        Scratch.
+    proba : ndarray of shape (L,)
+        Class probabilities, written in place (NaN for a non-finite window).
+
+    Returns
+    -------
+    int
+        Index of the most probable class, −1 when the posterior is NaN
+        (non-finite input).
     """
     row_log_joint_full(x, H, b, means, prec_factor, log_c, zbuf, dbuf, lj)
     row_class_log_posterior(lj, log_rho, tbuf, proba)

@@ -42,20 +42,19 @@ import math
 
 import numpy as np
 
-from ._jit import kernel
-
-#: Feature names in kernel code order (the code of a name is its index).
-FEATURE_CODES = (
-    "mav", "rms", "logvar", "wl", "zc", "ssc", "wamp",
-    "hjorth_activity", "hjorth_mobility", "hjorth_complexity", "ar",
-    "mnf", "mdf", "log_mav", "log_wl",
+from ._jit import B1, F1, F2, F3, I1, kernel
+from .feature_codes import (
+    CODE_AR, CODE_HJORTH_ACTIVITY, CODE_HJORTH_COMPLEXITY, CODE_HJORTH_MOBILITY, CODE_LOG_MAV,
+    CODE_LOG_WL, CODE_LOGVAR, CODE_MAV, CODE_MDF, CODE_MNF, CODE_RMS, CODE_SSC, CODE_WAMP,
+    CODE_WL, CODE_ZC, FEATURE_CODES,
 )
+
+__all__ = ["FEATURE_CODES", "N_PARAMS", "batch_features", "features_per_channel",
+           "window_features"]
 
 #: Layout of the ``params`` vector every kernel takes.
 P_ZC, P_SSC, P_WAMP, P_FS, P_EPS, P_AR_ORDER = 0, 1, 2, 3, 4, 5
 N_PARAMS = 6
-
-_AR = 10
 
 
 # The per-channel helpers take one channel as a contiguous 1-D array: the window
@@ -266,10 +265,22 @@ def _mnf_mdf(power, n, fs):
 
 @kernel()
 def features_per_channel(codes, ar_order):
-    """Number of output values per channel for ``codes`` (``ar`` counts ``ar_order``)."""
+    """Count the output values per channel for ``codes``.
+
+    Parameters
+    ----------
+    codes : ndarray of shape (n_codes,) int64
+        Feature codes (:mod:`emtl_stream.kernels.feature_codes`).
+    ar_order : int
+        Values contributed by ``ar``; every other feature contributes one.
+
+    Returns
+    -------
+    int
+    """
     w = 0
     for j in range(codes.shape[0]):
-        w += ar_order if codes[j] == _AR else 1
+        w += ar_order if codes[j] == CODE_AR else 1
     return w
 
 
@@ -295,7 +306,7 @@ def _window_impl(x, codes, params, out):
     fpc = features_per_channel(codes, p)
     spectral = False
     for j in range(codes.shape[0]):
-        if codes[j] == 11 or codes[j] == 12:
+        if codes[j] == CODE_MNF or codes[j] == CODE_MDF:
             spectral = True
     power = _power_all(buf) if spectral else np.empty((1, 1))
     for c in range(ch):
@@ -310,39 +321,39 @@ def _window_impl(x, codes, params, out):
         comp = 0.0
         for j in range(codes.shape[0]):
             code = codes[j]
-            if code == 0:
+            if code == CODE_MAV:
                 out[o] = _mav(v)
-            elif code == 1:
+            elif code == CODE_RMS:
                 out[o] = _rms(v)
-            elif code == 2:
+            elif code == CODE_LOGVAR:
                 out[o] = math.log(_var(v) + eps)
-            elif code == 3:
+            elif code == CODE_WL:
                 out[o] = _wl(v)
-            elif code == 4:
+            elif code == CODE_ZC:
                 out[o] = _zc(v, zc_thr)
-            elif code == 5:
+            elif code == CODE_SSC:
                 out[o] = _ssc(v, ssc_thr)
-            elif code == 6:
+            elif code == CODE_WAMP:
                 out[o] = _wamp(v, wamp_thr)
-            elif code == 7:
+            elif code == CODE_HJORTH_ACTIVITY:
                 out[o] = _var(v)
-            elif code == 8 or code == 9:
+            elif code == CODE_HJORTH_MOBILITY or code == CODE_HJORTH_COMPLEXITY:
                 if not have_hj:
                     _, mob, comp = _hjorth(v)
                     have_hj = True
-                out[o] = mob if code == 8 else comp
-            elif code == _AR:
+                out[o] = mob if code == CODE_HJORTH_MOBILITY else comp
+            elif code == CODE_AR:
                 _ar(v, p, out, o)
                 o += p
                 continue
-            elif code == 11 or code == 12:
+            elif code == CODE_MNF or code == CODE_MDF:
                 if not have_spec:
                     mnf, mdf = _mnf_mdf(power[c], n, fs)
                     have_spec = True
-                out[o] = mnf if code == 11 else mdf
-            elif code == 13:
+                out[o] = mnf if code == CODE_MNF else mdf
+            elif code == CODE_LOG_MAV:
                 out[o] = math.log(_mav(v) + eps)
-            elif code == 14:
+            elif code == CODE_LOG_WL:
                 out[o] = math.log(_wl(v) + eps)
             else:
                 out[o] = np.nan  # unknown code: the wrapper never sends one
@@ -350,7 +361,7 @@ def _window_impl(x, codes, params, out):
     return True
 
 
-@kernel("boolean(float64[:, ::1], int64[::1], float64[::1], float64[::1])")
+@kernel(f"boolean({F2}, {I1}, {F1}, {F1})")
 def window_features(x, codes, params, out):
     """Features of one window, channel-major, written into ``out``.
 
@@ -358,7 +369,8 @@ def window_features(x, codes, params, out):
     ----------
     x : ndarray of shape (n_samples, n_channels)
     codes : ndarray of shape (n_codes,) int64
-        Indices into :data:`FEATURE_CODES`, in output order within a channel.
+        Indices into :data:`~emtl_stream.kernels.feature_codes.FEATURE_CODES` (the
+        ``CODE_*`` constants), in output order within a channel.
     params : ndarray of shape (N_PARAMS,)
         zc, ssc and wamp thresholds, fs (Hz), log eps, AR order.
     out : ndarray of shape (n_channels * features_per_channel,)
@@ -372,7 +384,7 @@ def window_features(x, codes, params, out):
     return _window_impl(x, codes, params, out)
 
 
-@kernel("void(float64[:, :, ::1], int64[::1], float64[::1], float64[:, ::1], boolean[::1])")
+@kernel(f"void({F3}, {I1}, {F1}, {F2}, {B1})")
 def batch_features(X, codes, params, out, finite):
     """:func:`window_features` for every window of ``X``.
 

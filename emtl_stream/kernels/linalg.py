@@ -13,12 +13,12 @@ import math
 
 import numpy as np
 
-from ._jit import kernel
+from ._jit import F1, F2, kernel
 
 
-@kernel("float64(float64[::1])")
+@kernel(f"float64({F1})")
 def logsumexp_row(v):
-    """log Σ_i exp(v_i), shifted by the row maximum.
+    """Compute log Σ_i exp(v_i), shifted by the row maximum.
 
     Parameters
     ----------
@@ -48,7 +48,7 @@ def logsumexp_row(v):
     return mx + math.log(s)
 
 
-@kernel("float64[:, ::1](float64[:, ::1])")
+@kernel(f"{F2}({F2})")
 def cholesky_lower(A):
     """Lower Cholesky factor L with A = L Lᵀ (A symmetric positive definite).
 
@@ -83,7 +83,7 @@ def cholesky_lower(A):
     return L
 
 
-@kernel("void(float64[:, ::1], float64[:, ::1])")
+@kernel(f"void({F2}, {F2})")
 def cho_solve_inplace(L, B):
     """Overwrite B (n, r) with A⁻¹ B where A = L Lᵀ (forward then back substitution).
 
@@ -109,7 +109,7 @@ def cho_solve_inplace(L, B):
             B[i, c] = t / L[i, i]
 
 
-@kernel("float64[:, ::1](float64[:, ::1])")
+@kernel(f"{F2}({F2})")
 def spd_inverse(A):
     """Inverse of a symmetric positive-definite matrix through its Cholesky factor.
 

@@ -1,5 +1,7 @@
-"""M-step kernels: sufficient statistics, the shared closed-form right-hand side,
-and the per-component Sylvester operator with its preconditioned CG solver.
+"""M-step kernels: sufficient statistics, right-hand sides, Sylvester operator and CG.
+
+The shared closed-form right-hand side, and the per-component Sylvester operator
+with its preconditioned CG solver.
 
 Notation (algorithm.md §2): X̃ (N, n') calibration rows (n' = n + 1 with an
 offset column), Γ (N, K) responsibilities, H̃ (m, n') the map, Λ_k (m, m) the
@@ -19,15 +21,11 @@ import math
 
 import numpy as np
 
-from ._jit import kernel
+from ._jit import F1, F2, F3, I1, kernel
 from .estep import log_joint_shared, log_responsibilities
 
-_F2 = "float64[:, ::1]"
-_F1 = "float64[::1]"
-_F3 = "float64[:, :, ::1]"
 
-
-@kernel(f"void({_F2}, {_F2}, {_F3}, {_F2})")
+@kernel(f"void({F2}, {F2}, {F3}, {F2})")
 def weighted_stats(Xt, resp, C, c):
     """C_k = Σ_j γ_jk x̃_j x̃_jᵀ and c_k = Σ_j γ_jk x̃_j.
 
@@ -66,9 +64,9 @@ def weighted_stats(Xt, resp, C, c):
         np.dot(W[:cnt].T, G[:cnt], C[k])
 
 
-@kernel(f"void({_F2}, {_F2}, {_F2}, {_F2})")
+@kernel(f"void({F2}, {F2}, {F2}, {F2})")
 def shared_rhs(resp, means, Xt, out):
-    """out = X̃ᵀ (Γ M): the data part of the shared closed-form update's right side.
+    """Compute out = X̃ᵀ (Γ M), the data part of the shared closed-form update's right side.
 
     The shared M-step is H̃ᵀ = (X̃ᵀX̃ + λD)⁻¹ (X̃ᵀ Γ M + λ D H̃₀ᵀ).
 
@@ -84,7 +82,7 @@ def shared_rhs(resp, means, Xt, out):
     np.dot(Xt.T, T, out)
 
 
-@kernel(f"void({_F3}, {_F3}, {_F2})")
+@kernel(f"void({F3}, {F3}, {F2})")
 def kron_assemble(Lam, A, S):
     """S = Σ_k Λ_k ⊗ A_k, the Sylvester operator on row-major vec(H̃).
 
@@ -110,9 +108,9 @@ def kron_assemble(Lam, A, S):
                         S[row, jj * n + b] += lij * A[k, a, b]
 
 
-@kernel(f"void({_F3}, {_F3}, {_F2}, {_F2}, {_F2})")
+@kernel(f"void({F3}, {F3}, {F2}, {F2}, {F2})")
 def sylvester_matvec(Lam, A, H, tmp, out):
-    """out = Σ_k Λ_k H A_k (matrix form of S vec(H)).
+    """Compute out = Σ_k Λ_k H A_k (matrix form of S vec(H)).
 
     Parameters
     ----------
@@ -131,76 +129,12 @@ def sylvester_matvec(Lam, A, H, tmp, out):
         out += np.dot(tmp, A[k])
 
 
-@kernel(f"UniTuple(float64, 2)({_F3}, {_F3}, {_F2}, {_F2}, {_F2}, {_F2}, float64, int64)")
-def pcg_sylvester(Lam, A, R, Pl, Pr, H, rtol, maxiter):
-    """Preconditioned conjugate gradients for Σ_k Λ_k H A_k = R, in matrix form.
-
-    Starts from the H passed in (warm start) and overwrites it. Every iterate
-    lowers the quadratic ½⟨H, S H⟩ − ⟨R, H⟩, so even a truncated solve never
-    lowers the EM objective. Preconditioner: H ↦ Pl R Pr with Pl ≈ Λ̄⁻¹ and
-    Pr ≈ Ā⁻¹ (a Kronecker-factored approximation of S⁻¹).
-
-    Parameters
-    ----------
-    Lam : ndarray of shape (K, m, m)
-    A : ndarray of shape (K, n', n')
-    R : ndarray of shape (m, n')
-    Pl : ndarray of shape (m, m)
-        Symmetric positive definite.
-    Pr : ndarray of shape (n', n')
-        Symmetric positive definite.
-    H : ndarray of shape (m, n')
-        Initial guess; overwritten with the solution.
-    rtol : float
-        Stop when ‖R − S H‖_F ≤ rtol ‖R‖_F.
-    maxiter : int
-
-    Returns
-    -------
-    (n_iter, relative_residual) : tuple of float
-    """
-    m, n = H.shape
-    tmp = np.empty((m, n))
-    SH = np.empty((m, n))
-    sylvester_matvec(Lam, A, H, tmp, SH)
-    res = R - SH
-    rnorm = math.sqrt(np.sum(R * R))
-    if rnorm == 0.0:
-        rnorm = 1.0
-    rr = math.sqrt(np.sum(res * res))
-    if rr <= rtol * rnorm:
-        return 0.0, rr / rnorm
-    zz = np.dot(np.dot(Pl, res), Pr)
-    p = zz.copy()
-    rz = np.sum(res * zz)
-    Sp = np.empty((m, n))
-    it = 0
-    while it < maxiter:
-        it += 1
-        sylvester_matvec(Lam, A, p, tmp, Sp)
-        denom = np.sum(p * Sp)
-        if not denom > 0.0:
-            break
-        alpha = rz / denom
-        H += alpha * p
-        res -= alpha * Sp
-        rr = math.sqrt(np.sum(res * res))
-        if rr <= rtol * rnorm:
-            break
-        zz = np.dot(np.dot(Pl, res), Pr)
-        rz_new = np.sum(res * zz)
-        beta = rz_new / rz
-        rz = rz_new
-        p = zz + beta * p
-    return float(it), rr / rnorm
-
-
 # ---------------------------------------------------------------------------
 # structured maps: only the entries of H̃ where a mask is True are free
 # ---------------------------------------------------------------------------
 
 
-@kernel(f"void({_F3}, {_F3}, int64[::1], int64[::1], {_F2})")
+@kernel(f"void({F3}, {F3}, {I1}, {I1}, {F2})")
 def kron_assemble_masked(Lam, A, fi, fa, S):
     """S = (Σ_k Λ_k ⊗ A_k) restricted to the free entries of H̃.
 
@@ -230,43 +164,35 @@ def kron_assemble_masked(Lam, A, fi, fa, S):
             S[v, u] = s
 
 
-@kernel(f"UniTuple(float64, 2)({_F3}, {_F3}, {_F2}, {_F2}, {_F2}, {_F2}, {_F2}, float64, int64)")
-def pcg_sylvester_masked(Lam, A, R, Pl, Pr, Mask, H, rtol, maxiter):
-    """Preconditioned CG for the masked system M ⊙ Σ_k Λ_k (M ⊙ H) A_k = M ⊙ R.
+@kernel()
+def _pcg(Lam, A, R, Pl, Pr, Mask, masked, H, rtol, maxiter):
+    """Run the one CG iteration behind :func:`pcg_sylvester` and the masked solver.
 
-    The operator is S restricted to the free entries (a principal submatrix of an
-    SPD matrix, hence SPD); the preconditioner H ↦ M ⊙ (Pl (M ⊙ H) Pr) is the same
-    restriction of the SPD Kronecker approximation, hence SPD too. Masked-out
-    entries of H stay exactly zero.
-
-    Parameters
-    ----------
-    Lam, A, R, Pl, Pr : see :func:`pcg_sylvester`
-    Mask : ndarray of shape (m, n')
-        1.0 for a free entry, 0.0 for an entry fixed at zero.
-    H : ndarray of shape (m, n')
-        Initial guess (masked in place first); overwritten with the solution.
-    rtol : float
-        Stop when ‖M ⊙ (R − S H)‖_F ≤ rtol ‖M ⊙ R‖_F.
-    maxiter : int
-
-    Returns
-    -------
-    (n_iter, relative_residual) : tuple of float
+    ``masked`` False skips every product with ``Mask`` (multiplying by an all-one mask
+    is exact, so the result is the same bit for bit; multiplying anyway cost 2-4 % of a
+    dense solve, docs/benchmarks.md "One CG kernel"). Products with the mask are taken
+    in place, so an iteration allocates the same arrays either way.
     """
     m, n = H.shape
     tmp = np.empty((m, n))
     SH = np.empty((m, n))
-    H *= Mask
+    if masked:
+        H *= Mask
     sylvester_matvec(Lam, A, H, tmp, SH)
-    res = Mask * (R - SH)
-    rnorm = math.sqrt(np.sum((Mask * R) ** 2))
+    res = R - SH
+    if masked:
+        res *= Mask
+        rnorm = math.sqrt(np.sum((Mask * R) ** 2))
+    else:
+        rnorm = math.sqrt(np.sum(R * R))
     if rnorm == 0.0:
         rnorm = 1.0
     rr = math.sqrt(np.sum(res * res))
     if rr <= rtol * rnorm:
         return 0.0, rr / rnorm
-    zz = Mask * np.dot(np.dot(Pl, res), Pr)
+    zz = np.dot(np.dot(Pl, res), Pr)
+    if masked:
+        zz *= Mask
     p = zz.copy()
     rz = np.sum(res * zz)
     Sp = np.empty((m, n))
@@ -274,7 +200,8 @@ def pcg_sylvester_masked(Lam, A, R, Pl, Pr, Mask, H, rtol, maxiter):
     while it < maxiter:
         it += 1
         sylvester_matvec(Lam, A, p, tmp, Sp)
-        Sp *= Mask
+        if masked:
+            Sp *= Mask
         denom = np.sum(p * Sp)
         if not denom > 0.0:
             break
@@ -284,7 +211,9 @@ def pcg_sylvester_masked(Lam, A, R, Pl, Pr, Mask, H, rtol, maxiter):
         rr = math.sqrt(np.sum(res * res))
         if rr <= rtol * rnorm:
             break
-        zz = Mask * np.dot(np.dot(Pl, res), Pr)
+        zz = np.dot(np.dot(Pl, res), Pr)
+        if masked:
+            zz *= Mask
         rz_new = np.sum(res * zz)
         beta = rz_new / rz
         rz = rz_new
@@ -292,13 +221,81 @@ def pcg_sylvester_masked(Lam, A, R, Pl, Pr, Mask, H, rtol, maxiter):
     return float(it), rr / rnorm
 
 
+@kernel(f"UniTuple(float64, 2)({F3}, {F3}, {F2}, {F2}, {F2}, {F2}, {F2}, float64, int64)")
+def pcg_sylvester_masked(Lam, A, R, Pl, Pr, Mask, H, rtol, maxiter):
+    """Preconditioned CG for the masked system M ⊙ Σ_k Λ_k (M ⊙ H) A_k = M ⊙ R.
+
+    The operator is S restricted to the free entries (a principal submatrix of an
+    SPD matrix, hence SPD); the preconditioner H ↦ M ⊙ (Pl (M ⊙ H) Pr) is the same
+    restriction of the SPD Kronecker approximation, hence SPD too. Masked-out
+    entries of H stay exactly zero. Same iteration as :func:`pcg_sylvester` (one
+    implementation; a dense map is the all-free mask).
+
+    Parameters
+    ----------
+    Lam : ndarray of shape (K, m, m)
+    A : ndarray of shape (K, n', n')
+    R : ndarray of shape (m, n')
+    Pl : ndarray of shape (m, m)
+        Symmetric positive definite.
+    Pr : ndarray of shape (n', n')
+        Symmetric positive definite.
+    Mask : ndarray of shape (m, n')
+        1.0 for a free entry, 0.0 for an entry fixed at zero.
+    H : ndarray of shape (m, n')
+        Initial guess (masked in place first); overwritten with the solution.
+    rtol : float
+        Stop when ‖M ⊙ (R − S H)‖_F ≤ rtol ‖M ⊙ R‖_F.
+    maxiter : int
+        Most CG iterations.
+
+    Returns
+    -------
+    (n_iter, relative_residual) : tuple of float
+    """
+    return _pcg(Lam, A, R, Pl, Pr, Mask, True, H, rtol, maxiter)
+
+
+@kernel(f"UniTuple(float64, 2)({F3}, {F3}, {F2}, {F2}, {F2}, {F2}, float64, int64)")
+def pcg_sylvester(Lam, A, R, Pl, Pr, H, rtol, maxiter):
+    """Preconditioned conjugate gradients for Σ_k Λ_k H A_k = R, in matrix form.
+
+    Starts from the H passed in (warm start) and overwrites it. Every iterate
+    lowers the quadratic ½⟨H, S H⟩ − ⟨R, H⟩, so even a truncated solve never
+    lowers the EM objective. Preconditioner: H ↦ Pl H Pr with Pl ≈ Λ̄⁻¹ and
+    Pr ≈ Ā⁻¹ (a Kronecker-factored approximation of S⁻¹). The iteration is the
+    one of :func:`pcg_sylvester_masked` with every entry free.
+
+    Parameters
+    ----------
+    Lam : ndarray of shape (K, m, m)
+    A : ndarray of shape (K, n', n')
+    R : ndarray of shape (m, n')
+    Pl : ndarray of shape (m, m)
+        Symmetric positive definite.
+    Pr : ndarray of shape (n', n')
+        Symmetric positive definite.
+    H : ndarray of shape (m, n')
+        Initial guess; overwritten with the solution.
+    rtol : float
+        Stop when ‖R − S H‖_F ≤ rtol ‖R‖_F.
+    maxiter : int
+        Most CG iterations.
+
+    Returns
+    -------
+    (n_iter, relative_residual) : tuple of float
+    """
+    return _pcg(Lam, A, R, Pl, Pr, H, False, H, rtol, maxiter)
+
+
 # ---------------------------------------------------------------------------
 # the whole shared-precision EM loop in one call (no Python per iteration)
 # ---------------------------------------------------------------------------
 
 
-@kernel(f"UniTuple(int64, 3)({_F2}, {_F2}, {_F2}, {_F2}, {_F2}, {_F2}, {_F2}, {_F2}, float64, "
-        f"int64, float64, int64, {_F1})")
+@kernel(f"UniTuple(int64, 3)({F2}, {F2}, {F2}, {F2}, {F2}, {F2}, {F2}, {F2}, float64, "
+        f"int64, float64, int64, {F1})")
 def em_shared(Xt, Ht, H0t, P, nu, log_base, means, Ainv, lam, n_pen, tol, max_iter, trace):
     """Transfer EM for a shared precision Λ = P Pᵀ, dense H̃, penalty λ‖H − H₀‖²_Λ.
 

@@ -15,16 +15,15 @@ import numpy as np
 
 from .._checks import check_type, ensure_float, ensure_int
 from ..errors import ChannelMismatch
+from ..kernels.feature_codes import FEATURE_CODES
 from ..logs import logger
 from .ringbuffer import RingBuffer
 from .windowing import Windower, ms_to_samples
 
-#: Supported feature names; ``ar`` contributes ``ar_order`` values per channel.
-FEATURE_NAMES = (
-    "mav", "rms", "logvar", "wl", "zc", "ssc", "wamp",
-    "hjorth_activity", "hjorth_mobility", "hjorth_complexity", "ar",
-    "mnf", "mdf", "log_mav", "log_wl",
-)
+#: Supported feature names; ``ar`` contributes ``ar_order`` values per channel. The same
+#: tuple as :data:`emtl_stream.kernels.feature_codes.FEATURE_CODES` (kept under this name
+#: for callers of the pipeline), so a name's position is its kernel code.
+FEATURE_NAMES = FEATURE_CODES
 
 #: eps of ``log_mav``, ``log_wl`` and ``logvar`` (log(v + eps)), in the raw units of
 #: the signal (squared units for ``logvar``). Small against any real EMG amplitude
@@ -90,7 +89,7 @@ class FeatureExtractor:
         self.wamp_threshold = ensure_float(wamp_threshold, "wamp_threshold", minimum=0.0)
         self.ar_order = ensure_int(ar_order, "ar_order", minimum=1, maximum=64)
         self.log_eps = ensure_float(log_eps, "log_eps", minimum=0.0, strict_min=True)
-        self._codes = np.array([FEATURE_NAMES.index(n) for n in names], dtype=np.int64)
+        self._codes = np.array([FEATURE_CODES.index(n) for n in names], dtype=np.int64)
         self._params = np.array([self.zc_threshold, self.ssc_threshold, self.wamp_threshold,
                                  self.fs, self.log_eps, float(self.ar_order)], dtype=np.float64)
         self.features_per_channel = sum(self.ar_order if n == "ar" else 1 for n in names)
@@ -103,10 +102,23 @@ class FeatureExtractor:
         self.min_samples = max(3, self.ar_order + 1) if "ar" in names else 3
 
     def __repr__(self) -> str:
+        """Show the feature names, channel count and rate."""
         return (f"FeatureExtractor(names={self.names}, n_channels={self.n_channels}, "
                 f"fs={self.fs})")
 
-    def _check_samples(self, n: int) -> None:
+    def check_samples(self, n: int) -> None:
+        """Raise if windows of ``n`` samples are too short for the configured features.
+
+        Parameters
+        ----------
+        n : int
+            Samples per window.
+
+        Raises
+        ------
+        ValueError
+            If ``n < min_samples``.
+        """
         if n < self.min_samples:
             raise ValueError(f"windows need at least {self.min_samples} samples for features "
                              f"{list(self.names)}, got {n}; use a longer window.")
@@ -129,20 +141,41 @@ class FeatureExtractor:
         ChannelMismatch
             If the window's channel count differs from ``n_channels``.
         """
-        from ..kernels.features import window_features
-
         w = np.ascontiguousarray(window, dtype=np.float64)
         if w.ndim != 2:
             raise ValueError(f"window must be 2-D (n_samples, n_channels), got shape {w.shape}.")
         if w.shape[1] != self.n_channels:
             raise ChannelMismatch(f"window has {w.shape[1]} channels, the extractor expects "
                                   f"{self.n_channels}.")
-        self._check_samples(w.shape[0])
+        self.check_samples(w.shape[0])
         out = np.empty(self.n_features, dtype=np.float64)
-        if not window_features(w, self._codes, self._params, out):
+        if not self.transform_into(w, out):
             raise BadWindow(f"window of {w.shape[0]} samples holds NaN or inf in "
                             f"{int((~np.isfinite(w).all(axis=1)).sum())} sample(s); skip it.")
         return out
+
+    def transform_into(self, window: np.ndarray, out: np.ndarray) -> bool:
+        """Features of one trusted window written into ``out``; the allocation-free hot path.
+
+        Unlike :meth:`transform` nothing is checked or copied: the caller guarantees
+        the layout (the streaming pipeline reads windows of a length it checked once
+        with :meth:`check_samples` out of its own float64 ring buffer).
+
+        Parameters
+        ----------
+        window : ndarray of shape (n_samples, n_channels), C-contiguous float64
+            ``n_samples >= min_samples``, ``n_channels == self.n_channels``.
+        out : ndarray of shape (n_features,), C-contiguous float64
+            Written in place (all NaN for a non-finite window).
+
+        Returns
+        -------
+        finite : bool
+            False when the window holds NaN or inf (its features are not computed).
+        """
+        from ..kernels.features import window_features
+
+        return window_features(window, self._codes, self._params, out)
 
     def transform_batch(self, windows):
         """Feature vectors of a stack of windows.
@@ -170,7 +203,7 @@ class FeatureExtractor:
         X = np.empty((W.shape[0], self.n_features), dtype=np.float64)
         mask = np.ones(W.shape[0], dtype=bool)
         if W.shape[0]:
-            self._check_samples(W.shape[1])
+            self.check_samples(W.shape[1])
             batch_features(W, self._codes, self._params, X, mask)
         return X, mask
 
@@ -183,7 +216,18 @@ class FeatureExtractor:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FeatureExtractor":
-        """Inverse of :meth:`to_dict` (unknown keys are an error naming them)."""
+        """Inverse of :meth:`to_dict`.
+
+        Parameters
+        ----------
+        d : dict
+            Keys as written by :meth:`to_dict`; missing ones take the defaults,
+            unknown ones are a ``ValueError`` naming them.
+
+        Returns
+        -------
+        FeatureExtractor
+        """
         d = dict(d)
         allowed = {"names", "n_channels", "fs", "zc_threshold", "ssc_threshold",
                    "wamp_threshold", "ar_order", "log_eps"}
@@ -197,6 +241,7 @@ class FeatureExtractor:
         return cls(tuple(names), n_channels, fs, **d)
 
     def __eq__(self, other) -> bool:
+        """Equal when :meth:`to_dict` is (same features, thresholds and rate)."""
         return isinstance(other, FeatureExtractor) and self.to_dict() == other.to_dict()
 
     __hash__ = None
@@ -263,7 +308,7 @@ class FeaturePipeline:
         self.step_ms = ensure_float(step_ms, "step_ms", minimum=0.0, strict_min=True)
         self.window = ms_to_samples(self.window_ms, self.fs, "window_ms")
         self.step = ms_to_samples(self.step_ms, self.fs, "step_ms")
-        extractor._check_samples(self.window)
+        extractor.check_samples(self.window)
         if filter is not None:
             if filter.n_channels != self.n_channels or filter.fs != self.fs:
                 raise ValueError(f"filter is for {filter.n_channels} channels at {filter.fs} Hz, "
@@ -308,8 +353,6 @@ class FeaturePipeline:
         ChannelMismatch
             If ``samples`` has the wrong number of channels.
         """
-        from ..kernels.features import window_features
-
         x = np.asarray(samples)
         if x.ndim != 2:
             raise ValueError(f"samples must be 2-D (n, n_channels), got shape {x.shape}.")
@@ -324,7 +367,6 @@ class FeaturePipeline:
         x = self.filter.process(x) if self.filter is not None else x
         out = []
         ext = self.extractor
-        codes, params = ext._codes, ext._params
         skipped = 0
         for a in range(0, x.shape[0], self._max_piece):
             b = min(a + self._max_piece, x.shape[0])
@@ -332,7 +374,7 @@ class FeaturePipeline:
             for start, stop in self.windower.ready(self.ring.n_written):
                 data, stamps = self.ring.read(start, stop)
                 feat = np.empty(ext.n_features, dtype=np.float64)
-                if window_features(data, codes, params, feat):
+                if ext.transform_into(data, feat):
                     out.append(Window(feat, float(stamps[-1]), start, stop))
                 else:
                     skipped += 1

@@ -41,15 +41,21 @@ class RingBuffer:
         return max(0, self.n_written - self.capacity)
 
     def write(self, samples, timestamps) -> None:
-        """Append ``samples`` (n, n_channels) with ``timestamps`` (n,).
+        """Append ``samples`` with their ``timestamps``.
 
         ``n`` may exceed the free space or the capacity: the oldest samples are
         overwritten and only the newest ``capacity`` are kept.
+
+        Parameters
+        ----------
+        samples : array-like of shape (n, n_channels)
+        timestamps : array-like of shape (n,)
         """
         samples = np.asarray(samples)
         timestamps = np.asarray(timestamps)
         if samples.ndim != 2 or samples.shape[1] != self.n_channels:
-            raise ValueError(f"samples must have shape (n, {self.n_channels}), got {samples.shape}.")
+            raise ValueError(f"samples must have shape (n, {self.n_channels}), "
+                             f"got {samples.shape}.")
         n = samples.shape[0]
         if timestamps.shape != (n,):
             raise ValueError(f"timestamps must have shape ({n},) to match samples, "
@@ -69,6 +75,11 @@ class RingBuffer:
 
     def read(self, start: int, stop: int):
         """Copy of the samples with counters ``start <= k < stop``.
+
+        Parameters
+        ----------
+        start, stop : int
+            Absolute sample counters; the range must still be held.
 
         Returns
         -------

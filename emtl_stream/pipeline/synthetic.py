@@ -114,8 +114,11 @@ class SyntheticArmband:
 
     # ------------------------------------------------------------------ setup
     def _class_patterns(self, layout) -> np.ndarray:
-        """One activation vector per class: rest is quiet, each other class has a
-        dominant muscle, a partner at 40-60 % and a little background."""
+        """One activation vector per class.
+
+        Rest is quiet; each other class has a dominant muscle, a partner at 40-60 %
+        and a little background.
+        """
         k, m = len(self.class_names), self.n_sources
         act = np.full((k, m), REST_LEVEL)
         for i in range(1, k):
@@ -148,7 +151,13 @@ class SyntheticArmband:
 
     # ------------------------------------------------------------------ public
     def set_shift(self, shift: float) -> None:
-        """Rotate the armband to ``shift`` electrode spacings (absolute, any real)."""
+        """Rotate the armband to ``shift`` electrode spacings.
+
+        Parameters
+        ----------
+        shift : float
+            Absolute rotation in electrode spacings (any real; not added to the last).
+        """
         self.shift = ensure_float(shift, "shift")
         self.mixing = self._mixing(self.shift)
 
@@ -157,11 +166,27 @@ class SyntheticArmband:
         self.gain = ensure_float(gain, "gain", minimum=0.0, strict_min=True)
 
     def class_index(self, class_) -> int:
-        """Index of a class given by name or index; ``ValueError`` naming the options."""
+        """Index of a class given by name or index.
+
+        Parameters
+        ----------
+        class_ : str or int
+            A name from ``class_names`` or an index into it.
+
+        Returns
+        -------
+        int
+
+        Raises
+        ------
+        ValueError
+            Naming the valid names or the index range.
+        """
         if isinstance(class_, (int, np.integer)) and not isinstance(class_, bool):
             if 0 <= int(class_) < len(self.class_names):
                 return int(class_)
-            raise ValueError(f"class_ index {class_} is out of range 0..{len(self.class_names) - 1}.")
+            raise ValueError(f"class_ index {class_} is out of range "
+                             f"0..{len(self.class_names) - 1}.")
         if class_ in self.class_names:
             return self.class_names.index(class_)
         raise ValueError(f"class_ must be one of {list(self.class_names)}, got {class_!r}.")

@@ -6,10 +6,29 @@ from .._checks import ensure_float, ensure_int
 
 
 def ms_to_samples(ms: float, fs: float, name: str = "window_ms") -> int:
-    """Number of samples in ``ms`` milliseconds at ``fs`` Hz (rounded, at least 1).
+    """Convert ``ms`` milliseconds at ``fs`` Hz to a sample count (rounded, at least 1).
 
-    The live pipeline and the offline featuriser both use this, so they cut the
-    same windows.
+    The one conversion from a duration to a sample count: the live pipeline and
+    the offline featuriser both use it, so they cut the same windows.
+
+    Parameters
+    ----------
+    ms : float
+        Duration in milliseconds, > 0.
+    fs : float
+        Sampling rate in Hz, > 0.
+    name : str
+        Name of the setting, for the error message.
+
+    Returns
+    -------
+    int
+        ``round(ms * fs / 1000)``.
+
+    Raises
+    ------
+    ValueError
+        If that is less than one sample.
     """
     ms = ensure_float(ms, name, minimum=0.0, strict_min=True)
     fs = ensure_float(fs, "fs", minimum=0.0, strict_min=True)
@@ -43,6 +62,11 @@ class Windower:
     def ready(self, n_written: int) -> list[tuple[int, int]]:
         """Windows complete once ``n_written`` samples exist, not emitted before.
 
+        Parameters
+        ----------
+        n_written : int
+            Samples written so far (the ring buffer's counter).
+
         Returns
         -------
         list of (start, stop)
@@ -55,5 +79,11 @@ class Windower:
         return out
 
     def restart(self, at_counter: int) -> None:
-        """Start the next window at ``at_counter`` (the first sample after a gap)."""
+        """Start the next window at ``at_counter``.
+
+        Parameters
+        ----------
+        at_counter : int
+            Counter of the first sample after a gap or a reconnect.
+        """
         self.next_start = ensure_int(at_counter, "at_counter", minimum=0)

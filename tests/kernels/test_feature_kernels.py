@@ -23,8 +23,45 @@ def _emg_like(rng, n, ch):
     return np.round(rng.normal(size=(n, ch)) * rng.uniform(1, 30, size=ch))
 
 
-def test_kernel_code_table_matches_public_names():
-    assert K.FEATURE_CODES == FEATURE_NAMES
+def test_named_codes_are_the_positions_in_the_one_name_table():
+    from emtl_stream.kernels import feature_codes
+
+    assert FEATURE_NAMES is feature_codes.FEATURE_CODES is K.FEATURE_CODES
+    named = {k: v for k, v in vars(feature_codes).items() if k.startswith("CODE_")}
+    assert sorted(named.values()) == list(range(len(FEATURE_NAMES)))
+    for name, code in named.items():
+        assert FEATURE_NAMES[code] == name[len("CODE_"):].lower()
+
+
+def _kernel_args(names):
+    """codes and params built from the documented layout, not through the extractor."""
+    codes = np.array([FEATURE_NAMES.index(n) for n in names], dtype=np.int64)
+    params = np.empty(K.N_PARAMS)
+    params[[K.P_ZC, K.P_SSC, K.P_WAMP, K.P_FS, K.P_EPS, K.P_AR_ORDER]] = [
+        KW["zc_thr"], KW["ssc_thr"], KW["wamp_thr"], KW["fs"], KW["eps"], KW["ar_order"]]
+    return codes, params
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_batch_features_kernel_matches_naive_twin_with_bad_samples(value, rng):
+    n_win, n, ch = 9, 40, 3
+    W = _emg_like(rng, n_win * n, ch).reshape(n_win, n, ch)
+    bad = {1: (0, 0), 4: (n // 2, 1), 8: (n - 1, 2)}  # sample at start, middle, end
+    for w, (i, c) in bad.items():
+        W[w, i, c] = value
+    codes, params = _kernel_args(FEATURE_NAMES)
+    fpc = K.features_per_channel(codes, KW["ar_order"])
+    assert fpc == len(FEATURE_NAMES) - 1 + KW["ar_order"]
+    out = np.zeros((n_win, ch * fpc))
+    finite = np.ones(n_win, dtype=bool)
+    K.batch_features(W, codes, params, out, finite)
+    for w in range(n_win):
+        expected = naive.window_features(W[w], FEATURE_NAMES, **KW)
+        if w in bad:
+            assert expected is None and not finite[w] and np.isnan(out[w]).all()
+        else:
+            assert finite[w]
+            np.testing.assert_allclose(out[w], expected, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("name", FEATURE_NAMES)
@@ -44,6 +81,9 @@ def test_all_features_together_channel_major(n_channels, rng):
     data = _emg_like(rng, 40, n_channels)
     expected = naive.window_features(data, FEATURE_NAMES, **KW)
     np.testing.assert_allclose(ext.transform(data), expected, rtol=1e-9, atol=1e-9)
+    out = np.full(ext.n_features, np.nan)
+    assert ext.transform_into(np.ascontiguousarray(data, dtype=np.float64), out)
+    np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-9)
     assert ext.features_per_channel == len(FEATURE_NAMES) - 1 + 4
     assert ext.feature_names[0] == "ch0_mav"
     if n_channels > 1:
@@ -76,7 +116,10 @@ def test_nonfinite_sample_is_flagged_not_passed_on(where, value, rng):
     data[i, 1] = value
     assert naive.window_features(data, FEATURE_NAMES, **KW) is None
     out = np.zeros(ext.n_features)
-    assert not K.window_features(data, ext._codes, ext._params, out)
+    assert not K.window_features(data, *_kernel_args(FEATURE_NAMES), out)
+    assert np.isnan(out).all()
+    out[:] = 0.0
+    assert not ext.transform_into(data, out)
     assert np.isnan(out).all()
     with pytest.raises(BadWindow, match="NaN or inf"):
         ext.transform(data)
@@ -139,8 +182,8 @@ def test_hudgins_features_on_shared_data_match_readme_formula(emg_dir):
         for a in range(0, n - 40 + 1, 10):
             w = seg[a:a + 40]
             x = ext.transform(w).reshape(8, 4)
-            np.testing.assert_allclose(x[:, 0], np.abs(w).mean(0), rtol=1e-6)
-            np.testing.assert_allclose(x[:, 1], np.abs(np.diff(w, axis=0)).sum(0), rtol=1e-6)
+            np.testing.assert_allclose(x[:, :2].T.ravel(), naive.mav_wl(w), rtol=1e-6)
+            np.testing.assert_allclose(x.ravel(), naive.hudgins(w), rtol=1e-12)
             np.testing.assert_allclose(
                 x.ravel(), naive.window_features(w.astype(float), ext.names, zc_thr=0.0,
                                                  ssc_thr=0.0), rtol=1e-12)

@@ -273,3 +273,149 @@ def test_pcg_masked_solves_the_restricted_vec_system(seed):
     assert np.all(H[~mask] == 0.0) and 0 < it < 500 and rel <= 1e-13
     np.testing.assert_allclose(Mf * nv.masked_sylvester_matvec(Lam, A, H, Mf), Mf * R,
                                rtol=1e-9, atol=1e-10)
+
+
+# ------------------------------------------------------------------ one-window kernels
+def _bad_x(x, where, value):
+    x = x.copy()
+    x[{"start": 0, "middle": x.size // 2, "end": x.size - 1}[where]] = value
+    return x
+
+
+@pytest.mark.parametrize("where", [None, "start", "middle", "end"])
+@pytest.mark.parametrize("value", SPECIAL)
+def test_row_log_joint_full_and_classify_one_full_vs_twin(rng, where, value):
+    K, L, m, n = 6, 3, 4, 5
+    means, P, logdet, logw, log_rho, log_c, H, b = _row_setup(rng, K, L, m, n)
+    Lam = np.einsum("kia,kja->kij", P, P)
+    proba = np.empty(L)
+    lj = np.empty(K)
+    for _ in range(5):
+        x = rng.normal(size=n)
+        if where is not None:
+            x = _bad_x(x, where, value)
+        estep.row_log_joint_full(x, H, b, means, P, log_c, np.empty(m), np.empty(m), lj)
+        idx = estep.classify_one_full(x, H, b, means, P, log_c, log_rho, np.empty(m),
+                                      np.empty(m), np.empty(K), np.empty(K), proba)
+        if where is not None:  # non-finite input: no finite joint, no class, NaN posterior
+            assert not np.isfinite(lj).any()
+            assert idx == -1 and np.isnan(proba).all()
+            continue
+        want_lj = nv.row_log_joint(H @ x + b, means, Lam, log_c)
+        np.testing.assert_allclose(lj, want_lj, rtol=1e-11, atol=1e-11)
+        want, _ = nv.row_class_log_posterior(want_lj, log_rho)
+        assert idx == np.argmax(want)
+        np.testing.assert_allclose(proba, np.exp(want), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("where", [None, "start", "middle", "end"])
+@pytest.mark.parametrize("value", SPECIAL)
+def test_row_log_joint_shared_vs_twin(rng, where, value):
+    K, m, n = 5, 4, 6
+    means = rng.normal(size=(K, m))
+    P = np.linalg.cholesky(_spd(rng, m))
+    H = rng.normal(size=(m, n))
+    b = rng.normal(size=m)
+    log_c = rng.normal(size=K)
+    x = rng.normal(size=n)
+    if where is not None:
+        x = _bad_x(x, where, value)
+    out = np.empty(K)
+    estep.row_log_joint_shared(x, np.ascontiguousarray(P.T @ H), P.T @ b,
+                               np.ascontiguousarray(means @ P), log_c, np.empty(m), out)
+    if where is not None:
+        assert not np.isfinite(out).any()
+        return
+    want = nv.row_log_joint(H @ x + b, means, np.repeat((P @ P.T)[None], K, 0), log_c)
+    np.testing.assert_allclose(out, want, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("where", [None, "start", "middle", "end"])
+@pytest.mark.parametrize("value", SPECIAL)
+def test_row_class_log_posterior_vs_twin(rng, where, value):
+    K, L = 6, 3
+    log_rho = np.log(rng.dirichlet(np.ones(K), size=L))
+    log_rho[rng.random((L, K)) < 0.4] = -np.inf  # labels a component cannot carry
+    log_rho[:, 0] = np.log(1.0 / L)
+    lj = rng.normal(size=K) * 50
+    if where is not None:
+        lj = _bad_x(lj, where, value)
+    out = np.empty(L)
+    marg = estep.row_class_log_posterior(lj, log_rho, np.empty(K), out)
+    want, want_marg = nv.row_class_log_posterior(lj, log_rho)
+    np.testing.assert_equal(np.isnan(out), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(out[ok], want[ok], rtol=1e-12, atol=1e-12)
+    if np.isnan(want_marg):
+        assert np.isnan(marg)
+    else:
+        assert marg == pytest.approx(want_marg, rel=1e-12, abs=1e-12)
+    if value is np.nan and where is not None:
+        assert np.isnan(out).all() and np.isnan(marg)
+
+
+# ------------------------------------------------------------------ fused shared EM
+def _em_shared_problem(rng, N=60, K=6, m=3, n=4, lam=0.3):
+    """Labelled-ish burst with an offset column; returns kernel inputs and Λ."""
+    Lam = _spd(rng, m)
+    P = np.linalg.cholesky(Lam)  # Λ = P Pᵀ
+    means = rng.normal(size=(K, m)) * 2
+    X = rng.normal(size=(N, n))
+    Xt = np.ascontiguousarray(np.hstack([X, np.ones((N, 1))]))
+    base = _crisp_base(rng, N, K)
+    H0t = np.zeros((m, n + 1))
+    H0t[:, :n] = rng.normal(size=(m, n)) * 0.5
+    D = np.diag([1.0] * n + [0.0])
+    Ainv = np.ascontiguousarray(np.linalg.inv(Xt.T @ Xt + lam * D))
+    return dict(Xt=Xt, H0t=H0t, P=np.ascontiguousarray(P), Lam=Lam, means=means, base=base,
+                Ainv=Ainv, lam=lam, n=n)
+
+
+def _run_em_shared(p, Ht, tol, max_iter):
+    trace = np.full(max_iter + 1, -12345.0)
+    n_iter, status, nt = mstep.em_shared(
+        p["Xt"], Ht, p["H0t"], p["P"], np.ascontiguousarray(p["means"] @ p["P"]), p["base"],
+        p["means"], p["Ainv"], p["lam"], p["n"], tol, max_iter, trace)
+    return n_iter, status, trace[:nt]
+
+
+@pytest.mark.parametrize("tol,max_iter", [(0.0, 6), (1e-9, 300)])
+def test_em_shared_matches_the_written_out_loop(rng, tol, max_iter):
+    p = _em_shared_problem(rng)
+    H_start = rng.normal(size=p["H0t"].shape)
+    Ht = H_start.copy()
+    n_iter, status, trace = _run_em_shared(p, Ht, tol, max_iter)
+    wH, wtrace, w_iter, w_status = nv.em_shared(p["Xt"], H_start, p["H0t"], p["Lam"],
+                                                p["means"], p["base"], p["lam"], p["n"],
+                                                tol, max_iter)
+    assert (n_iter, status) == (w_iter, w_status)
+    assert status == (0 if tol == 0.0 else 1) and n_iter >= 1
+    np.testing.assert_allclose(trace, wtrace, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(Ht, wH, rtol=1e-8, atol=1e-10)
+    assert np.all(np.diff(trace) >= -1e-12)  # EM never lowers the penalised objective
+
+
+@pytest.mark.parametrize("where", ["start", "middle", "end"])
+@pytest.mark.parametrize("value", SPECIAL)
+def test_em_shared_stops_on_non_finite_data_without_touching_the_map(rng, where, value):
+    p = _em_shared_problem(rng)
+    N, n1 = p["Xt"].shape
+    j = {"start": 0, "middle": N // 2, "end": N - 1}[where]
+    p["Xt"][j, {"start": 0, "middle": 2, "end": n1 - 2}[where]] = value
+    H_start = rng.normal(size=p["H0t"].shape)
+    Ht = H_start.copy()
+    n_iter, status, trace = _run_em_shared(p, Ht, 1e-9, 50)
+    _, wtrace, w_iter, w_status = nv.em_shared(p["Xt"], H_start, p["H0t"], p["Lam"],
+                                               p["means"], p["base"], p["lam"], p["n"],
+                                               1e-9, 50)
+    assert (n_iter, status, len(trace)) == (w_iter, w_status, len(wtrace)) == (0, -1, 1)
+    assert not np.isfinite(trace[0])
+    np.testing.assert_array_equal(Ht, H_start)
+
+
+def test_em_shared_reports_a_non_finite_m_step(rng):
+    p = _em_shared_problem(rng)
+    p["Ainv"][0, 0] = np.nan  # as a singular (X̃ᵀX̃ + λD) would give
+    Ht = rng.normal(size=p["H0t"].shape)
+    n_iter, status, trace = _run_em_shared(p, Ht, 1e-9, 50)
+    assert (n_iter, status, len(trace)) == (1, -2, 1) and np.isfinite(trace[0])

@@ -126,3 +126,28 @@ def window_features(window, names, **kw):
         for name in names:
             out.extend(channel_features(window[:, c], name, **kw))
     return np.array(out, dtype=float)
+
+
+# ----------------------------------------------------------------- Hudgins-style sets
+# The data README's recipe, shared by every test that needs features computed without
+# the package: written with whole-array numpy, per window (n_samples, n_channels).
+
+
+def mav_wl(w):
+    """Feature-major [MAV of every channel, then WL of every channel] of one window."""
+    w = np.asarray(w, dtype=np.float64)
+    return np.r_[np.abs(w).mean(0), np.abs(np.diff(w, axis=0)).sum(0)]
+
+
+def mav_wl_windows(x, win, step):
+    """:func:`mav_wl` of the windows ``x[a:a + win]``, a = 0, step, ...; shape (n_windows, 2 ch)."""
+    return np.array([mav_wl(x[a:a + win]) for a in range(0, len(x) - win + 1, step)])
+
+
+def hudgins(w):
+    """Channel-major (MAV, WL, ZC, SSC) of one window with zero thresholds (4 ch values)."""
+    w = np.asarray(w, dtype=np.float64)
+    d = np.diff(w, axis=0)
+    feats = [np.abs(w).mean(0), np.abs(d).sum(0), (w[:-1] * w[1:] < 0).sum(0),
+             (d[:-1] * d[1:] < 0).sum(0)]
+    return np.stack(feats, 1).ravel()

@@ -6,6 +6,8 @@ type only changes how the M-step projects the scatter matrices.
 
 import numpy as np
 
+from .features import mav_wl
+
 
 def log_gauss(x, mean, cov):
     """log N(x | mean, cov) for one point, through slogdet and a solve."""
@@ -130,7 +132,7 @@ def features_mav_wl(emg, seg_start, seg_len, seg_class, seg_rep, win=40, step=10
         seg = emg[s:s + n].astype(float)
         for a in range(0, n - win + 1, step):
             w = seg[a:a + win]
-            X.append(np.r_[np.abs(w).mean(0), np.abs(np.diff(w, axis=0)).sum(0)])
+            X.append(mav_wl(w))
             y.append(c)
             rep.append(r)
     return np.array(X), np.array(y), np.array(rep)

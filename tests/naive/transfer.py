@@ -167,3 +167,58 @@ def transfer_em(src, X, yi, H_start, H0, lam, bias=False, n_iter=5, mask=None, P
         Ht = exact_mstep(src, Xt, resp, H0, lam, bias, mask, Pen)
     trace.append(penalised_objective(src, Xt, yi, Ht, H0, lam, n, Pen))
     return Ht, trace
+
+
+# ----------------------------------------------------------------- one window
+def row_class_log_posterior(lj, log_rho):
+    """(log P(y = l | z) (L,), log p(z)) from component log joints ``lj`` (K,).
+
+    A ``-inf`` in ``log_rho`` excludes the pair (label, component) whatever ``lj`` is.
+    """
+    with np.errstate(invalid="ignore"):
+        joint = np.array([logsumexp_row(np.where(r == -np.inf, -np.inf, lj + r))
+                          for r in log_rho])
+        return joint - logsumexp_row(joint), logsumexp_row(lj)
+
+
+def row_log_joint(z, means, precisions, log_c):
+    """log_c[k] − ½ (z − μ_k)ᵀ Λ_k (z − μ_k) for one mapped window z (m,)."""
+    D = z[None, :] - means
+    return log_c - 0.5 * np.einsum("ki,kil,kl->k", D, precisions, D)
+
+
+# ----------------------------------------------------------------- fused shared EM
+def em_shared(Xt, Ht, H0t, Lam, means, log_base, lam, n_pen, tol, max_iter):
+    """Shared-precision transfer EM, written out: returns (H̃, trace, n_iter, status).
+
+    Same conventions as ``mstep.em_shared`` (objective, stopping rule, status codes),
+    but the E-step uses Λ itself instead of whitened data and the M-step solves
+    (X̃ᵀX̃ + λD) H̃ᵀ = X̃ᵀΓM + λH̃₀ᵀ with ``np.linalg.solve``.
+    """
+    N, n1 = Xt.shape
+    D = np.diag([1.0] * n_pen + [0.0] * (n1 - n_pen))
+    A = Xt.T @ Xt + lam * D
+    Ht = np.array(Ht, float)
+    trace = []
+    n_iter = 0
+    while True:
+        Z = Xt @ Ht.T
+        Dz = Z[:, None, :] - means[None, :, :]
+        with np.errstate(invalid="ignore"):
+            la = np.where(log_base == -np.inf, -np.inf,
+                          log_base - 0.5 * np.einsum("jki,il,jkl->jk", Dz, Lam, Dz))
+        resp, ll = log_responsibilities(la)
+        Dl = Ht[:, :n_pen] - H0t[:, :n_pen]
+        obj = (ll.sum() - 0.5 * lam * np.trace(Dl.T @ Lam @ Dl)) / N
+        trace.append(obj)
+        if not np.isfinite(obj):
+            return Ht, trace, n_iter, -1
+        if len(trace) > 1 and abs(obj - trace[-2]) <= tol * max(1.0, abs(trace[-2])):
+            return Ht, trace, n_iter, 1
+        if n_iter >= max_iter:
+            return Ht, trace, n_iter, 0
+        Hn = np.linalg.solve(A, Xt.T @ (resp @ means) + lam * H0t.T).T
+        n_iter += 1
+        if not np.isfinite(Hn).all():
+            return Ht, trace, n_iter, -2
+        Ht = Hn

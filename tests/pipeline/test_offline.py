@@ -5,6 +5,7 @@ import pytest
 
 from emtl_stream.pipeline.features import FeatureExtractor
 from emtl_stream.pipeline.offline import featurize, load_ciil_features, segment_windows
+from naive.features import mav_wl
 
 
 def test_segment_windows_stay_strictly_inside_segments(rng):
@@ -51,7 +52,7 @@ def test_load_ciil_features_follows_the_readme_recipe(emg_dir):
             seg = emg[s:s + n]
             for a in range(0, n - 40 + 1, 10):
                 w = seg[a:a + 40]
-                X.append(np.r_[np.abs(w).mean(0), np.abs(np.diff(w, axis=0)).sum(0)])
+                X.append(mav_wl(w))
                 y.append(c)
                 r.append(rr)
     X = np.array(X)

@@ -6,15 +6,7 @@ from scipy import signal
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
 from emtl_stream.pipeline.synthetic import SyntheticArmband
-
-
-def _mav_wl(x, win, step):
-    """Plain MAV and WL per channel over sliding windows (independent of the package)."""
-    rows = []
-    for a in range(0, len(x) - win + 1, step):
-        w = x[a:a + win].astype(np.float64)
-        rows.append(np.r_[np.abs(w).mean(0), np.abs(np.diff(w, axis=0)).sum(0)])
-    return np.array(rows)
+from naive.features import mav_wl_windows
 
 
 def _dataset(arm, shift, seconds=2.0, settle=0.3):
@@ -23,7 +15,7 @@ def _dataset(arm, shift, seconds=2.0, settle=0.3):
     X, y = [], []
     for k in range(len(arm.class_names)):
         x = arm.generate(int(seconds * arm.fs), k)[int(settle * arm.fs):]
-        F = _mav_wl(x, win, step)
+        F = mav_wl_windows(x, win, step)
         X.append(F)
         y += [k] * len(F)
     return np.vstack(X), np.array(y)
