@@ -44,6 +44,8 @@ EVENT_KINDS: dict[str, tuple[str, ...]] = {
     "stream_restored": (),
     "bad_input": ("reason",),
     "shift_suspected": ("reason",),
+    "stream_refused": ("reason",),
+    "map_refused": ("reason", "model"),
 }
 
 DEFAULT_MAX_REQUEST_BYTES = 65536
@@ -301,6 +303,12 @@ def _label(v, name):
     return v
 
 
+def _opt_bool(v, name):
+    if v is not None and not isinstance(v, bool):
+        raise ProtocolError(f"{name} must be true or false, got {v!r}.")
+    return v
+
+
 #: Control commands and their fields. A field not listed is an error.
 COMMANDS: dict[str, dict[str, FieldSpec]] = {
     "status": {},
@@ -308,6 +316,7 @@ COMMANDS: dict[str, dict[str, FieldSpec]] = {
         "classes": FieldSpec(_opt_classes, doc="subset of classes to prompt (default all)"),
         "seconds_per_class": FieldSpec(_opt_pos_number, doc="recorded seconds per class"),
         "repetitions": FieldSpec(_opt_int(1), doc="how often the class sequence is prompted"),
+        "labels": FieldSpec(_opt_bool, doc="false: zero-label recalibration, no prompts"),
     },
     "train": {
         "classes": FieldSpec(_opt_classes, doc="classes of the new source model"),
