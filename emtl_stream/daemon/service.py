@@ -699,7 +699,9 @@ class Daemon:
         version = self.store.save_map(result.H, result.b, self._map_meta(
             reason="unlabelled", parent=self.version, **metrics))
         self.store.set_live(version)
-        self.swap_map(result.H, result.b, version)
+        # The reference describes well-mapped windows of this source model, so it stays:
+        # if the new map fits, the level returns to it; if not, the watch fires again.
+        self.swap_map(result.H, result.b, version, reference=self.watch.reference)
         self._transition("fit_done")
         self.last_fit = metrics
         self.event("model_swapped", model=version, reason="unlabelled")
