@@ -1,9 +1,10 @@
 """Post-processing of one classified window: rejection and majority voting.
 
 A plain object driven by :meth:`PostProcessor.process`, no sockets or threads.
-A window whose classification failed (index −1 or a non-finite confidence) is
-not a prediction: it returns ``None``, consumes no sequence number and never
-enters the vote deque, so the vote cannot pick the invalid index −1.
+A window whose classification failed (index −1, a non-finite confidence, or
+probabilities that do not sum to 1) is not a prediction: it returns ``None``,
+consumes no sequence number and never enters the vote deque, so the vote cannot
+pick the invalid index −1.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+#: A posterior whose probabilities do not sum to 1 within this is not a posterior
+#: (e.g. every log-joint underflowed the same way for an absurd input) and is dropped.
+PROBA_SUM_TOL = 1e-6
 
 
 @dataclass(frozen=True)
@@ -72,7 +77,7 @@ class PostProcessor:
         if index < 0 or index >= proba.shape[0]:
             return None
         confidence = float(proba[index])
-        if not math.isfinite(confidence):
+        if not math.isfinite(confidence) or not abs(float(proba.sum()) - 1.0) <= PROBA_SUM_TOL:
             return None
         if self.votes.maxlen > 1:
             self.votes.append(int(index))

@@ -12,7 +12,7 @@ def _twin(indices, probas, reject_below, vote_windows):
     """Independent reference: skip invalid windows, vote over the last valid ones."""
     out, hist = [], []
     for i, p in zip(indices, probas):
-        if i < 0 or not np.isfinite(p[i]):
+        if i < 0 or not np.isfinite(p[i]) or not abs(np.sum(p) - 1) <= 1e-6:
             out.append(None)
             continue
         hist.append(i)
@@ -59,3 +59,10 @@ def test_rejection_threshold_and_reset():
     assert not pp.process(1, np.array([0.2, 0.8])).rejected
     pp.reset_votes()
     assert len(pp.votes) == 0 and pp.seq == 2
+
+
+def test_a_posterior_that_does_not_sum_to_one_is_dropped():
+    pp = PostProcessor()
+    assert pp.process(0, np.ones(5)) is None  # [1, 1, 1, 1, 1]: an absurd input's "posterior"
+    assert pp.process(0, np.array([0.6, np.nan])) is None
+    assert pp.process(0, np.array([0.6, 0.4])).seq == 1
