@@ -44,8 +44,9 @@ _RAISE = os.environ.get("EMTL_RAISE_BACKGROUND_ERRORS", "") == "1"
 #: Longest the loop blocks in one poll (s): bounds the latency of a finished fit,
 #: a prompt, a stream-lost check and a stop request.
 MAX_WAIT_S = 0.05
-#: Shortest poll (s) while a window is about to complete.
-MIN_WAIT_S = 0.001
+#: The last stretch before a window is due (s) is waited for in a blocking LSL pull,
+#: which returns with the first sample, instead of in the control poll.
+LSL_HANDOFF_S = 0.01
 #: Poll while no stream is connected (s); connect attempts follow their own back-off.
 IDLE_WAIT_S = 0.05
 #: First and largest delay between two connect attempts (s).
@@ -54,8 +55,6 @@ CONNECT_BACKOFF_S = (0.5, 5.0)
 REFUSED_RETRY_S = 5.0
 #: At most one ``bad_input`` event about NaN/inf windows per this many seconds.
 BAD_INPUT_EVENT_S = 1.0
-#: Windows after the end of a session's burst used for a fresh shift reference.
-SHIFT_REFERENCE_WINDOWS = 80
 
 
 @dataclass
@@ -296,23 +295,36 @@ class Daemon:
             self.fsm.force(State.STOPPED)
 
     # ------------------------------------------------------------------ the loop
-    def _wait_s(self) -> float:
-        """How long the loop may block before anything can be due."""
+    def _due_s(self) -> float | None:
+        """Seconds until the next window's last sample is due (None: no stream)."""
         if self.pipeline is None or not self.connected:
-            return IDLE_WAIT_S
+            return None
         p = self.pipeline
         missing = p.windower.next_start + p.windower.window - p.ring.n_written
-        wait = missing / p.fs if missing > 0 else 0.0
-        return min(max(wait, MIN_WAIT_S), MAX_WAIT_S)
+        return max(missing, 0) / p.fs
 
     def _step(self) -> None:
-        self.control.poll_once(timeout_ms=max(1, int(round(self._wait_s() * 1000))))
+        due = self._due_s()
+        lsl_wait = 0.0
+        if due is None:
+            self.control.poll_once(timeout_ms=int(IDLE_WAIT_S * 1000))
+        else:
+            # Sleep in the control socket's poll until the window's last samples are
+            # about to arrive, then block in LSL until they do: a request is answered
+            # within MAX_WAIT_S, and a window is classified as soon as it is complete.
+            ahead = due - LSL_HANDOFF_S
+            if ahead > 0:
+                self.control.poll_once(timeout_ms=max(1, int(min(ahead, MAX_WAIT_S) * 1000)))
+                lsl_wait = min(LSL_HANDOFF_S, MAX_WAIT_S) if ahead <= MAX_WAIT_S else 0.0
+            else:
+                self.control.poll_once(timeout_ms=0)
+                lsl_wait = min(due + LSL_HANDOFF_S, MAX_WAIT_S)
         if self._stop.is_set():
             return
         if self.pipeline is None:
             self._try_connect()
         else:  # after the first connect the inlet re-acquires a lost stream itself
-            self._pull_once()
+            self._pull_once(lsl_wait)
         if self._marker_inlet is not None:
             self._poll_label_markers()
         self._tick_session()
@@ -403,8 +415,8 @@ class Daemon:
         self.pipeline = FeaturePipeline(extractor, window_ms, step_ms, filter=filt)
         self.extractor = extractor
 
-    def _pull_once(self) -> None:
-        samples, stamps = self.inlet.pull(timeout=0.0)
+    def _pull_once(self, timeout: float = 0.0) -> None:
+        samples, stamps = self.inlet.pull(timeout=timeout)
         if self.inlet.connected != self.connected:
             self.connected = self.inlet.connected
             if self.connected:
