@@ -559,7 +559,10 @@ class Daemon:
         from ..io import protocol
 
         now = float(self.clock())
-        prompt, done = s.tick(now)
+        ring = self.pipeline.ring if self.pipeline is not None else None
+        data_until = (float(ring.timestamps[(ring.n_written - 1) % ring.capacity])
+                      if ring is not None and ring.n_written else -math.inf)
+        prompt, done = s.tick(now, data_until)
         if s.prompted and not done:
             # status.state: "recording" only while windows are recorded, else "prompting"
             recording = s.recording_at(now)

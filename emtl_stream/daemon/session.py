@@ -11,8 +11,8 @@ Kinds (``purpose``):
 ``recalibrate`` / ``train``
     Prompted: a :class:`~.calibration.PromptSchedule` started at LSL time ``t0``.
     A window is labelled with a class only if it lies entirely inside the recorded
-    part of one class step. The session is over when the LSL clock passes the
-    schedule's end plus one window (every window of the burst has then ended),
+    part of one class step. The session is over as soon as samples up to the
+    schedule's end were pulled (every window of the burst has then ended),
     without waiting for another window to arrive.
 ``manual``
     Labels from ``label`` commands (or a Markers stream): a window belongs to the
@@ -42,6 +42,9 @@ MAX_REPETITIONS = 50
 MAX_SECONDS_PER_CLASS = 60.0
 #: Longest unlabelled collection (s).
 MAX_UNLABELLED_S = 30.0
+#: A prompted burst closes once the stream has delivered samples up to the schedule's
+#: end; if it stalls, at the latest this long after the end on the LSL clock (s).
+BURST_CLOSE_FALLBACK_S = 0.5
 
 
 def check_session_request(classes, seconds_per_class, repetitions, lead_in_s: float,
@@ -176,8 +179,15 @@ class Session:
         return np.vstack(self._unlabelled) if self._unlabelled else np.zeros((0, 0))
 
     # ----------------------------------------------------------------- time
-    def tick(self, now: float) -> tuple[Prompt | None, bool]:
+    def tick(self, now: float, data_until: float = -math.inf) -> tuple[Prompt | None, bool]:
         """Where the session is at LSL time ``now``.
+
+        Parameters
+        ----------
+        now : float
+            LSL local clock.
+        data_until : float
+            Timestamp of the newest sample pulled so far.
 
         Returns
         -------
@@ -185,15 +195,18 @@ class Session:
             A prompt to publish now (a new step, or at most :data:`PROMPT_MAX_HZ`
             times a second while a step lasts); None otherwise.
         done : bool
-            The session's collection is over (prompted: the schedule's end plus one
-            window has passed on the LSL clock; unlabelled: ``seconds`` passed).
+            The session's collection is over. Prompted: every burst window ends by the
+            schedule's end, so it is over as soon as samples up to that end were
+            pulled (no wait for another window), or :data:`BURST_CLOSE_FALLBACK_S`
+            after it on the LSL clock. Unlabelled: ``seconds`` passed.
         """
         elapsed = now - self.t0
         if self.purpose == "unlabelled":
             return None, elapsed >= self.seconds
         if not self.prompted:
             return None, False
-        if elapsed >= self.schedule.duration_s + self.window_s:
+        end = self.t0 + self.schedule.duration_s
+        if data_until >= end or now >= end + BURST_CLOSE_FALLBACK_S:
             return None, True
         step = self.schedule.at(elapsed)
         if step is None:

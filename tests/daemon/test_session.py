@@ -34,10 +34,14 @@ def test_prompts_at_most_ten_per_second_and_new_steps_at_once():
     assert sorted({p.step for p in prompts if p.new_step}) == list(range(1, len(sched.steps) + 1))
 
 
-def test_prompted_session_ends_on_the_clock_without_another_window():
+def test_prompted_session_ends_with_the_schedule_without_another_window():
     s, sched = _prompted(window_s=0.2)
-    assert s.tick(100.0 + sched.duration_s + 0.1)[1] is False
-    assert s.tick(100.0 + sched.duration_s + 0.2)[1] is True
+    end = 100.0 + sched.duration_s
+    assert s.tick(end + 0.01, data_until=end - 0.01)[1] is False  # last samples not in yet
+    assert s.tick(end + 0.01, data_until=end)[1] is True  # samples up to the end: close now
+    # a stalled stream: closed on the LSL clock
+    assert s.tick(end + S.BURST_CLOSE_FALLBACK_S - 0.01)[1] is False
+    assert s.tick(end + S.BURST_CLOSE_FALLBACK_S)[1] is True
 
 
 def test_manual_rule_only_windows_starting_after_the_label():
