@@ -10,21 +10,31 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from daemon.conftest import (accuracy, armband, collect, daemon_config, unique_id, wait_event,
-                             wait_for)
+from daemon.conftest import (STEP_MS, WINDOW_MS, accuracy, armband, collect, daemon_config,
+                             unique_id, wait_event, wait_for)
 
 from emtl_stream.daemon.live import LiveModel
 from emtl_stream.daemon.shift import ShiftReference
 from emtl_stream.io.client import Client
+from emtl_stream.pipeline.offline import featurize
 
 HOLD_S = 0.6  # seconds per class in the armband's cycle
 
 
 def _bundle_with_reference(source):
-    """The source bundle carrying a shift reference from its (unshifted) training windows."""
-    bundle, _, X, _ = source
+    """The source bundle carrying a shift reference from held-out unshifted windows.
+
+    The reference must look like live data: a continuous stream cycling through the
+    classes, transitions included (the training windows skip them and are in-sample,
+    so a reference from them sits too high and an unshifted arm raises alarms).
+    """
+    bundle, _, _, _ = source
     m = bundle.components.n_features
     clf = LiveModel.build(bundle, np.eye(m), np.zeros(m), 1).classifier
+    arm = armband()  # the same muscles and electrodes as the source model
+    emg = np.vstack([arm.generate(int(HOLD_S * arm.fs), c)
+                     for _ in range(4) for c in bundle.classes])
+    X, _, _ = featurize(emg, arm.fs, bundle.make_extractor(), WINDOW_MS, STEP_MS)
     ref = ShiftReference.from_log_likelihoods(clf.log_marginal(X))
     return dataclasses.replace(bundle, meta={**bundle.meta, "shift_reference": ref.to_dict()})
 
@@ -92,5 +102,27 @@ def test_requested_zero_label_fit_and_a_refused_one(tmp_path, source, start_play
         assert daemon.version == old
         np.testing.assert_array_equal(daemon.live.H, H_old)
         assert client.status()["state"] == "streaming"
+    finally:
+        client.close()
+
+
+def test_auto_mode_leaves_an_unshifted_arm_alone(tmp_path, source, start_player, start_daemon):
+    bundle = _bundle_with_reference(source)
+    sid = unique_id("adapt0")
+    config = daemon_config(tmp_path / "state", sid, EMTL_ADAPT_AUTO="true",
+                           EMTL_ADAPT_SECONDS="6")
+    schedule = [(c, HOLD_S) for c in bundle.classes]
+    player = start_player(sid, armband(), class_schedule=schedule, loop=True)
+    daemon = start_daemon(config, bundle=bundle)
+    client = Client(config.zmq.control, config.zmq.pub, timeout_s=5.0)
+    try:
+        with client.subscribe(("pred", "event")) as sub:
+            wait_for(sub, lambda t, m: t == "pred", 20.0)
+            seen = collect(sub, 8.0)  # 160 windows: 4x the watch's running window
+        kinds = [m["kind"] for t, m in seen if t == "event"]
+        assert "shift_suspected" not in kinds and "model_swapped" not in kinds, kinds
+        acc, n = accuracy(player, _preds(seen))
+        assert n >= 50 and acc > 0.9, (acc, n)
+        assert daemon.version == 1
     finally:
         client.close()
