@@ -124,6 +124,16 @@ class ClassifyConfig:
     reject_below: float = _opt(0.0, minimum=0.0, maximum=1.0)
     vote_windows: int = _opt(1, minimum=1)
     shift_detect: bool = _opt(True)
+    stale_after_s: float = _opt(1.0, positive=True)
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """``[adapt]``: zero-label recalibration (no prompts, no labels)."""
+
+    seconds: float = _opt(10.0, positive=True, maximum=30.0)
+    auto: bool = _opt(False)
+    cooldown_s: float = _opt(120.0, minimum=0.0)
 
 
 @dataclass(frozen=True)
@@ -184,6 +194,7 @@ SECTIONS: dict[str, type] = {
     "transfer": TransferConfig,
     "calibration": CalibrationConfig,
     "classify": ClassifyConfig,
+    "adapt": AdaptConfig,
     "zmq": ZmqConfig,
     "state": StateConfig,
     "log": LogConfig,
@@ -205,6 +216,7 @@ class Config:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     classify: ClassifyConfig = field(default_factory=ClassifyConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
     zmq: ZmqConfig = field(default_factory=ZmqConfig)
     state: StateConfig = field(default_factory=StateConfig)
     log: LogConfig = field(default_factory=LogConfig)

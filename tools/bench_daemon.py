@@ -26,6 +26,13 @@ Usage::
     python tools/bench_daemon.py              # about 2.5 minutes
     python tools/bench_daemon.py --quick      # about 1 minute
     python tools/bench_daemon.py --seconds 30 --chunk-ms 1 10 7
+    python tools/bench_daemon.py --cpu --seconds 30 --before ../main   # CPU + latency, A/B
+
+``--cpu`` measures the daemon process's CPU time (user + system, from
+``/proc/<pid>/stat``) over ``--seconds`` (>= 30) while this process receives and
+times every prediction, at 8 ch x 200 Hz and 64 ch x 2 kHz. With ``--before DIR``
+the same run is repeated with the daemon imported from another checkout (its
+numba cache in a temporary directory), side by side, in one invocation.
 """
 
 from __future__ import annotations
@@ -85,7 +92,8 @@ class Setup:
     """Replayer and daemon subprocesses for one stream shape; a context manager."""
 
     def __init__(self, n_channels: int, fs: float, chunk_ms: float, shift: float = 0.0,
-                 follow_prompts: bool = False):
+                 follow_prompts: bool = False, code: str | None = None):
+        self.code = code
         self.n_channels, self.fs, self.chunk_ms = n_channels, fs, chunk_ms
         self.shift, self.follow = shift, follow_prompts
         self.tmp = Path(tempfile.mkdtemp(prefix="emtl-bench-daemon-"))
@@ -118,7 +126,12 @@ class Setup:
         daemon = [sys.executable, "-m", "emtl_stream", "run", "--config", str(cfg)]
         if self.n_channels > SMALL_WARMUP_ABOVE:
             daemon = [sys.executable, __file__, "_daemon", str(cfg)]
-        self.procs.append(subprocess.Popen(daemon, env=env, stdout=log, stderr=log))
+        denv = dict(env)
+        if self.code:  # the daemon from another checkout, with its own numba cache
+            denv["PYTHONPATH"] = str(Path(self.code).resolve())
+            denv["NUMBA_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / "emtl-bench-before-cache")
+        self.procs.append(subprocess.Popen(daemon, env=denv, stdout=log, stderr=log,
+                                           cwd=self.code or None))
         self.client = Client(self.control, self.pub, timeout_s=2.0)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -253,6 +266,37 @@ def _replay_main(argv) -> int:
     return 0
 
 
+def _cpu_ticks(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux ``/proc``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure_cpu(n_channels: int, fs: float, chunk_ms: float, seconds: float,
+                code: str | None = None) -> dict:
+    """Daemon CPU (% of one core) over ``seconds`` and the latency of the same predictions."""
+    import pylsl
+
+    with Setup(n_channels, fs, chunk_ms, code=code) as s:
+        pid = s.procs[1].pid
+        lat = []
+        with s.client.subscribe(("pred",)) as sub:
+            t_settle = time.monotonic() + 3.0
+            while time.monotonic() < t_settle:
+                sub.recv(timeout_s=0.5)
+            c0, w0 = _cpu_ticks(pid), time.monotonic()
+            while time.monotonic() < w0 + seconds:
+                msg = sub.recv(timeout_s=2.0)
+                if msg is None:
+                    raise RuntimeError("no prediction within 2 s")
+                lat.append(pylsl.local_clock() - msg[1]["t"])
+            c1, w1 = _cpu_ticks(pid), time.monotonic()
+    lat = 1e3 * np.asarray(lat)
+    return {"channels": n_channels, "fs": fs, "code": code or "this checkout",
+            "seconds": w1 - w0, "cpu_pct": 100.0 * (c1 - c0) / (w1 - w0), "n": int(lat.size),
+            "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))}
+
+
 def _daemon_main(argv) -> int:
     """Child process: ``emtl-stream run`` with the small warm-up (see SMALL_WARMUP_ABOVE)."""
     from emtl_stream.config import load_config
@@ -282,7 +326,29 @@ def main(argv=None) -> int:
                    help="replayer chunk sizes to try (default 10, plus 1 and 7 at 64 ch)")
     p.add_argument("--repeats", type=int, default=None, help="recalibrations per dimension")
     p.add_argument("--json", default=None, help="also write the raw results here")
+    p.add_argument("--cpu", action="store_true",
+                   help="daemon CPU and latency at 8 ch x 200 Hz and 64 ch x 2 kHz")
+    p.add_argument("--before", default=None,
+                   help="with --cpu: also run the daemon from this checkout, side by side")
     a = p.parse_args(argv)
+    if a.cpu:
+        seconds = max(30.0, a.seconds or 30.0)
+        print(f"Environment: Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
+        print("\n| stream | daemon code | seconds | windows | daemon CPU | latency p50 | "
+              "latency p99 |")
+        print("|---|---|---|---|---|---|---|")
+        rows = []
+        for n_ch, fs in ((8, 200.0), (64, 2000.0)):
+            for code in ([a.before] if a.before else []) + [None]:
+                r = measure_cpu(n_ch, fs, 10.0, seconds, code)
+                rows.append(r)
+                print(f"| {n_ch} ch × {fs:g} Hz | {r['code']} | {r['seconds']:.0f} | {r['n']} | "
+                      f"{r['cpu_pct']:.1f} % | {r['p50']:.2f} ms | {r['p99']:.2f} ms |",
+                      flush=True)
+        if a.json:
+            Path(a.json).write_text(json.dumps(rows, indent=1))
+        return 0
     seconds = a.seconds or (8.0 if a.quick else 20.0)
     repeats = a.repeats or (1 if a.quick else 3)
     cells = [(8, 1000.0, 10.0), (64, 2000.0, 10.0)]

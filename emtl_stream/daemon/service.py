@@ -2,11 +2,17 @@
 
 One loop thread owns the LSL inlet, the feature pipeline, the ZeroMQ publisher and
 the control socket, so none of them needs a lock: control requests are handled
-between two pulls, in the same thread. Fits (transfer EM, source training) run in
-a single worker thread (``ThreadPoolExecutor(max_workers=1)``); the numba kernels
-release the GIL, so predictions keep flowing with the old H. The loop collects a
-finished fit and swaps the classifier in one assignment, which is atomic for the
-next window.
+between two pulls, in the same thread. The loop blocks in the control socket's
+poll for as long as no window can be complete (the time the missing samples take
+at the stream's rate, capped by :data:`MAX_WAIT_S`), then pulls what LSL has
+without waiting; it does not spin.
+
+Fits run in a single worker thread; a fit job (:mod:`.jobs`) receives copies of
+what it needs and returns a plain result. The loop collects it and swaps the
+live model (:class:`~.live.LiveModel`) in one assignment, atomic for the next
+window. Everything else is a plain object: the calibration session
+(:mod:`.session`), post-processing (:mod:`.postprocess`), the shift watch
+(:mod:`.shift`) and the control handlers (:mod:`.handlers`).
 
 Every failure in the loop is logged, announced as an ``event`` and contained:
 the daemon keeps serving with its last good model.
@@ -14,8 +20,8 @@ the daemon keeps serving with its last good model.
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
+import math
 import os
 import threading
 import time
@@ -25,23 +31,41 @@ import numpy as np
 
 from ..errors import CalibrationError, ChannelMismatch, EmtlError, StreamError
 from ..logs import logger
-from .bundle import SourceBundle, fit_source_model, make_bundle, transfer_kwargs
-from .calibration import BurstCollector, PromptSchedule, check_burst
+from . import jobs
+from .bundle import SourceBundle
+from .live import LiveModel, source_fingerprint
+from .postprocess import PostProcessor
+from .session import Session
+from .shift import ShiftReference, ShiftWatch
 from .state import State, StateMachine
 
 _RAISE = os.environ.get("EMTL_RAISE_BACKGROUND_ERRORS", "") == "1"
 
+#: Longest the loop blocks in one poll (s): bounds the latency of a finished fit,
+#: a prompt, a stream-lost check and a stop request.
+MAX_WAIT_S = 0.05
+#: The last stretch before a window is due (s) is waited for in a blocking LSL pull,
+#: which returns with the first sample, instead of in the control poll.
+LSL_HANDOFF_S = 0.01
+#: Poll while no stream is connected (s); connect attempts follow their own back-off.
+IDLE_WAIT_S = 0.05
+#: First and largest delay between two connect attempts (s).
+CONNECT_BACKOFF_S = (0.5, 5.0)
+#: Delay before retrying a stream that was refused (wrong channel count or rate).
+REFUSED_RETRY_S = 5.0
+#: At most one ``bad_input`` event about NaN/inf windows per this many seconds.
+BAD_INPUT_EVENT_S = 1.0
+
 
 @dataclass
-class _Calibration:
-    """A prompted session in progress (recalibration or source training)."""
+class _Fit:
+    """A fit running in the worker."""
 
-    purpose: str  # "recalibrate" | "train" | "manual"
-    schedule: PromptSchedule | None
-    collector: BurstCollector
-    t0: float
-    step_index: int = -1
-    last_window_t: float = float("-inf")
+    kind: str  # "transfer" | "unlabelled" | "train"
+    burst: int | None
+    future: concurrent.futures.Future
+    cancel: threading.Event
+    purpose: str
 
 
 class Daemon:
@@ -65,40 +89,50 @@ class Daemon:
         self.clock = clock or local_clock
         self.store = StateStore(config.state.dir)
         self.fsm = StateMachine()
-        self.bundle = bundle or self._initial_bundle()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="emtl-fit")
-        self._fit_future: concurrent.futures.Future | None = None
-        self._fit_kind = None
+        self.fit: _Fit | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._started_at = time.monotonic()
-        self._seq = 0
-        self._n_windows = 0
-        self._votes = collections.deque(maxlen=max(1, int(config.classify.vote_windows)))
-        self._recent_loglik = collections.deque(maxlen=40)
-        self._shift_baseline: tuple[float, float] | None = None
-        self._shift_reference: list[float] = []
-        self._shift_flagged = False
-        self._calibration: _Calibration | None = None
-        self._manual_label = None
-        self._label_since = 0.0
-        self._marker_inlet = None
-        self._prompt_markers = None
-        self._last_error = ""
+        self.post = PostProcessor(config.classify.reject_below, config.classify.vote_windows)
+        self.session: Session | None = None
+        self.watch: ShiftWatch | None = None
+        self.live: LiveModel | None = None
+        self.last_fit: dict | None = None
+        self.last_error = ""
         self.inlet = None
         self.pipeline = None
+        self.extractor = None
+        self.stream_desc = None
         self.publisher = None
         self.control = None
-        self._connected = False
+        self.connected = False
+        self.n_windows = 0
+        self.n_stale = 0
+        self._marker_inlet = None
+        self._prompt_markers = None
         self._next_connect = 0.0
-        self._connect_backoff = 0.5
-        self._bad_input_announced = 0
-        self._classifier = None
-        self._H = self._b = None
-        self.version = None
-        if self.bundle is not None:
-            self._install_bundle(self.bundle, persist=bundle is not None)
+        self._connect_backoff = CONNECT_BACKOFF_S[0]
+        self._refused_reason = ""
+        self._bad_input_announced = -math.inf
+        self._last_auto_adapt = -math.inf
+        self._pending_events: list[tuple[str, dict]] = []
+        bundle_given = bundle is not None
+        bundle = bundle or self._initial_bundle()
+        if bundle is not None:
+            self.install_bundle(bundle, persist=bundle_given)
+
+    # ------------------------------------------------------------------ compatibility
+    @property
+    def bundle(self) -> SourceBundle | None:
+        """The live source bundle (None before a model exists)."""
+        return self.live.bundle if self.live is not None else None
+
+    @property
+    def version(self) -> int | None:
+        """The live map version."""
+        return self.live.version if self.live is not None else None
 
     # ------------------------------------------------------------------ model state
     def _initial_bundle(self) -> SourceBundle | None:
@@ -109,40 +143,69 @@ class Daemon:
             return SourceBundle.load(self.config.model.path)
         return None
 
-    def _install_bundle(self, bundle: SourceBundle, persist: bool) -> None:
-        """Make ``bundle`` the source model; resume its last live H or start at identity."""
-        from ..model.classify import MappedClassifier
+    def _map_meta(self, **fields) -> dict:
+        """Meta stored with every map: the source fingerprint and the shift reference."""
+        meta = dict(fields)
+        meta["source_fingerprint"] = self.live.fingerprint if self.live else fields.get(
+            "source_fingerprint")
+        ref = self.watch.reference if self.watch is not None else None
+        if ref is not None:
+            meta["shift_reference"] = ref.to_dict()
+        return meta
 
-        self.bundle = bundle
+    def install_bundle(self, bundle: SourceBundle, persist: bool) -> None:
+        """Make ``bundle`` the source model; resume its last live H or start at identity.
+
+        A persisted live map is resumed only if it was fitted for this source model
+        (same fingerprint); otherwise it is refused with a ``map_refused`` event and
+        the identity map goes live.
+        """
         if persist or self.store.source_path() is None:
             self.store.save_source(bundle)
+        fp = source_fingerprint(bundle.components)
         m = bundle.components.n_features
         version = self.store.live_version()
-        H, b = np.eye(m), np.zeros(m)
-        if version is not None:
+        H, b, meta = np.eye(m), np.zeros(m), {}
+        if version is not None and not persist:
             try:
-                H, b, _ = self.store.load_map(version)
+                H, b, meta = self.store.load_map(version)
                 if H.shape != (m, m):
                     raise ValueError(f"map {version} has shape {H.shape}, model needs {(m, m)}")
-            except Exception as exc:  # a map of another model: start fresh
-                logger.warning("not resuming map %s: %s", version, exc)
+                stored = meta.get("source_fingerprint")
+                if stored is not None and stored != fp:
+                    raise ValueError(f"map {version} was fitted for source model {stored}, the "
+                                     f"loaded model is {fp}")
+            except Exception as exc:  # a map of another model: start fresh, say so once
+                reason = f"not resuming map {version}: {exc}"
+                logger.warning("%s", reason)
+                self.last_error = reason
+                self._pending_events.append(("map_refused", {"reason": reason,
+                                                             "model": version}))
                 version = None
-                H, b = np.eye(m), np.zeros(m)
-        if version is None or persist:
-            version = self.store.save_map(H, b, {"reason": "new source model", "objective": None})
+                H, b, meta = np.eye(m), np.zeros(m), {}
+        reference = None
+        for src in (meta.get("shift_reference"), (bundle.meta or {}).get("shift_reference")):
+            if src is not None:
+                try:
+                    reference = ShiftReference.from_dict(src)
+                    break
+                except ValueError as exc:
+                    logger.warning("ignoring shift reference: %s", exc)
+        self.watch = ShiftWatch(m, reference)
+        if version is None:
+            version = self.store.save_map(H, b, {
+                "reason": "new source model", "objective": None, "source_fingerprint": fp,
+                **({"shift_reference": reference.to_dict()} if reference else {})})
             self.store.set_live(version)
-        self._classifier = MappedClassifier(bundle.components, H, b)
-        self._H, self._b, self.version = H, b, version
-        self.fsm.transition("model_loaded")
+        self.live = LiveModel.build(bundle, H, b, version, fp)
+        self.post.reset_votes()
+        self._transition("model_loaded")
 
-    def _swap_map(self, H, b, version) -> None:
-        from ..model.classify import MappedClassifier
-
-        # One assignment: the next window uses the new map, the current one the old.
-        self._classifier = MappedClassifier(self.bundle.components, H, b)
-        self._H, self._b, self.version = H, b, version
-        self._votes.clear()
-        self._reset_shift_watch()
+    def swap_map(self, H, b, version: int, reference: ShiftReference | None = None) -> None:
+        """Put a new map live (one assignment) and restart voting and the shift watch."""
+        self.live = self.live.with_map(H, b, version)
+        self.post.reset_votes()
+        self.watch.reset(reference)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 60.0) -> "Daemon":
@@ -151,8 +214,8 @@ class Daemon:
         self._thread.start()
         if not self._ready.wait(timeout):
             raise RuntimeError(f"daemon did not start within {timeout} s")
-        if self._last_error and self.publisher is None:
-            raise RuntimeError(self._last_error)
+        if self.last_error and self.publisher is None:
+            raise RuntimeError(self.last_error)
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -161,10 +224,15 @@ class Daemon:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def request_stop(self) -> None:
+        """Ask the loop to stop (from a signal handler or the shutdown command)."""
+        self._stop.set()
+
     def serve(self) -> None:
         """Run the loop in the calling thread until :meth:`stop` or ``shutdown``."""
         from ..io.zmq_control import ControlServer
         from ..io.zmq_pub import CurveConfig, Publisher
+        from .handlers import handle_request
         from .warmup import warm_up_for
 
         cfg = self.config
@@ -172,7 +240,7 @@ class Daemon:
             warm_up_for(cfg, self.bundle)
             curve = CurveConfig.from_config(cfg.zmq)
             self.publisher = Publisher(cfg.zmq.pub, curve=curve, allow_remote=cfg.zmq.allow_remote)
-            self.control = ControlServer(cfg.zmq.control, self._handle_request,
+            self.control = ControlServer(cfg.zmq.control, lambda req: handle_request(self, req),
                                          max_message_bytes=cfg.zmq.max_message_bytes, curve=curve,
                                          allow_remote=cfg.zmq.allow_remote)
             if cfg.stream.labels_stream:
@@ -185,14 +253,17 @@ class Daemon:
                 self._prompt_markers = MarkerOutlet(
                     "emtl-prompts", source_id=f"emtl-prompts-{cfg.zmq.control}")
         except Exception as exc:
-            self._last_error = f"{type(exc).__name__}: {exc}"
-            logger.error("daemon start failed: %s", self._last_error)
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            logger.error("daemon start failed: %s", self.last_error)
             self._ready.set()
             self._close()
             if _RAISE:
                 raise
             return
-        self._event("state", state=self.fsm.state.value)
+        self.event("state", state=self.fsm.state.value)
+        for kind, fields in self._pending_events:
+            self.event(kind, **fields)
+        self._pending_events = []
         self._ready.set()
         logger.info("serving: pub %s, control %s", cfg.zmq.pub, cfg.zmq.control)
         try:
@@ -201,15 +272,17 @@ class Daemon:
                     self._step()
                 except Exception as exc:  # contain, announce, keep serving
                     logger.exception("daemon loop error")
-                    self._last_error = f"{type(exc).__name__}: {exc}"
-                    self._event("bad_input", reason=self._last_error)
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    self.event("bad_input", reason=self.last_error)
                     if _RAISE:
                         raise
-                    time.sleep(0.01)
+                    self._stop.wait(0.01)
         finally:
             self._close()
 
     def _close(self) -> None:
+        if self.fit is not None:
+            self.fit.cancel.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
         for obj in (self.inlet, self.control, self.publisher, self._marker_inlet,
                     self._prompt_markers):
@@ -222,31 +295,57 @@ class Daemon:
             self.fsm.force(State.STOPPED)
 
     # ------------------------------------------------------------------ the loop
+    def _due_s(self) -> float | None:
+        """Seconds until the next window's last sample is due (None: no stream)."""
+        if self.pipeline is None or not self.connected:
+            return None
+        p = self.pipeline
+        missing = p.windower.next_start + p.windower.window - p.ring.n_written
+        return max(missing, 0) / p.fs
+
     def _step(self) -> None:
-        self.control.poll_once(timeout_ms=1)
+        due = self._due_s()
+        lsl_wait = 0.0
+        if due is None:
+            self.control.poll_once(timeout_ms=int(IDLE_WAIT_S * 1000))
+        else:
+            # Sleep in the control socket's poll until the window's last samples are
+            # about to arrive, then block in LSL until they do: a request is answered
+            # within MAX_WAIT_S, and a window is classified as soon as it is complete.
+            ahead = due - LSL_HANDOFF_S
+            if ahead > 0:
+                self.control.poll_once(timeout_ms=max(1, int(min(ahead, MAX_WAIT_S) * 1000)))
+                lsl_wait = min(LSL_HANDOFF_S, MAX_WAIT_S) if ahead <= MAX_WAIT_S else 0.0
+            else:
+                self.control.poll_once(timeout_ms=0)
+                lsl_wait = min(due + LSL_HANDOFF_S, MAX_WAIT_S)
+        if self._stop.is_set():
+            return
         if self.pipeline is None:
             self._try_connect()
         else:  # after the first connect the inlet re-acquires a lost stream itself
-            self._pull_once()
+            self._pull_once(lsl_wait)
         if self._marker_inlet is not None:
             self._poll_label_markers()
-        self._tick_calibration()
+        self._tick_session()
         self._collect_fit()
 
     def _poll_label_markers(self) -> None:
         """Labels from an LSL Markers stream: a class name, "none" (stop) or "fit"."""
+        from .handlers import cmd_fit, label_windows
+
         for marker, ts in self._marker_inlet.poll():
             word = marker.strip()
             try:
                 if word.lower() == "fit":
-                    self._cmd_fit()
+                    cmd_fit(self)
                 elif word.lower() in ("", "none", "stop"):
-                    if self._calibration is not None and self._calibration.purpose == "manual":
-                        self._manual_label = None
+                    if self.session is not None and self.session.purpose == "manual":
+                        self.session.set_label(None, ts)
                 else:
-                    self._cmd_label(word, _since=ts)
+                    label_windows(self, word, ts)
             except Exception as exc:  # a bad marker must not stop the daemon
-                self._event("bad_input", reason=f"label marker {marker!r}: {exc}")
+                self.event("bad_input", reason=f"label marker {marker!r}: {exc}")
 
     def _expected_stream(self):
         cfg = self.config.stream
@@ -274,22 +373,26 @@ class Daemon:
                                       lost_after_s=cfg.lost_after_s)
             desc = self.inlet.connect()
         except ChannelMismatch as exc:
-            self._last_error = str(exc)
-            self._event("bad_input", reason=str(exc))
-            logger.error("%s", exc)
+            reason = str(exc)
+            self.last_error = reason
+            if reason != self._refused_reason:  # say it once, not at every retry
+                self._refused_reason = reason
+                self.event("stream_refused", reason=reason)
+                logger.error("%s", exc)
             self.inlet = None
-            self._next_connect = now + 5.0
+            self._next_connect = now + REFUSED_RETRY_S
             return
         except StreamError as exc:
-            self._last_error = str(exc)
+            self.last_error = str(exc)
             self._next_connect = now + self._connect_backoff
-            self._connect_backoff = min(self._connect_backoff * 2, 5.0)
+            self._connect_backoff = min(self._connect_backoff * 2, CONNECT_BACKOFF_S[1])
             return
-        self._connect_backoff = 0.5
-        self._connected = True
-        self._stream_desc = desc
+        self._connect_backoff = CONNECT_BACKOFF_S[0]
+        self._refused_reason = ""
+        self.connected = True
+        self.stream_desc = desc
         self._build_pipeline(desc)
-        self._event("stream_restored", name=desc.name, channels=desc.n_channels, rate=desc.rate)
+        self.event("stream_restored", name=desc.name, channels=desc.n_channels, rate=desc.rate)
 
     def _build_pipeline(self, desc) -> None:
         from ..pipeline.features import FeatureExtractor, FeaturePipeline
@@ -310,22 +413,22 @@ class Daemon:
                                    bandpass=tuple(cfg.bandpass) if cfg.bandpass else None,
                                    notch=cfg.notch or None)
         self.pipeline = FeaturePipeline(extractor, window_ms, step_ms, filter=filt)
-        self._extractor = extractor
+        self.extractor = extractor
 
-    def _pull_once(self) -> None:
-        samples, stamps = self.inlet.pull(timeout=0.0)
-        if self.inlet.connected != self._connected:
-            self._connected = self.inlet.connected
-            if self._connected:
-                self._event("stream_restored", name=self.inlet.description.name,
-                            reconnects=self.inlet.n_reconnects)
+    def _pull_once(self, timeout: float = 0.0) -> None:
+        samples, stamps = self.inlet.pull(timeout=timeout)
+        if self.inlet.connected != self.connected:
+            self.connected = self.inlet.connected
+            if self.connected:
+                self.event("stream_restored", name=self.inlet.description.name,
+                           reconnects=self.inlet.n_reconnects)
             else:
-                self._event("stream_lost", reason=f"no samples for "
-                            f"{self.config.stream.lost_after_s:g} s; reconnecting",
-                            name=self.inlet.description.name)
+                self.event("stream_lost", reason=f"no samples for "
+                           f"{self.config.stream.lost_after_s:g} s; reconnecting",
+                           name=self.inlet.description.name)
                 self.pipeline.mark_gap()
-                if self._calibration is not None and self._calibration.purpose != "manual":
-                    self._abort_session("the EMG stream was lost during the calibration")
+                if self.session is not None and self.session.purpose != "manual":
+                    self.abort_session("the EMG stream was lost during the calibration")
         if self.inlet.gap_pending:
             self.pipeline.mark_gap()
             self.inlet.gap_pending = False
@@ -340,259 +443,291 @@ class Daemon:
 
     def _announce_bad_input(self, n: int) -> None:
         now = time.monotonic()
-        if now - self._bad_input_announced > 1.0:  # at most one event per second
+        if now - self._bad_input_announced > BAD_INPUT_EVENT_S:
             self._bad_input_announced = now
-            self._event("bad_input", reason=f"{n} window(s) with NaN/inf samples skipped",
-                        skipped_total=self.pipeline.n_skipped_nonfinite)
+            self.event("bad_input", reason=f"{n} window(s) with NaN/inf samples skipped",
+                       skipped_total=self.pipeline.n_skipped_nonfinite)
 
     def _on_window(self, w) -> None:
         from ..io import protocol
 
-        self._n_windows += 1
-        if self._calibration is not None:
-            self._label_window(w)
-        clf = self._classifier
-        if clf is None:
+        self.n_windows += 1
+        now = float(self.clock())
+        # Stale-window policy (docs/protocol.md): a window whose last sample is older
+        # than [classify] stale_after_s when it is classified (buffered samples after a
+        # reconnect or a stalled source) is published with "stale": true and feeds
+        # neither the vote, the shift watch nor a calibration session.
+        stale = now - float(w.t_last) > self.config.classify.stale_after_s
+        if self.session is not None and not stale:
+            raw = self.pipeline.ring.read(w.start, w.stop)[0] if self.session.prompted or \
+                self.session.purpose == "manual" else None
+            self.session.add_window(w.x, float(w.t_last), raw=raw)
+        live = self.live
+        if live is None:
             return
-        index, proba = clf.classify_one(w.x)
-        confidence = float(proba[index])  # of this window, before voting
-        if self._votes.maxlen > 1:  # majority over the last vote_windows windows
-            self._votes.append(index)
-            index = collections.Counter(self._votes).most_common(1)[0][0]
-        rejected = confidence < self.config.classify.reject_below
-        self._seq += 1
-        classes = self.bundle.classes
+        index, proba, log_marginal, z = live.classifier.classify_window(w.x)
+        if stale:
+            self.n_stale += 1
+            if index < 0 or not np.all(np.isfinite(proba)):
+                return
+            decision_seq = self.post.seq + 1
+            self.post.seq = decision_seq
+            confidence = float(proba[index])
+            decision = (decision_seq, index, confidence, confidence < self.post.reject_below)
+        else:
+            d = self.post.process(index, proba)
+            if d is None:  # classification failed: no seq, no vote
+                return
+            decision = (d.seq, d.index, d.confidence, d.rejected)
+        seq, index, confidence, rejected = decision
         self.publisher.publish("pred", protocol.pred_msg(
-            seq=self._seq, t=float(w.t_last), t_pub=float(self.clock()), label=classes[index],
-            index=int(index), proba=[float(p) for p in proba], confidence=confidence,
-            rejected=bool(rejected), model=int(self.version)))
+            seq=seq, t=float(w.t_last), t_pub=float(self.clock()), label=live.classes[index],
+            index=int(index), proba=proba, confidence=confidence, rejected=bool(rejected),
+            model=int(live.version), stale=bool(stale)))
         if self.config.zmq.publish_features:
-            z = self._H @ w.x + self._b
             self.publisher.publish("feat", protocol.feat_msg(
-                seq=self._seq, t=float(w.t_last), x=[float(v) for v in z], model=int(self.version)))
-        if self.config.classify.shift_detect:
-            self._watch_for_shift(w.x)
+                seq=seq, t=float(w.t_last), x=z, model=int(live.version)))
+        if self.config.classify.shift_detect and not stale:
+            hit = self.watch.update(log_marginal, z, float(w.t_last))
+            if hit is not None:
+                self.event("shift_suspected", **hit)
+                self._maybe_auto_adapt()
 
-    # ------------------------------------------------------------------ shift detection
-    # The burst a map was fitted on is in-sample (optimistic), so the reference
-    # level is taken from the first live windows after each swap instead: their
-    # median marginal log-likelihood and a robust spread (1.4826 MAD). A running
-    # median over the last windows that falls more than max(4 spreads, 1 nat per
-    # feature) below it raises shift_suspected once; it re-arms near the reference.
-    SHIFT_REFERENCE_WINDOWS = 80
-
-    def _watch_for_shift(self, x) -> None:
-        ll = float(self._classifier.log_marginal(x[None])[0])
-        if not np.isfinite(ll):
+    def _maybe_auto_adapt(self) -> None:
+        """``[adapt] auto``: start a zero-label recalibration when the shift watch fires."""
+        cfg = self.config.adapt
+        now = time.monotonic()
+        if not cfg.auto or now - self._last_auto_adapt < cfg.cooldown_s:
             return
-        if self._shift_baseline is None:
-            self._shift_reference.append(ll)
-            if len(self._shift_reference) >= self.SHIFT_REFERENCE_WINDOWS:
-                ref = np.asarray(self._shift_reference)
-                mu = float(np.median(ref))
-                sd = float(1.4826 * np.median(np.abs(ref - mu)))
-                self._shift_baseline = (mu, max(sd, 1e-6))
-                self._shift_reference = []
+        if self.session is not None or self.fit is not None or not self.connected:
             return
-        self._recent_loglik.append(ll)
-        if len(self._recent_loglik) < self._recent_loglik.maxlen:
-            return
-        mu, sd = self._shift_baseline
-        level = float(np.median(self._recent_loglik))
-        margin = max(4.0 * sd, float(self._H.shape[0]))
-        if not self._shift_flagged and level < mu - margin:
-            self._shift_flagged = True
-            self._event("shift_suspected", log_likelihood=level, baseline=mu, spread=sd,
-                        reason="recent windows are much less likely under the source model "
-                               "than after the last calibration; consider recalibrating")
-        elif self._shift_flagged and level > mu - 2.0 * sd:
-            self._shift_flagged = False
+        self._last_auto_adapt = now
+        try:
+            self.begin_unlabelled(cfg.seconds, trigger="shift_suspected")
+        except EmtlError as exc:
+            logger.warning("automatic zero-label recalibration not started: %s", exc)
 
-    def _reset_shift_watch(self) -> None:
-        self._shift_baseline = None
-        self._shift_reference = []
-        self._recent_loglik.clear()
-        self._shift_flagged = False
+    # ------------------------------------------------------------------ sessions
+    def _transition(self, event: str, **fields) -> None:
+        """Apply a state-machine event; every change of state is published."""
+        old = self.fsm.state
+        new = self.fsm.transition(event)
+        if new != old:
+            self.event("state", state=new.value, **fields)
 
-    # ------------------------------------------------------------------ calibration
-    def _begin_session(self, purpose: str, classes, seconds, repetitions) -> dict:
-        cal = self.config.calibration
-        schedule = PromptSchedule(list(classes), float(seconds), int(repetitions),
-                                  cal.lead_in_s, cal.rest_s)
-        self.fsm.transition("start_prompting")
-        self._calibration = _Calibration(purpose, schedule, BurstCollector(),
-                                         t0=float(self.clock()))
-        self._event("calibration_started", purpose=purpose, classes=list(classes),
-                    seconds_per_class=float(seconds), repetitions=int(repetitions),
-                    duration_s=schedule.duration_s)
+    def begin_prompted(self, purpose: str, schedule) -> dict:
+        """Start a prompted session (the schedule is already validated)."""
+        window_s = self.pipeline.window_s
+        session = Session(purpose, float(self.clock()), window_s, schedule=schedule)
+        self._transition("start_prompting")
+        self.session = session
+        self.event("calibration_started", purpose=purpose, classes=list(schedule.classes),
+                   seconds_per_class=schedule.seconds_per_class,
+                   repetitions=schedule.repetitions, duration_s=schedule.duration_s)
         return {"state": "calibrating", "duration_s": schedule.duration_s}
 
-    def _label_window(self, w) -> None:
-        cal = self._calibration
-        cal.last_window_t = max(cal.last_window_t, float(w.t_last))
-        if cal.purpose == "manual":
-            # only windows that start after the label was given belong to it
-            label = (self._manual_label
-                     if w.t_last - self.pipeline.window_s >= self._label_since else None)
-        else:
-            label = cal.schedule.label_for_window(w.t_last - cal.t0, self.pipeline.window_s)
-        if label is not None:
-            raw = self.pipeline.ring.read(w.start, w.stop)[0]
-            cal.collector.add(w.x, label, w.t_last, raw=raw)
+    def begin_unlabelled(self, seconds: float, trigger: str = "request") -> dict:
+        """Start collecting unlabelled windows for a zero-label recalibration."""
+        if self.live is None:
+            raise CalibrationError("no source model yet: train one first (train command)")
+        if self.session is not None or self.fit is not None:
+            raise CalibrationError("a calibration is in progress; send cancel first")
+        if not self.connected or self.pipeline is None:
+            raise StreamError("no EMG stream connected; recalibration needs live data")
+        step_s = self.pipeline.step / self.pipeline.fs
+        session = Session("unlabelled", float(self.clock()), self.pipeline.window_s,
+                          seconds=float(seconds),
+                          max_windows=int(math.ceil(float(seconds) / step_s)) + 1)
+        self._transition("start_recording", purpose="unlabelled")
+        self.session = session
+        self.event("calibration_started", purpose="unlabelled", classes=self.live.classes,
+                   duration_s=float(seconds), labels=False, trigger=trigger)
+        return {"state": "calibrating", "duration_s": float(seconds), "labels": False}
 
-    def _tick_calibration(self) -> None:
-        cal = self._calibration
-        if cal is None or cal.schedule is None:
+    def begin_manual(self) -> Session:
+        """Start a manual (label command) session."""
+        session = Session("manual", float(self.clock()), self.pipeline.window_s
+                          if self.pipeline is not None else 0.0)
+        self._transition("start_recording")
+        self.session = session
+        return session
+
+    def _tick_session(self) -> None:
+        s = self.session
+        if s is None or s.purpose == "manual":
             return
         from ..io import protocol
 
-        elapsed = float(self.clock()) - cal.t0
-        step = cal.schedule.at(elapsed)
-        if step is not None:
-            if step.index != cal.step_index:
-                cal.step_index = step.index
-                if self._prompt_markers is not None:
-                    self._prompt_markers.push(step.label)
-                if self.fsm.state == State.PROMPTING and step.kind == "class":
-                    self.fsm.transition("start_recording")
+        now = float(self.clock())
+        ring = self.pipeline.ring if self.pipeline is not None else None
+        data_until = (float(ring.timestamps[(ring.n_written - 1) % ring.capacity])
+                      if ring is not None and ring.n_written else -math.inf)
+        prompt, done = s.tick(now, data_until)
+        if s.prompted and not done:
+            # status.state: "recording" only while windows are recorded, else "prompting"
+            recording = s.recording_at(now)
+            if recording and self.fsm.state == State.PROMPTING:
+                self._transition("start_recording")
+            elif not recording and self.fsm.state == State.RECORDING:
+                self._transition("pause_recording")
+        if prompt is not None:
+            if prompt.new_step and self._prompt_markers is not None:
+                self._prompt_markers.push(prompt.cls)
             self.publisher.publish("prompt", protocol.prompt_msg(
-                cls=step.label, remaining_s=max(0.0, step.start_s + step.duration_s - elapsed),
-                step=step.index + 1, of=len(cal.schedule.steps)))
-            return
-        # Schedule over: fit as soon as a window ending after the schedule was pulled
-        # (all burst windows are in); the wall-clock wait is a fallback for a stalled stream.
-        if cal.last_window_t < cal.t0 + cal.schedule.duration_s and (
-                elapsed < cal.schedule.duration_s + 0.5):
-            return
-        self._finish_session()
+                cls=prompt.cls, remaining_s=prompt.remaining_s, step=prompt.step, of=prompt.of))
+        if done:
+            self.finish_session()
 
-    def _finish_session(self) -> dict:
-        cal = self._calibration
-        self._calibration = None
-        X, labels, stamps = cal.collector.arrays()
-        classes = self.bundle.classes if (self.bundle and cal.purpose != "train") else None
+    def finish_session(self) -> dict:
+        """Close the session: check the burst and start its fit, or fail it."""
+        s = self.session
+        self.session = None
+        live = self.live
+        if s.purpose == "unlabelled":
+            X = s.unlabelled_windows()
+            kw, ring = jobs.transfer_settings(self.config, live.bundle.n_channels, live.H)
+            self._transition("start_fitting", windows=int(len(X)), purpose="unlabelled")
+            self._submit("unlabelled", None, "unlabelled", jobs.unlabelled_transfer_job,
+                         live.bundle.components, X, live.H.copy(), live.b.copy(),
+                         transfer_kwargs=kw, ring_channels=ring)
+            return {"state": "fitting", "windows": int(len(X))}
+        classes = live.classes if (live is not None and s.purpose != "train") else None
         try:
-            if cal.purpose == "train":
-                check_burst(X, labels, sorted(set(labels)),
-                            self.config.calibration.min_windows_per_class, require_all=True)
-            else:
-                check_burst(X, labels, classes, self.config.calibration.min_windows_per_class)
+            X, labels = s.check(classes, self.config.calibration.min_windows_per_class)
         except CalibrationError as exc:
-            return self._calibration_failed(str(exc))
+            return self.calibration_failed(str(exc))
         burst_id = self.store.save_burst(
-            cal.collector.to_arrays(),
-            {"purpose": cal.purpose, "n_windows": int(len(X)), "model": self.version,
-             "counts": cal.collector.counts(), "window_ms": self.pipeline.window_ms,
+            s.collector.to_arrays(),
+            {"purpose": s.purpose, "n_windows": int(len(X)), "model": self.version,
+             "counts": s.collector.counts(), "window_ms": self.pipeline.window_ms,
              "step_ms": self.pipeline.step_ms})
-        self.fsm.transition("start_fitting")
-        self._event("state", state=self.fsm.state.value, burst=burst_id, windows=int(len(X)))
-        if cal.purpose == "train":
-            self._fit_kind = ("train", burst_id)
-            self._fit_future = self._executor.submit(self._train_job, X, labels)
+        self._transition("start_fitting", burst=burst_id, windows=int(len(X)))
+        if s.purpose == "train":
+            mc = self.config.model
+            self._submit("train", burst_id, s.purpose, jobs.train_job, X, labels,
+                         kind=mc.kind, covariance_type=mc.covariance_type,
+                         n_components_per_class=mc.n_components_per_class,
+                         extractor=self.extractor, window_ms=self.pipeline.window_ms,
+                         step_ms=self.pipeline.step_ms, n_channels=self.stream_desc.n_channels,
+                         rate=self.stream_desc.rate)
         else:
-            self._fit_kind = ("transfer", burst_id)
-            self._fit_future = self._executor.submit(
-                self._transfer_job, X, labels, self._H.copy(), self._b.copy())
+            kw, ring = jobs.transfer_settings(self.config, live.bundle.n_channels, live.H)
+            self._submit("transfer", burst_id, s.purpose, jobs.transfer_job,
+                         live.bundle.components, X, labels, live.H.copy(), live.b.copy(),
+                         transfer_kwargs=kw, ring_channels=ring)
         return {"state": "fitting", "burst": burst_id, "windows": int(len(X))}
 
-    def _calibration_failed(self, reason: str) -> dict:
-        self._last_error = reason
+    def _submit(self, kind, burst, purpose, fn, *args, **kwargs) -> None:
+        cancel = threading.Event()
+        future = self._executor.submit(fn, *args, cancel=cancel, **kwargs)
+        self.fit = _Fit(kind, burst, future, cancel, purpose)
+
+    def calibration_failed(self, reason: str, **fields) -> dict:
+        """Announce a failed calibration; the live map stays."""
+        self.last_error = reason
         if self.fsm.can("fail"):
-            self.fsm.transition("fail")
-        self._event("calibration_failed", reason=reason, model=self.version)
+            self._transition("fail")
+        self.event("calibration_failed", reason=reason, model=self.version, **fields)
         return {"state": self.fsm.state.value, "error": reason}
 
-    def _abort_session(self, reason: str) -> None:
-        self._calibration = None
-        self._manual_label = None
-        self._calibration_failed(reason)
+    def abort_session(self, reason: str) -> None:
+        """Drop the running session (e.g. the stream was lost)."""
+        self.session = None
+        self.calibration_failed(reason)
 
-    def _transfer_job(self, X, labels, H_cur, b_cur):
-        """Worker thread: fit H on a burst; returns the result dict (never raises)."""
-        from ..model.transfer import TransferEM
+    def cancel(self) -> bool:
+        """Stop the session or the running fit; True if there was one.
 
-        t0 = time.perf_counter()
-        kw = transfer_kwargs(self.config, self.bundle.n_channels)
-        if self.config.transfer.shrink_to == "current":
-            kw["shrink_to"] = H_cur
-        ring = self.bundle.n_channels if (self.config.stream.ring and self.config.transfer.ring_search
-                                          and H_cur.shape[0] % self.bundle.n_channels == 0) else None
-        tem = TransferEM(self.bundle.components, ring_channels=ring, **kw)
-        tem.fit(X, labels, H_init=H_cur, b_init=b_cur if kw.get("bias") else None)
-        H, b = tem.H_, tem.b_
-        if not (np.all(np.isfinite(H)) and np.all(np.isfinite(b))):
-            raise CalibrationError("transfer EM returned a non-finite map; the old map stays live")
-        new_obj = float(tem.objective(X, labels))
-        old_obj = float(tem.objective(X, labels, H=H_cur, b=b_cur))
-        return dict(H=H, b=b, objective=new_obj, previous_objective=old_obj,
-                    n_iter=int(tem.n_iter_), converged=bool(tem.converged_),
-                    roll=getattr(tem, "best_roll_", None), trace=list(map(float, tem.log_likelihood_)),
-                    fit_s=time.perf_counter() - t0)
+        A running fit is told to stop at its next check; its thread is left to
+        finish on its own with a fresh worker for the next fit, so nothing queues
+        behind it and its result is never used.
+        """
+        if self.session is None and self.fit is None:
+            return False
+        self.session = None
+        if self.fit is not None:
+            self.fit.cancel.set()
+            if not self.fit.future.cancel():
+                self._executor.shutdown(wait=False)
+                self._executor = concurrent.futures.ThreadPoolExecutor(
+                    1, thread_name_prefix="emtl-fit")
+            self.fit = None
+        self._transition("cancel")
+        self.event("calibration_failed", reason="cancelled by request", model=self.version)
+        return True
 
-    def _train_job(self, X, labels):
-        cfg = self.config.model
-        t0 = time.perf_counter()
-        model = fit_source_model(X, np.asarray(labels), kind=cfg.kind,
-                                 covariance_type=cfg.covariance_type,
-                                 n_components_per_class=cfg.n_components_per_class)
-        bundle = make_bundle(model, self._extractor, self.pipeline.window_ms, self.pipeline.step_ms,
-                             self._stream_desc.n_channels, self._stream_desc.rate,
-                             source="prompted train session")
-        return dict(bundle=bundle, fit_s=time.perf_counter() - t0,
-                    accuracy=float(np.mean(model.predict(X) == np.asarray(labels))))
-
+    # ------------------------------------------------------------------ fits
     def _collect_fit(self) -> None:
-        fut = self._fit_future
-        if fut is None or not fut.done():
+        fit = self.fit
+        if fit is None or not fit.future.done():
             return
-        self._fit_future = None
-        kind, burst_id = self._fit_kind
+        self.fit = None
         try:
-            result = fut.result()
+            result = fit.future.result()
+        except jobs.FitCancelled:
+            return
         except Exception as exc:
             logger.warning("fit failed: %s", exc, exc_info=True)
-            self._calibration_failed(f"{type(exc).__name__}: {exc}")
+            self.calibration_failed(f"{type(exc).__name__}: {exc}")
             return
-        if kind == "train":
-            self.store.set_live(None)
-            self._install_bundle(result["bundle"], persist=True)
-            self.fsm.transition("fit_done")
-            self._reset_shift_watch()
-            self._event("model_swapped", model=self.version, reason="new source model",
-                        classes=self.bundle.classes, fit_s=result["fit_s"])
-            self._event("calibration_done", purpose="train", model=self.version,
-                        train_accuracy=result["accuracy"], fit_s=result["fit_s"])
-            return
+        if fit.kind == "train":
+            self._install_trained(result)
+        elif fit.kind == "unlabelled":
+            self._install_unlabelled(result)
+        else:
+            self._install_transfer(result, fit.burst)
+
+    def _install_trained(self, result) -> None:
+        self.store.set_live(None)
+        self.install_bundle(result["bundle"], persist=True)
+        self._transition("fit_done")
+        self.event("model_swapped", model=self.version, reason="new source model",
+                   classes=self.bundle.classes, fit_s=result["fit_s"])
+        self.event("calibration_done", purpose="train", model=self.version,
+                   train_accuracy=result["accuracy"], fit_s=result["fit_s"])
+
+    def _install_transfer(self, result, burst_id) -> None:
         new, old = result["objective"], result["previous_objective"]
         if not (np.isfinite(new) and new >= old):
-            self._calibration_failed(
+            self.calibration_failed(
                 f"new map does not beat the current one on the burst (penalised log-likelihood "
                 f"{new:.4g} vs {old:.4g}); map {self.version} stays live")
             return
-        version = self.store.save_map(result["H"], result["b"], {
-            "burst": burst_id, "objective": new, "previous_objective": old,
-            "parent": self.version, "n_iter": result["n_iter"], "roll": result["roll"],
-            "converged": result["converged"], "fit_s": result["fit_s"],
-        })
+        version = self.store.save_map(result["H"], result["b"], self._map_meta(
+            burst=burst_id, objective=new, previous_objective=old, parent=self.version,
+            n_iter=result["n_iter"], roll=result["roll"], converged=result["converged"],
+            fit_s=result["fit_s"], reason="recalibration"))
         self.store.set_live(version)
-        self._swap_map(result["H"], result["b"], version)
-        self.fsm.transition("fit_done")
-        self._reset_shift_watch()
+        self.swap_map(result["H"], result["b"], version)
+        self._transition("fit_done")
         self.last_fit = result
-        self._event("model_swapped", model=version, reason="recalibration", burst=burst_id)
-        self._event("calibration_done", model=version, objective=new, previous_objective=old,
-                    n_iter=result["n_iter"], roll=result["roll"], fit_s=result["fit_s"])
+        self.event("model_swapped", model=version, reason="recalibration", burst=burst_id)
+        self.event("calibration_done", model=version, objective=new, previous_objective=old,
+                   n_iter=result["n_iter"], roll=result["roll"], fit_s=result["fit_s"])
 
-    # ------------------------------------------------------------------ control
-    def _handle_request(self, req) -> dict:
-        handler = getattr(self, f"_cmd_{req.cmd}", None)
-        if handler is None:  # protocol.py already refuses unknown commands
-            raise ValueError(f"unknown command {req.cmd!r}")
-        return handler(**req.fields)
+    def _install_unlabelled(self, result) -> None:
+        metrics = dict(result.metrics)
+        if not result.accepted:
+            self.calibration_failed(f"zero-label fit refused: {result.reason}; map "
+                                    f"{self.version} stays live", purpose="unlabelled")
+            return
+        version = self.store.save_map(result.H, result.b, self._map_meta(
+            reason="unlabelled", parent=self.version, **metrics))
+        self.store.set_live(version)
+        # The reference describes well-mapped windows of this source model, so it stays:
+        # if the new map fits, the level returns to it; if not, the watch fires again.
+        self.swap_map(result.H, result.b, version, reference=self.watch.reference)
+        self._transition("fit_done")
+        self.last_fit = metrics
+        self.event("model_swapped", model=version, reason="unlabelled")
+        self.event("calibration_done", model=version, purpose="unlabelled", **metrics)
 
-    def _cmd_status(self) -> dict:
-        desc = getattr(self, "_stream_desc", None)
-        cal = self._calibration
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict:
+        """The ``status`` reply."""
+        desc = self.stream_desc
+        s = self.session
+        inlet = self.inlet
         out = {
             "state": self.fsm.state.value,
             "model": self.version,
@@ -601,132 +736,34 @@ class Daemon:
                 "name": desc.name if desc else self.config.stream.name,
                 "channels": desc.n_channels if desc else None,
                 "rate": desc.rate if desc else None,
-                "connected": bool(self._connected),
+                "connected": bool(self.connected),
             },
-            "windows": self._n_windows,
-            "dropped": int(getattr(self.inlet, "n_lost_samples", 0) or 0)
+            "windows": self.n_windows,
+            "stale_windows": self.n_stale,
+            "dropped": int(getattr(inlet, "n_lost_samples", 0) or 0)
             + int(getattr(self.pipeline, "n_skipped_nonfinite", 0) or 0),
+            "outage_s": float(getattr(inlet, "outage_s", 0.0) or 0.0),
+            "outages": int(getattr(inlet, "n_outages", 0) or 0),
             "uptime_s": time.monotonic() - self._started_at,
             "maps": [m["version"] for m in self.store.list_maps()],
-            "last_error": self._last_error,
+            "last_error": self.last_error,
         }
-        if cal is not None and cal.schedule is not None:
-            out["calibration"] = {"purpose": cal.purpose, "elapsed_s": float(self.clock()) - cal.t0,
-                                  "duration_s": cal.schedule.duration_s,
-                                  "windows": cal.collector.n_windows}
+        if s is not None and s.purpose != "manual":
+            out["calibration"] = {"purpose": s.purpose,
+                                  "elapsed_s": float(self.clock()) - s.t0,
+                                  "duration_s": s.duration_s, "windows": s.n_windows}
         return out
 
-    def _require_idle(self, what: str) -> None:
-        if self._calibration is not None or self._fit_future is not None:
-            raise CalibrationError(f"cannot {what}: a calibration is in progress "
-                                   f"(state {self.fsm.state.value}); send cancel first")
-
-    def _cmd_recalibrate(self, classes=None, seconds_per_class=None, repetitions=None) -> dict:
-        if self.bundle is None:
-            raise CalibrationError("no source model yet: train one first (train command)")
-        self._require_idle("recalibrate")
-        if not self._connected:
-            raise StreamError("no EMG stream connected; recalibration needs live data")
-        known = self.bundle.classes
-        classes = list(classes) if classes else list(self.config.calibration.classes or known)
-        unknown = [c for c in classes if c not in known]
-        if unknown:
-            raise CalibrationError(f"unknown class(es) {unknown}; the model knows {known}")
-        cal = self.config.calibration
-        return self._begin_session("recalibrate", classes,
-                                   seconds_per_class or cal.seconds_per_class,
-                                   repetitions or cal.repetitions)
-
-    def _cmd_train(self, classes=None, seconds_per_class=None, repetitions=None) -> dict:
-        self._require_idle("train")
-        if not self._connected:
-            raise StreamError("no EMG stream connected; training needs live data")
-        classes = list(classes or self.config.model.classes or (self.bundle.classes if self.bundle else []))
-        if len(classes) < 2:
-            raise CalibrationError("train needs at least two classes ([model] classes or the "
-                                   "'classes' field)")
-        cal = self.config.calibration
-        return self._begin_session("train", classes,
-                                   seconds_per_class or cal.train_seconds_per_class,
-                                   repetitions or cal.repetitions)
-
-    def _cmd_label(self, label=None, _since=None) -> dict:
-        if label is not None and self.bundle is not None and label not in self.bundle.classes:
-            raise CalibrationError(f"unknown class {label!r}; the model knows {self.bundle.classes}")
-        if self._calibration is None:
-            self._require_idle("label")
-            if self.bundle is None:
-                raise CalibrationError("no source model yet: train one first (train command)")
-            self.fsm.transition("start_recording")
-            self._calibration = _Calibration("manual", None, BurstCollector(), t0=float(self.clock()))
-        elif self._calibration.purpose != "manual":
-            raise CalibrationError("a prompted calibration is running; labels come from its prompts")
-        self._manual_label = label
-        self._label_since = float(self.clock()) if _since is None else float(_since)
-        return {"state": self.fsm.state.value, "label": label,
-                "windows": self._calibration.collector.n_windows}
-
-    def _cmd_fit(self, min_windows=None) -> dict:
-        cal = self._calibration
-        if cal is None or cal.purpose != "manual":
-            raise CalibrationError("nothing to fit: label windows first with the label command")
-        if min_windows is not None and cal.collector.n_windows < int(min_windows):
-            raise CalibrationError(f"only {cal.collector.n_windows} labelled windows, "
-                                   f"fewer than min_windows={min_windows}")
-        self._manual_label = None
-        result = self._finish_session()
-        if "error" in result:  # the calibration_failed event is out; the reply says so too
-            raise CalibrationError(result["error"])
-        return result
-
-    def _cmd_cancel(self) -> dict:
-        if self._calibration is None and self._fit_future is None:
-            return {"state": self.fsm.state.value, "cancelled": False}
-        self._calibration = None
-        self._manual_label = None
-        if self._fit_future is not None:
-            self._fit_future.cancel()  # a running fit finishes, its result is dropped
-            self._fit_future = None
-        self.fsm.transition("cancel")
-        self._event("calibration_failed", reason="cancelled by request", model=self.version)
-        return {"state": self.fsm.state.value, "cancelled": True}
-
-    def _cmd_rollback(self, version=None) -> dict:
-        self._require_idle("roll back")
-        maps = [m["version"] for m in self.store.list_maps()]
-        if version is None:
-            earlier = [v for v in maps if v < self.version]
-            if not earlier:
-                raise ValueError(f"no map before version {self.version} to roll back to")
-            version = earlier[-1]
-        if version not in maps:
-            raise ValueError(f"no map version {version}; known versions {maps}")
-        H, b, _ = self.store.load_map(version)
-        if H.shape != self._H.shape:
-            raise ValueError(f"map {version} has shape {H.shape}; the live model needs {self._H.shape}")
-        previous = self.version
-        self.store.set_live(version)
-        self._swap_map(H, b, version)
-        self._event("rollback", model=version, previous=previous)
-        self._event("model_swapped", model=version, reason="rollback")
-        return {"model": version, "previous": previous}
-
-    def _cmd_save(self) -> dict:
-        self.store.set_live(self.version)
-        return {"model": self.version, "state_dir": str(self.store.root)}
-
-    def _cmd_shutdown(self) -> dict:
-        self._stop.set()
-        return {"state": "stopping"}
-
     # ------------------------------------------------------------------ events
-    def _event(self, kind: str, **fields) -> None:
+    def event(self, kind: str, **fields) -> None:
+        """Publish one ``event`` (logged too)."""
         from ..io import protocol
 
         if self.publisher is None:
             return
         logger.info("event %s %s", kind, fields)
-        self.publisher.publish("event", protocol.event_msg(kind, t_pub=float(self.clock()), **fields))
+        self.publisher.publish("event", protocol.event_msg(kind, t_pub=float(self.clock()),
+                                                           **fields))
 
 
 def run(config, bundle=None) -> int:
@@ -736,11 +773,11 @@ def run(config, bundle=None) -> int:
     daemon = Daemon(config, bundle=bundle)
 
     def _stop(signum, frame):  # noqa: ARG001 - signal handler signature
-        daemon._stop.set()
+        daemon.request_stop()
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
     daemon.serve()
-    if daemon._last_error and daemon.publisher is None:
-        raise EmtlError(daemon._last_error)
+    if daemon.last_error and daemon.publisher is None:
+        raise EmtlError(daemon.last_error)
     return 0

@@ -4,7 +4,7 @@
 
     NO_MODEL --model_loaded--> STREAMING --start_prompting--> PROMPTING
         |                        |   ^                          | start_recording
-        | start_prompting        |   | fit_done                 v
+        | start_prompting        |   | fit_done  pause_recording ^ v
         | (training session)     |   +------ FITTING <--start_fitting-- RECORDING
         +--> PROMPTING           +--start_recording (manual label)-->  RECORDING
 
@@ -71,6 +71,7 @@ TRANSITIONS: dict[State, dict[str, State | str]] = {
         "stop": State.STOPPED,
     },
     State.RECORDING: {
+        "pause_recording": State.PROMPTING,  # a lead-in or rest prompt: nothing recorded
         "start_fitting": State.FITTING,
         "cancel": IDLE,
         "fail": IDLE,

@@ -154,6 +154,11 @@ class EMGInlet:
         self.gap_pending = False
         self.n_samples = self.n_chunks = self.n_gaps = 0
         self.n_reconnects = self.n_lost_samples = 0
+        #: Outages (the stream was lost, or no sample for ``lost_after_s``) and their
+        #: total length; their samples are not counted in ``n_lost_samples``.
+        self.n_outages = 0
+        self.outage_s = 0.0
+        self._restoring = False
         self.time_offset = 0.0
         self._last_ts = None  # last timestamp on the remote clock
         self._last_data = 0.0  # monotonic time of the last sample
@@ -229,6 +234,9 @@ class EMGInlet:
         self._refresh_time_correction(force=True)
         self.connected = True
         self._last_data = time.monotonic()
+        if self._lost_since is not None:
+            self.outage_s += self._last_data - self._lost_since
+        self._restoring = not first
         self._lost_since = None
         self._backoff_i = 0
         if not first:
@@ -293,6 +301,9 @@ class EMGInlet:
             self.connected = True
             self.n_reconnects += 1
             self.gap_pending = True
+            self._restoring = True
+            if self._lost_since is not None:
+                self.outage_s += now - self._lost_since
             self._lost_since = None
             self._backoff_i = 0
             self._resolver = None
@@ -330,8 +341,16 @@ class EMGInlet:
                 n_gaps = int(big.sum())
                 lost = int(np.rint(jumps[big] * rate).sum()) - n_gaps
         if first_dt is not None and first_dt > limit:
-            n_gaps += 1
-            lost += int(round(first_dt * rate)) - 1
+            if self._restoring or first_dt > self.lost_after_s:
+                # An outage, not lost samples: the source sent nothing meanwhile.
+                if not self._restoring:  # a stall never declared lost
+                    self.n_outages += 1
+                    self.outage_s += float(first_dt)
+                self.gap_pending = True
+            else:
+                n_gaps += 1
+                lost += int(round(first_dt * rate)) - 1
+        self._restoring = False
         if n_gaps:
             self.n_gaps += n_gaps
             self.n_lost_samples += lost
@@ -344,6 +363,7 @@ class EMGInlet:
         if not self.connected:
             return
         self.connected = False
+        self.n_outages += 1
         self._lost_since = time.monotonic()
         self._backoff_i = 0
         self._next_retry = self._lost_since + RECONNECT_BACKOFF_S[0]

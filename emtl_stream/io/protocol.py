@@ -45,6 +45,8 @@ EVENT_KINDS: dict[str, tuple[str, ...]] = {
     "stream_restored": (),
     "bad_input": ("reason",),
     "shift_suspected": ("reason",),
+    "stream_refused": ("reason",),
+    "map_refused": ("reason", "model"),
 }
 
 DEFAULT_MAX_REQUEST_BYTES = 65536

@@ -207,3 +207,29 @@ class MappedClassifier:
                 return idx, log_marginal
         self._proba[:] = np.nan
         return -1, float("nan")
+
+    def classify_window(self, x):
+        """Everything the daemon needs of one window, from one kernel call.
+
+        Parameters
+        ----------
+        x : ndarray of shape (n,)
+
+        Returns
+        -------
+        index : int
+            Most probable class index, −1 if the posterior is not finite.
+        proba : ndarray of shape (L,)
+            Class probabilities (a new array).
+        log_marginal : float
+            log p(H x + b) under the source mixture (NaN for a non-finite ``x``).
+        z : ndarray of shape (m,)
+            The mapped features H x + b.
+        """
+        x = np.ascontiguousarray(x, dtype=np.float64).reshape(1, -1)
+        lp, marg = self._run(x)
+        lp = lp[0]
+        proba = np.exp(lp)
+        index = -1 if not np.all(np.isfinite(lp)) else int(np.argmax(lp))
+        z = self.H @ x[0] + self.b
+        return index, proba, float(marg[0]), z

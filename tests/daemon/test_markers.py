@@ -89,7 +89,8 @@ def test_prompts_are_mirrored_to_an_lsl_markers_outlet(tmp_path, source, start_p
     inlet.open_stream(timeout=5.0)
     client = Client(config.zmq.control, config.zmq.pub, timeout_s=5.0)
     try:
-        with client.subscribe(("event",)) as sub:
+        with client.subscribe(("event", "pred")) as sub:
+            wait_for(sub, lambda t, m: t == "pred", 20.0)  # the stream is connected
             reply = client.recalibrate(classes=bundle.classes[:2], seconds_per_class=0.4)
             assert reply["ok"], reply
             wait_event(sub, ("calibration_done", "calibration_failed"), 30.0)

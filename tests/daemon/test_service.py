@@ -172,7 +172,7 @@ def test_restart_on_the_same_state_dir_keeps_the_live_map(live, source, start_da
     with live.client.subscribe(("pred", "event")) as sub:
         wait_for(sub, lambda topic, m: topic == "pred", 5.0)
         _recalibrate(live, sub, [], seconds_per_class=0.6)
-    H2 = live.daemon._H.copy()
+    H2 = live.daemon.live.H.copy()
     live.daemon.stop()
     assert not live.daemon._thread.is_alive()
     # a new daemon on the same state dir and ports, without a bundle argument
@@ -188,7 +188,7 @@ def test_restart_on_the_same_state_dir_keeps_the_live_map(live, source, start_da
         assert first["model"] == 2
         # the shifted armband is still classified well: map 2 (not the identity) is live
         acc, n = score(live.player, sub, live.classes)
-    np.testing.assert_array_equal(d2._H, H2)
+    np.testing.assert_array_equal(d2.live.H, H2)
     assert n >= 20 and acc > 0.85, acc
     client.close()
 
@@ -213,7 +213,7 @@ def test_state_dir_holds_source_maps_and_raw_bursts(live, source):
             if version == 1:
                 np.testing.assert_array_equal(z["H"], np.eye(32))
             else:
-                np.testing.assert_array_equal(z["H"], live.daemon._H)
+                np.testing.assert_array_equal(z["H"], live.daemon.live.H)
         meta = json.loads((root / "maps" / f"H_{version}.json").read_text())
         assert meta["version"] == version
     assert json.loads((root / "live.json").read_text())["version"] == 2

@@ -132,10 +132,13 @@ def test_wrong_channel_count_is_refused(tmp_path, source, start_player, start_da
         time.sleep(0.3)
         start_player(sid, armband(n_channels=6))
         seen = []
-        ev = wait_event(sub, "bad_input", 15.0, seen)
+        ev = wait_event(sub, "stream_refused", 15.0, seen)
         assert "6 channels" in ev["reason"] and "8" in ev["reason"], ev
-        collect(sub, 1.0, seen)
+        # retried every REFUSED_RETRY_S (5 s), announced once
+        collect(sub, 6.0, seen)
     assert not [m for topic, m in seen if topic == "pred"]
+    refused = [m for topic, m in seen if topic == "event" and m["kind"] == "stream_refused"]
+    assert len(refused) == 1, refused
     status = client.status()
     assert status["stream"]["connected"] is False
     assert "6 channels" in status["last_error"]

@@ -1,0 +1,189 @@
+"""Control commands: an explicit table from command name to handler.
+
+Each handler takes the daemon and the request's fields (already type-checked by
+:mod:`emtl_stream.io.protocol`) and returns the reply's fields, or raises an
+:class:`~emtl_stream.errors.EmtlError` (or ``ValueError``) whose message becomes
+the ``ok: false`` reply. Handlers run in the loop thread between two pulls.
+
+Every number a client sends is checked against a documented bound *before*
+anything is started or allocated (:mod:`.session`), so a refused request never
+leaves a half-started session.
+"""
+
+from __future__ import annotations
+
+from ..errors import CalibrationError, StreamError
+from .session import MAX_UNLABELLED_S, check_session_request
+
+#: Most labelled windows a manual session keeps (at a 50 ms step about 83 minutes).
+MAX_MANUAL_WINDOWS = 100_000
+
+
+def _require_idle(daemon, what: str) -> None:
+    if daemon.session is not None or daemon.fit is not None:
+        raise CalibrationError(f"cannot {what}: a calibration is in progress "
+                               f"(state {daemon.fsm.state.value}); send cancel first")
+
+
+def _require_stream(daemon, what: str) -> None:
+    if not daemon.connected or daemon.pipeline is None:
+        raise StreamError(f"no EMG stream connected; {what} needs live data")
+
+
+def cmd_status(daemon) -> dict:
+    """``status``: state, model, stream, counters."""
+    return daemon.status()
+
+
+def cmd_recalibrate(daemon, classes=None, seconds_per_class=None, repetitions=None,
+                    labels=None) -> dict:
+    """``recalibrate``: a prompted burst, or with ``labels: false`` a zero-label one."""
+    if daemon.live is None:
+        raise CalibrationError("no source model yet: train one first (train command)")
+    _require_idle(daemon, "recalibrate")
+    _require_stream(daemon, "recalibration")
+    if labels is False:
+        if classes is not None or seconds_per_class is not None or repetitions is not None:
+            raise CalibrationError("a zero-label recalibration takes no classes, "
+                                   "seconds_per_class or repetitions ([adapt] seconds sets "
+                                   "its length)")
+        seconds = float(daemon.config.adapt.seconds)
+        if not 0 < seconds <= MAX_UNLABELLED_S:
+            raise CalibrationError(f"[adapt] seconds must be in (0, {MAX_UNLABELLED_S:g}]")
+        return daemon.begin_unlabelled(seconds)
+    known = daemon.live.classes
+    cal = daemon.config.calibration
+    classes = list(classes) if classes else list(cal.classes or known)
+    unknown = [c for c in classes if c not in known]
+    if unknown:
+        raise CalibrationError(f"unknown class(es) {unknown}; the model knows {known}")
+    schedule = check_session_request(
+        classes, cal.seconds_per_class if seconds_per_class is None else seconds_per_class,
+        cal.repetitions if repetitions is None else repetitions, cal.lead_in_s, cal.rest_s)
+    return daemon.begin_prompted("recalibrate", schedule)
+
+
+def cmd_train(daemon, classes=None, seconds_per_class=None, repetitions=None) -> dict:
+    """``train``: a prompted burst that trains a new source model."""
+    _require_idle(daemon, "train")
+    _require_stream(daemon, "training")
+    classes = list(classes or daemon.config.model.classes
+                   or (daemon.bundle.classes if daemon.bundle else []))
+    if len(classes) < 2:
+        raise CalibrationError("train needs at least two classes ([model] classes or the "
+                               "'classes' field)")
+    cal = daemon.config.calibration
+    schedule = check_session_request(
+        classes, cal.train_seconds_per_class if seconds_per_class is None else seconds_per_class,
+        cal.repetitions if repetitions is None else repetitions, cal.lead_in_s, cal.rest_s)
+    return daemon.begin_prompted("train", schedule)
+
+
+def cmd_label(daemon, label=None) -> dict:
+    """``label``: windows from now on belong to ``label`` (null: to none)."""
+    return label_windows(daemon, label, None)
+
+
+def label_windows(daemon, label, since) -> dict:
+    """Label windows starting at LSL time ``since`` (default now); a Markers stream uses it."""
+    bundle = daemon.bundle
+    if label is not None and bundle is not None and label not in bundle.classes:
+        raise CalibrationError(f"unknown class {label!r}; the model knows {bundle.classes}")
+    s = daemon.session
+    if s is None:
+        if label is None:  # nothing to stop: stay idle instead of opening an empty session
+            return {"state": daemon.fsm.state.value, "label": None, "windows": 0}
+        _require_idle(daemon, "label")
+        if bundle is None:
+            raise CalibrationError("no source model yet: train one first (train command)")
+        s = daemon.begin_manual()
+    elif s.purpose != "manual":
+        raise CalibrationError("a prompted calibration is running; labels come from its prompts")
+    s.set_label(label, float(daemon.clock()) if since is None else float(since))
+    return {"state": daemon.fsm.state.value, "label": label, "windows": s.n_windows}
+
+
+def cmd_fit(daemon, min_windows=None) -> dict:
+    """``fit``: fit H on the manually labelled windows."""
+    s = daemon.session
+    if s is None or s.purpose != "manual":
+        raise CalibrationError("nothing to fit: label windows first with the label command")
+    if min_windows is not None and s.n_windows < int(min_windows):
+        raise CalibrationError(f"only {s.n_windows} labelled windows, "
+                               f"fewer than min_windows={min_windows}")
+    s.set_label(None, float(daemon.clock()))
+    result = daemon.finish_session()
+    if "error" in result:  # the calibration_failed event is out; the reply says so too
+        raise CalibrationError(result["error"])
+    return result
+
+
+def cmd_cancel(daemon) -> dict:
+    """``cancel``: stop the session or the running fit; the live map stays."""
+    cancelled = daemon.cancel()
+    return {"state": daemon.fsm.state.value, "cancelled": cancelled}
+
+
+def cmd_rollback(daemon, version=None) -> dict:
+    """``rollback``: put an earlier map (default: the previous one) live."""
+    _require_idle(daemon, "roll back")
+    if daemon.live is None:
+        raise CalibrationError("no source model yet: nothing to roll back")
+    maps = [m["version"] for m in daemon.store.list_maps()]
+    current = daemon.version
+    if version is None:
+        earlier = [v for v in maps if v < current]
+        if not earlier:
+            raise ValueError(f"no map before version {current} to roll back to")
+        version = earlier[-1]
+    if version not in maps:
+        raise ValueError(f"no map version {version}; known versions {maps}")
+    H, b, meta = daemon.store.load_map(version)
+    if H.shape != daemon.live.H.shape:
+        raise ValueError(f"map {version} has shape {H.shape}; the live model needs "
+                         f"{daemon.live.H.shape}")
+    stored = meta.get("source_fingerprint")
+    if stored is not None and stored != daemon.live.fingerprint:
+        raise ValueError(f"map {version} was fitted for another source model ({stored})")
+    daemon.store.set_live(version)
+    from .shift import ShiftReference
+
+    ref = meta.get("shift_reference")
+    daemon.swap_map(H, b, version, ShiftReference.from_dict(ref) if ref else None)
+    daemon.event("rollback", model=version, previous=current)
+    daemon.event("model_swapped", model=version, reason="rollback")
+    return {"model": version, "previous": current}
+
+
+def cmd_save(daemon) -> dict:
+    """``save``: make sure the live pointer names the live map."""
+    daemon.store.set_live(daemon.version)
+    return {"model": daemon.version, "state_dir": str(daemon.store.root)}
+
+
+def cmd_shutdown(daemon) -> dict:
+    """``shutdown``: stop the daemon after this reply."""
+    daemon.request_stop()
+    return {"state": "stopping"}
+
+
+#: Command name -> handler(daemon, **fields). Checked against protocol.COMMANDS by a test.
+HANDLERS = {
+    "status": cmd_status,
+    "recalibrate": cmd_recalibrate,
+    "train": cmd_train,
+    "label": cmd_label,
+    "fit": cmd_fit,
+    "cancel": cmd_cancel,
+    "rollback": cmd_rollback,
+    "save": cmd_save,
+    "shutdown": cmd_shutdown,
+}
+
+
+def handle_request(daemon, req) -> dict:
+    """Dispatch one validated request to its handler."""
+    handler = HANDLERS.get(req.cmd)
+    if handler is None:  # protocol.py already refuses unknown commands
+        raise ValueError(f"unknown command {req.cmd!r}")
+    return handler(daemon, **req.fields)

@@ -1,0 +1,214 @@
+"""Fit jobs run in the worker thread: pure functions of explicit arguments.
+
+Nothing of the daemon crosses to the worker: the loop thread copies what a fit
+needs (source components, burst, live map, settings) into the call, and the
+job returns a plain result. A job checks its ``cancel`` event between stages; a
+cancelled job raises :class:`FitCancelled` and its result is never used.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import CalibrationError
+from .bundle import fit_source_model, make_bundle, transfer_kwargs
+
+
+#: Fewest finite windows a zero-label fit is tried on (1 s at a 50 ms step).
+MIN_UNLABELLED_WINDOWS = 20
+
+
+class FitCancelled(CalibrationError):
+    """The fit was cancelled by request; its result is dropped."""
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise FitCancelled("cancelled by request")
+
+
+def transfer_settings(config, n_channels: int, H_live) -> tuple[dict, int | None]:
+    """TransferEM keyword arguments and ``ring_channels`` for a recalibration.
+
+    Called in the loop thread; the result is passed to the job.
+
+    Parameters
+    ----------
+    config : Config
+    n_channels : int
+        Electrodes of the source model's stream.
+    H_live : ndarray of shape (m, n)
+        The live map (the shrink target when ``[transfer] shrink_to = "current"``).
+    """
+    kw = transfer_kwargs(config, n_channels)
+    if config.transfer.shrink_to == "current":
+        kw["shrink_to"] = np.array(H_live, dtype=np.float64)
+    ring = n_channels if (config.stream.ring and config.transfer.ring_search
+                          and H_live.shape[1] % n_channels == 0) else None
+    return kw, ring
+
+
+def _finite_map(H, b) -> bool:
+    return bool(np.all(np.isfinite(H)) and np.all(np.isfinite(b)))
+
+
+def transfer_job(components, X, labels, H_live, b_live, *, transfer_kwargs: dict,
+                 ring_channels: int | None, cancel: threading.Event | None = None) -> dict:
+    """Fit H on a labelled burst (worker thread).
+
+    Parameters
+    ----------
+    components : SourceComponents
+    X : ndarray of shape (N, n)
+    labels : sequence of str, length N
+    H_live : ndarray of shape (m, n)
+    b_live : ndarray of shape (m,)
+    transfer_kwargs : dict
+        TransferEM keyword arguments (see :func:`transfer_settings`).
+    ring_channels : int or None
+    cancel : threading.Event, optional
+
+    Returns
+    -------
+    dict
+        ``H``, ``b``, ``objective``, ``previous_objective``, ``n_iter``, ``converged``,
+        ``roll``, ``trace``, ``fit_s``.
+    """
+    from ..model.transfer import TransferEM
+
+    _check_cancel(cancel)
+    t0 = time.perf_counter()
+    tem = TransferEM(components, ring_channels=ring_channels, **transfer_kwargs)
+    tem.fit(X, labels, H_init=H_live, b_init=b_live if transfer_kwargs.get("bias") else None)
+    _check_cancel(cancel)
+    H, b = tem.H_, tem.b_
+    if not _finite_map(H, b):
+        raise CalibrationError("transfer EM returned a non-finite map; the old map stays live")
+    new_obj = float(tem.objective(X, labels))
+    old_obj = float(tem.objective(X, labels, H=H_live, b=b_live))
+    return dict(H=H, b=b, objective=new_obj, previous_objective=old_obj,
+                n_iter=int(tem.n_iter_), converged=bool(tem.converged_),
+                roll=getattr(tem, "best_roll_", None),
+                trace=list(map(float, tem.log_likelihood_)), fit_s=time.perf_counter() - t0)
+
+
+@dataclass
+class UnlabelledResult:
+    """Outcome of a zero-label fit.
+
+    Parameters
+    ----------
+    accepted : bool
+        The new map may go live.
+    reason : str
+        Why it was accepted or refused (one sentence).
+    H, b : ndarray
+        The fitted map (the live one when the fit failed outright).
+    metrics : dict
+        ``objective``, ``previous_objective``, ``n_iter``, ``converged``, ``roll``,
+        ``fit_s``, ``n_windows``.
+    """
+
+    accepted: bool
+    reason: str
+    H: np.ndarray
+    b: np.ndarray
+    metrics: dict = field(default_factory=dict)
+
+
+def unlabelled_transfer_job(components, X, H_live, b_live, *, transfer_kwargs: dict,
+                            ring_channels: int | None,
+                            cancel: threading.Event | None = None) -> UnlabelledResult:
+    """Fit H on unlabelled live windows (label-marginal E-step) and check it (worker thread).
+
+    Accepted only if the map is finite and its penalised unlabelled objective on
+    ``X`` is not worse than the live map's.
+
+    Parameters
+    ----------
+    components : SourceComponents
+    X : ndarray of shape (N, n)
+        Unlabelled windows (non-finite rows are dropped).
+    H_live : ndarray of shape (m, n)
+    b_live : ndarray of shape (m,)
+    transfer_kwargs : dict
+        TransferEM keyword arguments; ``shrink_to`` is normally the live H.
+    ring_channels : int or None
+        Electrodes on the ring (enables the roll starts).
+    cancel : threading.Event, optional
+
+    Returns
+    -------
+    UnlabelledResult
+    """
+    from ..model.transfer import TransferEM
+
+    _check_cancel(cancel)
+    t0 = time.perf_counter()
+    X = np.asarray(X, dtype=np.float64)
+    X = X[np.all(np.isfinite(X), axis=1)] if X.ndim == 2 else X.reshape(0, H_live.shape[1])
+    H_live = np.array(H_live, dtype=np.float64)
+    b_live = np.array(b_live, dtype=np.float64)
+    metrics = {"n_windows": int(X.shape[0])}
+    if X.shape[0] < MIN_UNLABELLED_WINDOWS:
+        return UnlabelledResult(False, f"only {X.shape[0]} finite windows collected; too few "
+                                "for a zero-label fit", H_live, b_live, metrics)
+    tem = TransferEM(components, ring_channels=ring_channels, **transfer_kwargs)
+    try:
+        tem.fit(X, None, H_init=H_live, b_init=b_live if transfer_kwargs.get("bias") else None)
+    except (ValueError, ArithmeticError, np.linalg.LinAlgError, CalibrationError) as exc:
+        return UnlabelledResult(False, f"transfer EM failed: {exc}", H_live, b_live, metrics)
+    _check_cancel(cancel)
+    H, b = tem.H_, tem.b_
+    metrics.update(n_iter=int(tem.n_iter_), converged=bool(tem.converged_),
+                   roll=getattr(tem, "best_roll_", None), fit_s=time.perf_counter() - t0)
+    if not _finite_map(H, b):
+        return UnlabelledResult(False, "transfer EM returned a non-finite map", H_live, b_live,
+                                metrics)
+    new_obj = float(tem.objective(X, None))
+    old_obj = float(tem.objective(X, None, H=H_live, b=b_live))
+    metrics.update(objective=new_obj, previous_objective=old_obj)
+    if not (np.isfinite(new_obj) and new_obj >= old_obj):
+        return UnlabelledResult(False, f"the new map does not beat the live one on the windows "
+                                f"(objective {new_obj:.4g} vs {old_obj:.4g})", H_live, b_live,
+                                metrics)
+    return UnlabelledResult(True, "unlabelled objective improved", H, b, metrics)
+
+
+def train_job(X, labels, *, kind: str, covariance_type: str, n_components_per_class: int,
+              extractor, window_ms: float, step_ms: float, n_channels: int, rate: float,
+              cancel: threading.Event | None = None) -> dict:
+    """Train a source model on a prompted burst (worker thread).
+
+    Parameters
+    ----------
+    X : ndarray of shape (N, n)
+    labels : sequence of str, length N
+    kind, covariance_type, n_components_per_class
+        ``[model]`` settings.
+    extractor : FeatureExtractor
+        The one the burst's windows were computed with (stored in the bundle).
+    window_ms, step_ms : float
+    n_channels : int
+    rate : float
+    cancel : threading.Event, optional
+
+    Returns
+    -------
+    dict
+        ``bundle``, ``fit_s``, ``accuracy`` (on the burst).
+    """
+    _check_cancel(cancel)
+    t0 = time.perf_counter()
+    labels = np.asarray(labels)
+    model = fit_source_model(X, labels, kind=kind, covariance_type=covariance_type,
+                             n_components_per_class=n_components_per_class)
+    _check_cancel(cancel)
+    bundle = make_bundle(model, extractor, window_ms, step_ms, n_channels, rate,
+                         source="prompted train session")
+    return dict(bundle=bundle, fit_s=time.perf_counter() - t0,
+                accuracy=float(np.mean(model.predict(X) == labels)))
