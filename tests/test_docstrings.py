@@ -135,3 +135,11 @@ def test_checker_accepts_numpy_conventions_and_exits_0(tmp_path):
     run = subprocess.run([sys.executable, str(CHECKER), str(good)], capture_output=True,
                          text=True)
     assert run.returncode == 0 and run.stdout == ""
+
+
+@pytest.mark.parametrize("package", CHECKED)
+def test_ruff_docstring_and_line_rules_pass(package):
+    """ruff with the project's rules (pydocstyle numpy convention, E501) finds nothing."""
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise",
+                           str(ROOT / package)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

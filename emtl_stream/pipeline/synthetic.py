@@ -162,7 +162,13 @@ class SyntheticArmband:
         self.mixing = self._mixing(self.shift)
 
     def set_gain(self, gain: float) -> None:
-        """Set the electrode gain (> 0; 1 = as trained); noise is scaled with the signal."""
+        """Set the electrode gain; noise is scaled with the signal.
+
+        Parameters
+        ----------
+        gain : float
+            Amplitude factor of every electrode, > 0 (1 = as trained).
+        """
         self.gain = ensure_float(gain, "gain", minimum=0.0, strict_min=True)
 
     def class_index(self, class_) -> int:

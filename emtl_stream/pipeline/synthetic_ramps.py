@@ -21,7 +21,7 @@ from .synthetic import SyntheticArmband
 
 
 def generate_at_level(armband: SyntheticArmband, n_samples: int, class_, level: float):
-    """The next ``n_samples`` samples of ``class_`` performed at ``level`` x its strength.
+    """Generate the next ``n_samples`` samples of ``class_`` at ``level`` x its strength.
 
     Parameters
     ----------
@@ -95,9 +95,25 @@ def level_session(armband: SyntheticArmband, classes, seconds_per_class: float, 
 
 def ramp_session(armband: SyntheticArmband, classes, seconds_per_class: float = 4.0,
                  low: float = 0.1, high: float = 1.0, chunk_s: float = 0.01):
-    """Slow linear ramps from ``low`` to ``high`` activation for every class.
+    """Generate slow linear ramps from ``low`` to ``high`` activation for every class.
 
-    Same returns as :func:`level_session`.
+    Parameters
+    ----------
+    armband : SyntheticArmband
+        The generator that performs the session.
+    classes : sequence of str
+        Classes to perform, in order.
+    seconds_per_class : float
+        Duration of each class's segment.
+    low, high : float
+        Activation level at the start and at the end of each ramp.
+    chunk_s : float
+        Generation chunk length (s).
+
+    Returns
+    -------
+    tuple
+        Same returns as :func:`level_session`.
     """
     return level_session(armband, classes, seconds_per_class,
                          lambda i, n: np.linspace(low, high, n), chunk_s)
@@ -105,9 +121,25 @@ def ramp_session(armband: SyntheticArmband, classes, seconds_per_class: float = 
 
 def hold_session(armband: SyntheticArmband, classes, seconds_per_class: float = 4.0,
                  level: float = 1.0, chunk_s: float = 0.01):
-    """Static holds at one activation level for every class.
+    """Generate static holds at one activation level for every class.
 
-    Same returns as :func:`level_session`.
+    Parameters
+    ----------
+    armband : SyntheticArmband
+        The generator that performs the session.
+    classes : sequence of str
+        Classes to perform, in order.
+    seconds_per_class : float
+        Duration of each class's segment.
+    level : float
+        Activation level held throughout each segment.
+    chunk_s : float
+        Generation chunk length (s).
+
+    Returns
+    -------
+    tuple
+        Same returns as :func:`level_session`.
     """
     return level_session(armband, classes, seconds_per_class,
                          lambda i, n: np.full(n, level), chunk_s)
