@@ -201,6 +201,9 @@ def _recalibrate(p):
     p.add_argument("--classes", default=None, help="comma-separated subset of classes")
     p.add_argument("--seconds", type=_positive_float, default=None, help="seconds per class")
     p.add_argument("--repetitions", type=int, default=None)
+    p.add_argument("--no-labels", action="store_true",
+                   help="zero-label: the daemon collects [adapt] seconds of live windows "
+                        "without prompts and fits the map without labels")
 
 
 @command("status", "emtl_stream.commands:status", "show the daemon's state")

@@ -526,12 +526,21 @@ def _follow_session(command: str, sub, duration_s: float) -> dict:
 
 def recalibrate(args) -> int:
     """``emtl-stream recalibrate``: prompts with a countdown; 0 once the new H is live."""
+    no_labels = bool(getattr(args, "no_labels", False))
+    if no_labels and (args.classes or args.seconds is not None or args.repetitions is not None):
+        raise ConfigError("--no-labels takes no --classes, --seconds or --repetitions "
+                          "([adapt] seconds sets the collection's length)")
     client = _client(args)
     with client.subscribe(("prompt", "event")) as sub:
         time.sleep(0.3)  # let the subscription reach the publisher (slow joiner)
-        reply = _check_ok("recalibrate", client.recalibrate(
-            classes=_split(args.classes), seconds_per_class=args.seconds,
-            repetitions=args.repetitions), client)
+        if no_labels:
+            reply = _check_ok("recalibrate", client.recalibrate(labels=False), client)
+            _say("recalibrate", f"collecting {float(reply.get('duration_s') or 0):g} s of live "
+                                "windows without labels; keep using the hand as usual")
+        else:
+            reply = _check_ok("recalibrate", client.recalibrate(
+                classes=_split(args.classes), seconds_per_class=args.seconds,
+                repetitions=args.repetitions), client)
         done = _follow_session("recalibrate", sub, float(reply.get("duration_s") or 0))
     parts = [f"new map live: version {done.get('model')}"]
     if done.get("roll") is not None:

@@ -230,11 +230,26 @@ class Client:
         """State, live map version, classes, stream, window and drop counters."""
         return self.request("status")
 
-    def recalibrate(self, classes=None, seconds_per_class=None, repetitions=None) -> dict:
-        """Start a prompted recalibration (completion arrives as an ``event``)."""
+    def recalibrate(self, classes=None, seconds_per_class=None, repetitions=None,
+                    labels: bool | None = None) -> dict:
+        """Start a recalibration (completion arrives as an ``event``).
+
+        Parameters
+        ----------
+        classes : sequence of str, optional
+            Subset of classes to prompt (default: all the model knows).
+        seconds_per_class : float, optional
+            Recorded seconds per class prompt (default ``[calibration] seconds_per_class``).
+        repetitions : int, optional
+            How often the class sequence is prompted.
+        labels : bool, optional
+            ``False``: a zero-label recalibration — the daemon collects ``[adapt] seconds``
+            of live windows without prompting and fits the map without labels (then
+            ``classes``, ``seconds_per_class`` and ``repetitions`` must be left out).
+        """
         return self.request("recalibrate", **self._given(
             classes=list(classes) if classes is not None else None,
-            seconds_per_class=seconds_per_class, repetitions=repetitions))
+            seconds_per_class=seconds_per_class, repetitions=repetitions, labels=labels))
 
     def train(self, classes=None, seconds_per_class=None, repetitions=None) -> dict:
         """Start a prompted training session of a new source model on the live stream.

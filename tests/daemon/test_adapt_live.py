@@ -126,3 +126,33 @@ def test_auto_mode_leaves_an_unshifted_arm_alone(tmp_path, source, start_player,
         assert daemon.version == 1
     finally:
         client.close()
+
+
+def test_cli_recalibrate_no_labels_heals_the_shifted_arm(tmp_path, source, start_player,
+                                                         start_daemon):
+    """``emtl-stream recalibrate --no-labels``: no prompts, a new map, its summary printed."""
+    import subprocess
+    import sys
+
+    daemon, player, client = _start(tmp_path, source, start_player, start_daemon,
+                                    EMTL_ADAPT_SECONDS="6")
+    old = daemon.version
+    addr = ["--control", daemon.config.zmq.control, "--pub", daemon.config.zmq.pub]
+    cmd = [sys.executable, "-m", "emtl_stream", "recalibrate"]
+    try:
+        with client.subscribe(("pred",)) as sub:
+            wait_for(sub, lambda t, m: t == "pred", 20.0)
+        usage = subprocess.run(cmd + ["--no-labels", "--seconds", "1"] + addr,
+                               capture_output=True, text=True, timeout=60)
+        assert usage.returncode == 2 and "--no-labels takes no" in usage.stderr, usage.stderr
+        proc = subprocess.run(cmd + ["--no-labels"] + addr, capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "without labels" in proc.stderr and "new map live: version" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        status = client.status()
+        assert status["model"] != old and status["state"] == "streaming"
+        _, _, meta = daemon.store.load_map(status["model"])
+        assert meta["reason"] == "unlabelled"
+    finally:
+        client.close()
