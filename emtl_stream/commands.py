@@ -93,8 +93,14 @@ def train(args) -> int:
         y = names[y.astype(int)]
     model = fit_source_model(X, y, kind=args.model, covariance_type=args.covariance_type,
                              n_components_per_class=args.components_per_class)
+    from .daemon.shift import heldout_reference  # detector level for a cold start
+
+    ref = heldout_reference(lambda Xa, ya: fit_source_model(
+        Xa, ya, kind=args.model, covariance_type=args.covariance_type,
+        n_components_per_class=args.components_per_class), X, y)
     bundle = make_bundle(model, extractor, cfg.features.window_ms, cfg.features.step_ms,
-                         shape[0], shape[1], files=[str(f) for f in args.files])
+                         shape[0], shape[1], files=[str(f) for f in args.files],
+                         shift_reference=ref)
     bundle.save(args.out)
     acc = float(np.mean(model.predict(X) == y))
     print(f"wrote {args.out}: {len(X)} windows, classes {bundle.classes}, "

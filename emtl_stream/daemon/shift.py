@@ -458,3 +458,49 @@ class ShiftWatch:
             event["reference"] = ref.source
             event["t"] = float(t)
         return event
+
+
+#: Share of each class's training windows (its last ones, in stream order) held out
+#: to compute a training bundle's shift reference.
+HELDOUT_SHARE = 0.2
+
+
+def heldout_reference(fit_model, X, y, heldout_share: float = HELDOUT_SHARE) -> dict | None:
+    """Shift reference for a freshly trained model, from held-out training windows.
+
+    The last ``heldout_share`` of each class's windows (in stream order) are held
+    out, a model is fitted on the rest with ``fit_model`` and the reference is taken
+    on the held-out windows under it with the identity map: the level new windows of
+    an unshifted arm reach, not the optimistic in-sample one.
+
+    Parameters
+    ----------
+    fit_model : callable
+        ``fit_model(X, y)`` returns a fitted source model with ``to_components()``
+        (the same settings as the model that is shipped).
+    X : ndarray of shape (N, n)
+        Training windows in stream order.
+    y : array-like of shape (N,)
+    heldout_share : float
+        In (0, 1).
+
+    Returns
+    -------
+    dict or None
+        :meth:`ShiftReference.to_dict`, or None when there are too few windows.
+    """
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y)
+    held = np.zeros(len(y), bool)
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        k = int(round(heldout_share * len(idx)))
+        if k:
+            held[idx[-k:]] = True
+    if held.sum() < LL_WINDOWS or len(np.unique(y[~held])) != len(np.unique(y)):
+        return None
+    comp = fit_model(X[~held], y[~held]).to_components()
+    m = comp.n_features
+    if X.shape[1] != m:
+        return None  # a map to a different source dimension has no identity reference
+    return ShiftReference.from_windows(comp, np.eye(m), np.zeros(m), X[held]).to_dict()
