@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action="store_true",
                    help="include the reference package (em-transfer-learning) if installed")
     p.add_argument("--config", default=None, help="TOML config whose settings are evaluated")
+    p.add_argument("--unlabelled", action="store_true",
+                   help="zero-label recalibration, optimal-transport and shift-detector rows")
 
     p = sub.add_parser("bench", help="run the benchmarks and print the tables")
     p.add_argument("--quick", action="store_true", help="a small subset (about a minute)")

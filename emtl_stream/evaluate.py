@@ -241,6 +241,10 @@ def main(args) -> int:
     """CLI entry: ``emtl-stream evaluate DATA_DIR [--json F] [--markdown F]``."""
     import sys
 
+    if getattr(args, "unlabelled", False):  # zero-label and shift-detection rows
+        from .eval_unlabelled import main as unlabelled_main
+
+        return unlabelled_main(args)
     subjects = None
     if args.subjects:
         subjects = {int(s) for s in args.subjects.split(",")}

@@ -309,16 +309,16 @@ class ShiftReference:
         return cls(ll_median, ll_spread, mmd_median, mmd_spread, int(ll.size), source)
 
     # thresholds, in one place so the events and the docs agree
-    def ll_threshold(self, n_features: int) -> float:
+    def ll_threshold(self, n_features: int, spreads: float = LL_SPREADS,
+                     nats_per_feature: float = LL_NATS_PER_FEATURE) -> float:
         """Running-median log-likelihood below which the likelihood test fires."""
-        return self.ll_median - max(LL_SPREADS * self.ll_spread,
-                                    LL_NATS_PER_FEATURE * n_features)
+        return self.ll_median - max(spreads * self.ll_spread, nats_per_feature * n_features)
 
-    def mmd_threshold(self) -> float | None:
+    def mmd_threshold(self, spreads: float = MMD_SPREADS) -> float | None:
         """Best-mix MMD² above which the distribution test fires (None: no MMD reference)."""
         if self.mmd_median is None:
             return None
-        return max(self.mmd_median + MMD_SPREADS * self.mmd_spread, MMD_FLOOR)
+        return max(self.mmd_median + spreads * self.mmd_spread, MMD_FLOOR)
 
 
 def _running_medians(v: np.ndarray, w: int) -> np.ndarray:
@@ -341,6 +341,9 @@ class ShiftWatch:
     components : SourceComponents, optional
         The source model, needed for the MMD test (off without it, or without an
         MMD level in the reference).
+    ll_spreads, ll_nats_per_feature, mmd_spreads : float
+        Thresholds (defaults :data:`LL_SPREADS`, :data:`LL_NATS_PER_FEATURE`,
+        :data:`MMD_SPREADS`); the evaluation sweeps them, the daemon keeps the defaults.
 
     Notes
     -----
@@ -349,8 +352,11 @@ class ShiftWatch:
     """
 
     def __init__(self, n_features: int, reference: ShiftReference | None = None,
-                 components=None):
+                 components=None, *, ll_spreads: float = LL_SPREADS,
+                 ll_nats_per_feature: float = LL_NATS_PER_FEATURE,
+                 mmd_spreads: float = MMD_SPREADS):
         self.n_features = int(n_features)
+        self._thr = (float(ll_spreads), float(ll_nats_per_feature), float(mmd_spreads))
         self._mmd = None
         if components is not None:
             from ..model.classify import as_components
@@ -428,7 +434,7 @@ class ShiftWatch:
         event = None
         if len(self._ll) == LL_WINDOWS:
             level = float(np.median(self._ll))
-            thr = ref.ll_threshold(self.n_features)
+            thr = ref.ll_threshold(self.n_features, self._thr[0], self._thr[1])
             if not self._ll_flagged and level < thr:
                 self._ll_flagged = True
                 event = {"reason": "recent windows are much less likely under the source model "
@@ -438,7 +444,7 @@ class ShiftWatch:
             elif self._ll_flagged and level > ref.ll_median - LL_REARM_SPREADS * ref.ll_spread:
                 self._ll_flagged = False
         self._since_mmd += 1
-        mthr = ref.mmd_threshold()
+        mthr = ref.mmd_threshold(self._thr[2])
         if (self._mmd is not None and mthr is not None and len(self._z) == MMD_WINDOWS
                 and self._since_mmd >= MMD_EVERY):
             self._since_mmd = 0
