@@ -139,3 +139,22 @@ def test_guard_labelled_prefers_the_more_accurate_map(setup):
     assert not ok and "not finite" in reason
     ok, reason, _ = guard_labelled(comp, np.full_like(X, np.nan), y, right, None, right, None)
     assert not ok and "no finite" in reason
+
+
+def test_unlabelled_evaluation_sets_follow_the_stated_protocol(emg_dir):
+    from emtl_stream import eval_unlabelled as eu
+    from emtl_stream.evaluate import EvalSettings, _load
+
+    st = EvalSettings()
+    shift = _load(emg_dir / "ciil_es_s01_shifted.npz", st)
+    step = st.step_ms / 1000.0
+    bal = eu.balanced_set(shift, step)
+    assert len(bal) * step <= eu.BALANCED_SECONDS
+    assert np.all(np.isin(shift["rep"][bal], eu.CAL_REPS))
+    assert len(np.unique(shift["y"][bal])) == 5  # every class in the balanced set
+    rest_class = shift["class_names"].index("No_Motion")
+    rs = eu.rest_set(shift, rest_class)
+    share = float(np.mean(shift["y"][rs] == rest_class))
+    assert abs(share - eu.REST_SHARE) < 0.05
+    assert len(rs) * step <= eu.BALANCED_SECONDS and len(np.unique(shift["y"][rs])) == 5
+    assert not np.isin(rs, np.flatnonzero(np.isin(shift["rep"], eu.TEST_REPS))).any()
