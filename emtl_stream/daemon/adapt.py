@@ -41,8 +41,11 @@ MIN_WINDOWS = 60
 #: Refuse when more than this share of the windows is non-finite (a broken stream).
 MAX_NONFINITE_SHARE = 0.1
 #: Held-out log-likelihood gain over the live map, in nats per mapped feature and
-#: window, below which the new map is not worth a swap (the live map stays).
-MIN_GAIN_NATS_PER_FEATURE = 0.05
+#: window, below which the new map is not worth a swap (the live map stays). On the
+#: 18 CIIL recordings (20 s of windows, docs/evaluation.md) unshifted arms gain
+#: 0.005-0.16 (a refit to session drift, which lowered accuracy in 5 of 18) and
+#: shifted arms 0.34-7.6, so 0.25 separates them with room on both sides.
+MIN_GAIN_NATS_PER_FEATURE = 0.25
 #: A class counts as present when it is predicted for at least this share of windows ...
 MIN_CLASS_SHARE = 0.03
 #: ... and at least this many classes must be present under both maps.
