@@ -23,7 +23,8 @@ accuracies on shifted reps 2-7):
   baseline rep a (held out), a stream of baseline rep b then all shifted windows, for
   every b and a = b + 1 (mod 5). False alarms per hour on the unshifted part; delay
   from the first shifted window to the first event (``miss`` when none comes within
-  :data:`MAX_DELAY_S`), for the likelihood test alone, the MMD test alone and both.
+  :data:`MAX_DELAY_S`), for the likelihood test alone, the MMD test alone and the daemon's default rule
+  (both tests, persisted 1 s).
 """
 
 from __future__ import annotations
@@ -183,23 +184,27 @@ def _run_watch(comp, ref, X, step_s, **thresholds):
     return events, per_window_us
 
 
-def detection_subject(base: dict, shift: dict, settings) -> dict:
-    """Delays and false alarms of the likelihood test, the MMD test and both."""
+def detection_subject(base: dict, shift: dict, settings, only_default: bool = False) -> dict:
+    """Delays and false alarms of the likelihood test, the MMD test and the default rule
+    (``only_default``: the default rule alone)."""
     from .daemon import shift as sh
 
     step_s = settings.step_ms / 1000.0
     off = 1e12  # a threshold no statistic reaches: that test is off
-    configs = {"both": dict(ll_spreads=sh.LL_SPREADS, ll_nats_per_feature=sh.LL_NATS_PER_FEATURE,
-                            mmd_spreads=sh.MMD_SPREADS)}
-    configs.update({f"ll{k:g}x{f:g}": dict(ll_spreads=k, ll_nats_per_feature=f, mmd_spreads=off)
+    configs = {"default": {}}  # the daemon's rule: both tests, persisted
+    configs.update({f"ll{k:g}x{f:g}": dict(ll_spreads=k, ll_nats_per_feature=f, mmd_spreads=off,
+                                           rule="or", persist_windows=1)
                     for k, f in LL_SWEEP})
-    configs.update({f"mmd{k:g}": dict(ll_spreads=off, mmd_spreads=k) for k in MMD_SWEEP})
+    configs.update({f"mmd{k:g}": dict(ll_spreads=off, mmd_spreads=k, rule="or",
+                                      persist_windows=1) for k in MMD_SWEEP})
+    if only_default:
+        configs = {"default": {}}
     acc = {c: {"fa": 0, "unshifted_s": 0.0, "delays": [], "miss": 0} for c in configs}
     cost = []
     for comp, ref, X, nb in detector_streams(base, shift, settings):
         for c, thr in configs.items():
             events, us = _run_watch(comp, ref, X, step_s, **thr)
-            if c == "both":
+            if c == "default":
                 cost.append(us)
             r = acc[c]
             r["fa"] += sum(1 for i, _ in events if i < nb)

