@@ -278,6 +278,8 @@ def _evaluate(p):
     p.add_argument("--rotations", action="store_true",
                    help="virtual-rotation grid (fractional angles, gains) and the synthetic "
                         "armband instead (docs/evaluation.md)")
+    p.add_argument("--unlabelled", action="store_true",
+                   help="zero-label recalibration, optimal-transport and shift-detector rows")
 
 
 @command("bench", "emtl_stream.commands:bench", "run the benchmarks and print the tables")

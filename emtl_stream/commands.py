@@ -317,8 +317,20 @@ def train(args) -> int:
                           "source model needs at least two")
     model = fit_source_model(X, y, kind=args.model, covariance_type=args.covariance_type,
                              n_components_per_class=args.components_per_class)
+    from .daemon.shift import heldout_reference  # detector level for a cold start
+    from .model.speed import calibrate_bundle_speed, speed_kwargs
+
+    ref = heldout_reference(lambda Xa, ya: fit_source_model(
+        Xa, ya, kind=args.model, covariance_type=args.covariance_type,
+        n_components_per_class=args.components_per_class), X, y)
     bundle = make_bundle(model, extractor, cfg.features.window_ms, cfg.features.step_ms,
-                         shape[0], shape[1], filter_spec=spec, files=[str(f) for f in args.files])
+                         shape[0], shape[1], filter_spec=spec, files=[str(f) for f in args.files],
+                         shift_reference=ref)
+    # per-class speed scaling from the same training windows (proportional control)
+    try:
+        bundle.meta["speed"] = calibrate_bundle_speed(bundle, X, y, **speed_kwargs(cfg))
+    except ValueError as exc:  # e.g. [speed] measure names a feature the model lacks
+        _say("train", f"no proportional speed in this model: {exc}")
     bundle.save(args.out)
     acc = float(np.mean(model.predict(X) == y))
     print(f"wrote {args.out}: {len(X)} windows, {shape[0]} ch @ {shape[1]:g} Hz, classes "

@@ -131,9 +131,11 @@ class ClassifyConfig:
 class AdaptConfig:
     """``[adapt]``: zero-label recalibration (no prompts, no labels)."""
 
-    seconds: float = _opt(10.0, positive=True, maximum=30.0)
+    # 20 s: the guard splits the windows into halves that must each pin the roll;
+    # the offline replay of the automatic mode on the 18 recordings used about 20 s.
+    seconds: float = _opt(20.0, positive=True, maximum=30.0)
     auto: bool = _opt(False)
-    cooldown_s: float = _opt(120.0, minimum=0.0)
+    cooldown_s: float = _opt(120.0, minimum=0.0, maximum=86400.0)
 
 
 @dataclass(frozen=True)

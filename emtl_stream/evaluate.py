@@ -249,6 +249,10 @@ def main(args) -> int:
         from .eval_rotations import main_rotations
 
         return main_rotations(args)
+    if getattr(args, "unlabelled", False):  # zero-label and shift-detection rows
+        from .eval_unlabelled import main as unlabelled_main
+
+        return unlabelled_main(args)
     subjects = None
     if args.subjects:
         subjects = {int(s) for s in args.subjects.split(",")}

@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import CalibrationError
 from .bundle import fit_source_model, make_bundle, transfer_kwargs
-
-
-#: Fewest finite windows a zero-label fit is tried on (1 s at a 50 ms step).
-MIN_UNLABELLED_WINDOWS = 20
 
 
 class FitCancelled(CalibrationError):
@@ -96,87 +91,43 @@ def transfer_job(components, X, labels, H_live, b_live, *, transfer_kwargs: dict
                 trace=list(map(float, tem.log_likelihood_)), fit_s=time.perf_counter() - t0)
 
 
-@dataclass
-class UnlabelledResult:
-    """Outcome of a zero-label fit.
-
-    Parameters
-    ----------
-    accepted : bool
-        The new map may go live.
-    reason : str
-        Why it was accepted or refused (one sentence).
-    H, b : ndarray
-        The fitted map (the live one when the fit failed outright).
-    metrics : dict
-        ``objective``, ``previous_objective``, ``n_iter``, ``converged``, ``roll``,
-        ``fit_s``, ``n_windows``.
-    """
-
-    accepted: bool
-    reason: str
-    H: np.ndarray
-    b: np.ndarray
-    metrics: dict = field(default_factory=dict)
-
-
 def unlabelled_transfer_job(components, X, H_live, b_live, *, transfer_kwargs: dict,
                             ring_channels: int | None,
-                            cancel: threading.Event | None = None) -> UnlabelledResult:
-    """Fit H on unlabelled live windows (label-marginal E-step) and check it (worker thread).
+                            cancel: threading.Event | None = None):
+    """Fit H on unlabelled live windows and judge it (worker thread).
 
-    Accepted only if the map is finite and its penalised unlabelled objective on
-    ``X`` is not worse than the live map's.
+    The fit and its guard are :func:`.adapt.fit_unlabelled` (cross-fitted held-out
+    likelihood gain, a roll stable across halves, a non-degenerate class mix); this
+    wrapper adds the cancel checks and the fit time in seconds.
 
     Parameters
     ----------
     components : SourceComponents
     X : ndarray of shape (N, n)
-        Unlabelled windows (non-finite rows are dropped).
+        Unlabelled windows in stream order (non-finite rows are dropped).
     H_live : ndarray of shape (m, n)
     b_live : ndarray of shape (m,)
     transfer_kwargs : dict
-        TransferEM keyword arguments; ``shrink_to`` is normally the live H.
+        TransferEM keyword arguments (the live H becomes the shrink target).
     ring_channels : int or None
         Electrodes on the ring (enables the roll starts).
     cancel : threading.Event, optional
 
     Returns
     -------
-    UnlabelledResult
+    UnlabelledFit
+        ``accepted``, ``reason``, ``H``, ``b`` and ``metrics``; never raises for bad
+        data (a refusal carries the reason and the live map).
     """
-    from ..model.transfer import TransferEM
+    from .adapt import fit_unlabelled
 
     _check_cancel(cancel)
     t0 = time.perf_counter()
-    X = np.asarray(X, dtype=np.float64)
-    X = X[np.all(np.isfinite(X), axis=1)] if X.ndim == 2 else X.reshape(0, H_live.shape[1])
-    H_live = np.array(H_live, dtype=np.float64)
-    b_live = np.array(b_live, dtype=np.float64)
-    metrics = {"n_windows": int(X.shape[0])}
-    if X.shape[0] < MIN_UNLABELLED_WINDOWS:
-        return UnlabelledResult(False, f"only {X.shape[0]} finite windows collected; too few "
-                                "for a zero-label fit", H_live, b_live, metrics)
-    tem = TransferEM(components, ring_channels=ring_channels, **transfer_kwargs)
-    try:
-        tem.fit(X, None, H_init=H_live, b_init=b_live if transfer_kwargs.get("bias") else None)
-    except (ValueError, ArithmeticError, np.linalg.LinAlgError, CalibrationError) as exc:
-        return UnlabelledResult(False, f"transfer EM failed: {exc}", H_live, b_live, metrics)
+    result = fit_unlabelled(components, X, H_live, b_live, transfer_kwargs=transfer_kwargs,
+                            ring_channels=ring_channels)
     _check_cancel(cancel)
-    H, b = tem.H_, tem.b_
-    metrics.update(n_iter=int(tem.n_iter_), converged=bool(tem.converged_),
-                   roll=getattr(tem, "best_roll_", None), fit_s=time.perf_counter() - t0)
-    if not _finite_map(H, b):
-        return UnlabelledResult(False, "transfer EM returned a non-finite map", H_live, b_live,
-                                metrics)
-    new_obj = float(tem.objective(X, None))
-    old_obj = float(tem.objective(X, None, H=H_live, b=b_live))
-    metrics.update(objective=new_obj, previous_objective=old_obj)
-    if not (np.isfinite(new_obj) and new_obj >= old_obj):
-        return UnlabelledResult(False, f"the new map does not beat the live one on the windows "
-                                f"(objective {new_obj:.4g} vs {old_obj:.4g})", H_live, b_live,
-                                metrics)
-    return UnlabelledResult(True, "unlabelled objective improved", H, b, metrics)
+    result.metrics["fit_s"] = time.perf_counter() - t0
+    return result
 
 
 def train_job(X, labels, *, kind: str, covariance_type: str, n_components_per_class: int,

@@ -191,7 +191,8 @@ class Daemon:
                     break
                 except ValueError as exc:
                     logger.warning("ignoring shift reference: %s", exc)
-        self.watch = ShiftWatch(m, reference)
+        # components switch on the distribution-level (MMD) test beside the likelihood one
+        self.watch = ShiftWatch(m, reference, components=bundle.components)
         if version is None:
             version = self.store.save_map(H, b, {
                 "reason": "new source model", "objective": None, "source_fingerprint": fp,

@@ -1,0 +1,250 @@
+"""Zero-label recalibration and the guard that keeps a worse map from going live.
+
+:func:`fit_unlabelled` is a pure function the daemon runs in its worker thread on
+a few seconds of live, unlabelled windows: transfer EM with the label-marginal
+E-step (``TransferEM.fit(X, None)``), started from every ring roll and from the
+live map, shrunk towards the live map. The result goes live only if the evidence
+says it beats the live map:
+
+* **held-out likelihood**: the map fitted on one half of the windows explains the
+  *other* half better than the live map does, by at least
+  :data:`MIN_GAIN_NATS_PER_FEATURE` nats per mapped feature and window, averaged
+  over both directions (an in-sample gain is always positive, so it proves nothing);
+* **stable roll**: on a ring, both halves pick the same start (roll) as the whole;
+* **non-degenerate class mix**: the windows, under the live map and under the new
+  one, spread over at least :data:`MIN_CLASSES` classes (a rest-only stretch
+  carries no information about where the electrodes are);
+* **finite, converged map** on enough finite windows.
+
+A refusal keeps the live map (``H``/``b`` of the result are the live ones) and
+says why in ``reason``; no exception escapes (the daemon publishes
+``calibration_failed`` with the reason).
+
+:func:`guard_labelled` is the same guard for a prompted burst: the new map must
+classify the burst's held-out windows at least as well as the live map.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import EmtlError, TransferConvergenceWarning
+from ..logs import logger
+
+#: Fewest finite windows a zero-label fit runs on (3 s at a 50 ms step): each half
+#: must still hold a few windows of several movements.
+MIN_WINDOWS = 60
+#: Refuse when more than this share of the windows is non-finite (a broken stream).
+MAX_NONFINITE_SHARE = 0.1
+#: Held-out log-likelihood gain over the live map, in nats per mapped feature and
+#: window, below which the new map is not worth a swap (the live map stays). On the
+#: 18 CIIL recordings (20 s of windows, docs/evaluation.md) unshifted arms gain
+#: 0.005-0.16 (a refit to session drift, which lowered accuracy in 5 of 18) and
+#: shifted arms 0.34-7.6, so 0.25 separates them with room on both sides.
+MIN_GAIN_NATS_PER_FEATURE = 0.25
+#: A class counts as present when it is predicted for at least this share of windows ...
+MIN_CLASS_SHARE = 0.03
+#: ... and at least this many classes must be present under both maps.
+MIN_CLASSES = 2
+
+
+@dataclass(frozen=True, eq=False)
+class UnlabelledFit:
+    """Outcome of a zero-label fit.
+
+    Attributes
+    ----------
+    accepted : bool
+        True when ``H``/``b`` are a new map that should go live.
+    reason : str
+        Why it was accepted or refused (one sentence, for the event).
+    H : ndarray of shape (m, n)
+        The map to keep live: the new one when accepted, the live one otherwise.
+    b : ndarray of shape (m,)
+    metrics : dict
+        JSON-safe numbers behind the decision (gains, rolls, class mix, timings).
+    """
+
+    accepted: bool
+    reason: str
+    H: np.ndarray
+    b: np.ndarray
+    metrics: dict = field(default_factory=dict)
+
+
+def _class_mix(components, H, b, X) -> np.ndarray:
+    from ..model.classify import MappedClassifier
+
+    idx = MappedClassifier(components, H, b).predict_index(X)
+    return np.bincount(idx[idx >= 0], minlength=len(components.classes)) / max(len(idx), 1)
+
+
+def _mean_ll(components, H, b, X) -> float:
+    from ..model.classify import MappedClassifier
+
+    return float(np.mean(MappedClassifier(components, H, b).log_marginal(X)))
+
+
+def _fit(components, X, H_live, b_live, transfer_kwargs, ring_channels):
+    """One TransferEM fit; returns (H, b, roll, converged)."""
+    from ..model.transfer import TransferEM
+
+    kw = dict(transfer_kwargs)
+    kw["shrink_to"] = H_live  # recalibration shrinks towards the live map
+    tem = TransferEM(components, ring_channels=ring_channels, **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TransferConvergenceWarning)
+        tem.fit(X, None, H_init=H_live, b_init=b_live if tem.bias else None)
+    converged = bool(tem.converged_) and not any(
+        issubclass(w.category, TransferConvergenceWarning) for w in caught)
+    return tem.H_, tem.b_, tem.best_roll_, converged
+
+
+def fit_unlabelled(components, X, H_live, b_live, *, transfer_kwargs: dict,
+                   ring_channels: int | None) -> UnlabelledFit:
+    """Fit a new map on unlabelled windows and decide whether it may go live.
+
+    Parameters
+    ----------
+    components : SourceComponents or object with ``to_components()``
+        The source model (K components, m features).
+    X : array-like of shape (N, n)
+        Live target-space windows in stream order (non-finite rows are dropped).
+    H_live : ndarray of shape (m, n)
+        The live map (EM start and shrink target).
+    b_live : ndarray of shape (m,) or None
+    transfer_kwargs : dict
+        TransferEM keyword arguments (the daemon's ``[transfer]`` settings);
+        ``shrink_to`` is replaced by the live map.
+    ring_channels : int or None
+        Electrodes on a ring (roll starts), or None.
+
+    Returns
+    -------
+    UnlabelledFit
+        Never raises for bad data or a failed fit: those are refusals with a reason.
+    """
+    t0 = time.perf_counter()
+    H_live = np.ascontiguousarray(H_live, dtype=np.float64)
+    m, n = H_live.shape
+    b_live = np.zeros(m) if b_live is None else np.asarray(b_live, dtype=np.float64).reshape(-1)
+    metrics: dict = {}
+
+    def refuse(reason: str) -> UnlabelledFit:
+        metrics["fit_ms"] = 1e3 * (time.perf_counter() - t0)
+        logger.info("zero-label fit refused: %s", reason)
+        return UnlabelledFit(False, reason, H_live, b_live, metrics)
+
+    try:
+        from ..model.classify import as_components
+
+        comp = as_components(components)
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != n:
+            return refuse(f"the windows must have shape (N, {n}), got {X.shape}.")
+        finite = np.all(np.isfinite(X), axis=1)
+        metrics.update(n_windows=int(X.shape[0]), n_nonfinite=int((~finite).sum()))
+        if X.shape[0] and (~finite).mean() > MAX_NONFINITE_SHARE:
+            return refuse(f"{int((~finite).sum())} of {X.shape[0]} windows hold NaN or inf "
+                          "(a broken stream); the live map stays.")
+        X = X[finite]
+        N = X.shape[0]
+        if N < MIN_WINDOWS:
+            return refuse(f"only {N} finite windows were collected: too few for a zero-label "
+                          f"fit (it needs at least {MIN_WINDOWS}).")
+        mix_live = _class_mix(comp, H_live, b_live, X)
+        metrics["class_mix_live"] = mix_live.tolist()
+        if int((mix_live >= MIN_CLASS_SHARE).sum()) < MIN_CLASSES:
+            return refuse("the windows show fewer than "
+                          f"{MIN_CLASSES} distinct movements (e.g. a rest-only stretch); "
+                          "they say nothing about where the electrodes are.")
+        H, b, roll, conv = _fit(comp, X, H_live, b_live, transfer_kwargs, ring_channels)
+        metrics.update(roll=roll, converged=conv)
+        if not conv:
+            return refuse("transfer EM did not converge on the windows; the live map stays.")
+        if not (np.all(np.isfinite(H)) and np.all(np.isfinite(b))):
+            return refuse("transfer EM produced a non-finite map; the live map stays.")
+        mix_new = _class_mix(comp, H, b, X)
+        metrics["class_mix_new"] = mix_new.tolist()
+        if int((mix_new >= MIN_CLASS_SHARE).sum()) < MIN_CLASSES:
+            return refuse(f"the new map puts the windows into fewer than {MIN_CLASSES} classes "
+                          "(a degenerate fit); the live map stays.")
+        # Cross-fitted gain: each half's map is judged on the other half.
+        half = N // 2
+        parts = (X[:half], X[half:])
+        gains, rolls = [], []
+        for i in (0, 1):
+            Hh, bh, rh, ch = _fit(comp, parts[i], H_live, b_live, transfer_kwargs,
+                                  ring_channels)
+            rolls.append(rh)
+            other = parts[1 - i]
+            gains.append(_mean_ll(comp, Hh, bh, other) - _mean_ll(comp, H_live, b_live, other))
+        gain = float(np.mean(gains)) / m
+        metrics.update(half_rolls=rolls, heldout_gain_per_feature=gain,
+                       ll_live=_mean_ll(comp, H_live, b_live, X), ll_new=_mean_ll(comp, H, b, X))
+        if not np.isfinite(gain):
+            return refuse("the held-out likelihood of the new map is not finite.")
+        if ring_channels is not None and not (rolls[0] == rolls[1] == roll):
+            return refuse(f"the chosen ring start is not stable across halves of the windows "
+                          f"({rolls[0]}, {rolls[1]} vs {roll} on all); the live map stays.")
+        if gain < MIN_GAIN_NATS_PER_FEATURE:
+            return refuse(f"the new map explains held-out windows only {gain:.3g} nats per "
+                          f"feature better than the live map (needs "
+                          f"{MIN_GAIN_NATS_PER_FEATURE:g}); the live map stays.")
+    except (EmtlError, ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
+        return refuse(f"transfer EM failed on the windows: {exc}")
+    metrics["fit_ms"] = 1e3 * (time.perf_counter() - t0)
+    reason = (f"held-out likelihood improved by {gain:.3g} nats per feature "
+              f"(start {'live map' if roll is None else f'roll {roll}'})")
+    logger.info("zero-label fit accepted: %s", reason)
+    return UnlabelledFit(True, reason, np.ascontiguousarray(H), np.ascontiguousarray(b), metrics)
+
+
+def guard_labelled(components, X_heldout, y_heldout, H_new, b_new, H_live, b_live
+                   ) -> tuple[bool, str, dict]:
+    """Compare a map fitted on a prompted burst with the live map on held-out burst windows.
+
+    Parameters
+    ----------
+    components : SourceComponents or object with ``to_components()``
+    X_heldout : ndarray of shape (N, n)
+        Burst windows the new map was not fitted on (finite rows are used).
+    y_heldout : array-like of shape (N,)
+        Their labels, values of ``components.classes``.
+    H_new, H_live : ndarray of shape (m, n)
+    b_new, b_live : ndarray of shape (m,) or None
+
+    Returns
+    -------
+    accepted : bool
+        True when the new map is at least as accurate as the live one.
+    reason : str
+    metrics : dict
+        ``acc_new``, ``acc_live``, ``n_heldout``.
+    """
+    from ..model.classify import MappedClassifier, as_components
+
+    comp = as_components(components)
+    X = np.asarray(X_heldout, dtype=np.float64)
+    y = np.asarray(y_heldout)
+    ok = np.all(np.isfinite(X), axis=1) if X.ndim == 2 else np.zeros(0, bool)
+    if X.ndim != 2 or len(y) != len(X) or not ok.any():
+        return False, "no finite held-out burst windows to compare the maps on.", {}
+    X, y = X[ok], y[ok]
+    if not (np.all(np.isfinite(H_new)) and (b_new is None or np.all(np.isfinite(b_new)))):
+        return False, "the new map is not finite; the live map stays.", {}
+
+    def acc(H, b):
+        idx = MappedClassifier(comp, H, b).predict_index(X)
+        return float(np.mean(comp.classes[idx] == y))
+
+    a_new, a_live = acc(H_new, b_new), acc(H_live, b_live)
+    metrics = {"acc_new": a_new, "acc_live": a_live, "n_heldout": int(len(y))}
+    if a_new < a_live:
+        return False, (f"the new map classifies held-out burst windows worse than the live "
+                       f"map ({a_new:.3f} vs {a_live:.3f}); the live map stays."), metrics
+    return True, f"held-out burst accuracy {a_new:.3f} (live map {a_live:.3f})", metrics

@@ -1,0 +1,160 @@
+"""fit_unlabelled / guard_labelled on a synthetic armband: a shifted arm is healed
+without labels, an unshifted one is never made worse, and bad windows are refusals
+with a reason (never an exception)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from selfheal_data import N_CHANNELS, stream, trained
+
+from emtl_stream.daemon import adapt
+from emtl_stream.daemon.adapt import fit_unlabelled, guard_labelled
+from emtl_stream.model.classify import MappedClassifier
+from emtl_stream.model.transfer import ring_roll_matrix
+
+KW = dict(reg=0.1, structure="channel", max_iter=100, tol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    arm, model, X_ho = trained()
+    comp = model.to_components()
+    return arm, comp
+
+
+def _shifted(arm, shift, seconds, reps, **kw):
+    arm.set_shift(shift)
+    try:
+        return stream(arm, seconds, reps, **kw)
+    finally:
+        arm.set_shift(0.0)
+
+
+def _acc(comp, H, b, X, y):
+    idx = MappedClassifier(comp, H, b).predict_index(X)
+    return float(np.mean(comp.classes[idx] == y))
+
+
+def test_shifted_arm_is_healed_without_labels(setup):
+    arm, comp = setup
+    m = comp.n_features
+    I, z = np.eye(m), np.zeros(m)
+    X, _ = _shifted(arm, 2.0, 1.5, 3)  # 22.5 s of unlabelled windows
+    Xt, yt = _shifted(arm, 2.0, 1.5, 2)
+    Xw, yw = stream(arm, 1.5, 2)
+    within = _acc(comp, I, z, Xw, yw)
+    before = _acc(comp, I, z, Xt, yt)
+    res = fit_unlabelled(comp, X, I, z, transfer_kwargs=KW, ring_channels=N_CHANNELS)
+    assert res.accepted, res.reason
+    assert res.metrics["heldout_gain_per_feature"] >= adapt.MIN_GAIN_NATS_PER_FEATURE
+    after = _acc(comp, res.H, res.b, Xt, yt)
+    assert before < 0.7 * within  # the shift really hurts
+    assert after >= 0.9 * within, (before, after, within)
+    # The roll found is the armband's: mapping with it alone is as good as the fit.
+    roll = res.metrics["roll"]
+    assert _acc(comp, ring_roll_matrix(m, N_CHANNELS, roll), z, Xt, yt) >= 0.9 * within
+
+
+def test_unshifted_arm_is_not_made_worse(setup):
+    arm, comp = setup
+    m = comp.n_features
+    I, z = np.eye(m), np.zeros(m)
+    X, _ = stream(arm, 1.5, 3)
+    Xt, yt = stream(arm, 1.5, 2)
+    res = fit_unlabelled(comp, X, I, z, transfer_kwargs=KW, ring_channels=N_CHANNELS)
+    before = _acc(comp, I, z, Xt, yt)
+    after = _acc(comp, res.H, res.b, Xt, yt)
+    assert after >= before - 0.01, res.reason
+    if not res.accepted:
+        assert res.H is not None and np.array_equal(res.H, I)
+
+
+def test_rest_dominated_shifted_stream(setup):
+    arm, comp = setup
+    m = comp.n_features
+    I, z = np.eye(m), np.zeros(m)
+    weights = [7.0 / 3.0] + [0.25] * 4  # 70 % rest
+    X, _ = _shifted(arm, 2.0, 1.5, 3, weights=weights)
+    Xt, yt = _shifted(arm, 2.0, 1.5, 2)
+    res = fit_unlabelled(comp, X, I, z, transfer_kwargs=KW, ring_channels=N_CHANNELS)
+    before = _acc(comp, I, z, Xt, yt)
+    after = _acc(comp, res.H, res.b, Xt, yt)
+    assert after >= before  # accepted and better, or refused and unchanged
+    assert res.accepted, res.reason
+
+
+@pytest.mark.parametrize("case", ["nan", "rest_only", "too_few", "no_converge", "bad_shape"])
+def test_bad_windows_are_refused_with_a_reason(setup, case):
+    arm, comp = setup
+    m = comp.n_features
+    H_live, b_live = np.eye(m), np.zeros(m)
+    X, _ = _shifted(arm, 2.0, 1.5, 2)
+    kw = dict(KW)
+    expect = {"nan": "NaN", "rest_only": "distinct movements", "too_few": "at least",
+              "no_converge": "did not converge", "bad_shape": "shape"}[case]
+    if case == "nan":
+        X[::3] = np.nan
+    elif case == "rest_only":
+        X, _ = _shifted(arm, 2.0, 10.0, 1, classes=["rest"])
+    elif case == "too_few":
+        X = X[: adapt.MIN_WINDOWS - 1]
+    elif case == "no_converge":
+        kw["max_iter"] = 1
+    else:
+        X = X[:, :-1]
+    res = fit_unlabelled(comp, X, H_live, b_live, transfer_kwargs=kw, ring_channels=N_CHANNELS)
+    assert not res.accepted
+    assert expect in res.reason
+    assert np.array_equal(res.H, H_live) and np.array_equal(res.b, b_live)
+    assert "fit_ms" in res.metrics
+
+
+def test_failing_fit_is_a_refusal_not_an_exception(setup):
+    arm, comp = setup
+    m = comp.n_features
+    X, _ = _shifted(arm, 2.0, 1.5, 2)
+    X[:] = 0.0  # all-zero windows: the relative regulariser has no scale
+    X[:, 0] = np.arange(len(X)) % 2  # ... and two "classes" so the mix check passes
+    res = fit_unlabelled(comp, X, np.eye(m), None, transfer_kwargs=KW,
+                         ring_channels=N_CHANNELS)
+    assert not res.accepted and res.reason
+
+
+def test_guard_labelled_prefers_the_more_accurate_map(setup):
+    arm, comp = setup
+    m = comp.n_features
+    X, y = _shifted(arm, 2.0, 1.5, 1)
+    right = ring_roll_matrix(m, N_CHANNELS, 0)
+    # Find the roll that undoes the shift, independently, by accuracy.
+    rolls = [ring_roll_matrix(m, N_CHANNELS, r) for r in range(N_CHANNELS)]
+    accs = [_acc(comp, R, None, X, y) for R in rolls]
+    right = rolls[int(np.argmax(accs))]
+    ok, reason, met = guard_labelled(comp, X, y, right, None, np.eye(m), None)
+    assert ok and met["acc_new"] == pytest.approx(max(accs))
+    ok, reason, met = guard_labelled(comp, X, y, np.eye(m), None, right, None)
+    assert not ok and "worse" in reason
+    bad = np.full((m, m), np.nan)
+    ok, reason, _ = guard_labelled(comp, X, y, bad, None, np.eye(m), None)
+    assert not ok and "not finite" in reason
+    ok, reason, _ = guard_labelled(comp, np.full_like(X, np.nan), y, right, None, right, None)
+    assert not ok and "no finite" in reason
+
+
+def test_unlabelled_evaluation_sets_follow_the_stated_protocol(emg_dir):
+    from emtl_stream import eval_unlabelled as eu
+    from emtl_stream.evaluate import EvalSettings, _load
+
+    st = EvalSettings()
+    shift = _load(emg_dir / "ciil_es_s01_shifted.npz", st)
+    step = st.step_ms / 1000.0
+    bal = eu.balanced_set(shift, step)
+    assert len(bal) * step <= eu.BALANCED_SECONDS
+    assert np.all(np.isin(shift["rep"][bal], eu.CAL_REPS))
+    assert len(np.unique(shift["y"][bal])) == 5  # every class in the balanced set
+    rest_class = shift["class_names"].index("No_Motion")
+    rs = eu.rest_set(shift, rest_class)
+    share = float(np.mean(shift["y"][rs] == rest_class))
+    assert abs(share - eu.REST_SHARE) < 0.05
+    assert len(rs) * step <= eu.BALANCED_SECONDS and len(np.unique(shift["y"][rs])) == 5
+    assert not np.isin(rs, np.flatnonzero(np.isin(shift["rep"], eu.TEST_REPS))).any()

@@ -1,0 +1,241 @@
+"""ShiftWatch / ShiftReference / MixtureMMD: exactness against independent computations,
+cold-start detection on a synthetic armband, no alarms on an unshifted stream."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import optimize
+from selfheal_data import stream, trained
+
+from emtl_stream.daemon import shift as sh
+from emtl_stream.daemon.shift import MixtureMMD, ShiftReference, ShiftWatch
+from emtl_stream.model.classify import MappedClassifier
+from emtl_stream.model.source import SourceComponents
+
+
+def _random_components(rng, K=3, m=4, shared=False):
+    means = rng.normal(0.0, 2.0, (K, m))
+    if shared:
+        A = rng.normal(size=(m, m)) + 2 * np.eye(m)
+        prec = np.broadcast_to(np.linalg.inv(A @ A.T / m + 0.5 * np.eye(m)), (K, m, m))
+    else:
+        prec = []
+        for _ in range(K):
+            A = rng.normal(size=(m, m))
+            prec.append(np.linalg.inv(A @ A.T / m + 0.3 * np.eye(m)))
+        prec = np.asarray(prec)
+    P = np.linalg.cholesky(prec)  # Λ = P Pᵀ
+    w = rng.dirichlet(np.ones(K) * 3)
+    with np.errstate(divide="ignore"):
+        log_rho = np.log(np.eye(K))
+    return SourceComponents(
+        means=means, prec_factor=P,
+        log_det_prec=2 * np.log(np.diagonal(P, axis1=1, axis2=2)).sum(1),
+        log_weights=np.log(w), log_label_given_comp=log_rho, classes=np.arange(K),
+        shared_precision=shared)
+
+
+def _sample_mixture(comp, w, n, rng):
+    k = rng.choice(len(w), size=n, p=w)
+    cov = np.linalg.inv(comp.precisions)
+    return np.array([rng.multivariate_normal(comp.means[j], cov[j]) for j in k])
+
+
+def _mk_mmd2_naive(Z, S, bandwidths, L, m):
+    """Plain V-statistic MK-MMD² between two samples, whitened by L."""
+    A, B = Z @ L, S @ L
+
+    def kmean(P, Q, s2):
+        d2 = ((P[:, None, :] - Q[None, :, :]) ** 2).sum(-1)
+        return np.exp(-d2 / (2 * s2)).mean()
+
+    out = 0.0
+    for c in bandwidths:
+        s2 = c * c * m
+        out += kmean(A, A, s2) - 2 * kmean(A, B, s2) + kmean(B, B, s2)
+    return out / len(bandwidths)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_closed_form_mmd_matches_monte_carlo(shared):
+    rng = np.random.default_rng(1)
+    comp = _random_components(rng, shared=shared)
+    mm = MixtureMMD(comp)
+    Z = rng.normal(0.5, 1.5, (30, comp.n_features))  # a sample that is not the mixture
+    w = np.exp(comp.log_weights)
+    S = _sample_mixture(comp, w, 3000, rng)
+    naive = _mk_mmd2_naive(Z, S, sh.MMD_BANDWIDTHS, mm._L, comp.n_features)
+    exact = mm.mmd2(Z)
+    # Monte-Carlo error of kernel means in [0, 1] from 3000 draws is ~0.01.
+    assert exact == pytest.approx(naive, abs=0.02)
+    assert exact > 0.05  # the test sample really differs from the mixture
+    # A sample drawn from the mixture itself has a small MMD.
+    assert mm.mmd2(_sample_mixture(comp, w, 400, rng)) < 0.2 * exact
+
+
+def test_best_mix_matches_scipy_simplex_optimum():
+    rng = np.random.default_rng(2)
+    comp = _random_components(rng, K=4)
+    mm = MixtureMMD(comp)
+    # Windows from component 0 only: the best mix must put (almost) all weight there.
+    Z = _sample_mixture(comp, np.array([1.0, 0, 0, 0]), 40, rng)
+    val, w = mm.mmd2_best_mix(Z)
+    res = optimize.minimize(lambda v: mm.mmd2(Z, v), np.full(4, 0.25), method="SLSQP",
+                            bounds=[(0, 1)] * 4,
+                            constraints=[{"type": "eq", "fun": lambda v: v.sum() - 1}])
+    assert val == pytest.approx(res.fun, abs=1e-6)
+    assert np.isclose(w.sum(), 1.0) and np.all(w >= 0)
+    assert val < mm.mmd2(Z)  # re-weighting helps a one-class stretch
+
+
+def test_reference_roundtrip_and_validation():
+    ref = ShiftReference(-10.5, 1.25, 0.03, 0.004, 300, "heldout")
+    back = ShiftReference.from_dict(json.loads(json.dumps(ref.to_dict())))
+    assert back == ref
+    no_mmd = ShiftReference.from_dict({"ll_median": -1.0, "ll_spread": 0.5})
+    assert no_mmd.mmd_threshold() is None
+    for bad in ({"ll_median": "x", "ll_spread": 1.0}, {"ll_median": 1.0},
+                {"ll_median": 1.0, "ll_spread": -1.0}, {"ll_median": float("nan"), "ll_spread": 1},
+                {"ll_median": 1.0, "ll_spread": 1.0, "n_windows": -3}, [1, 2]):
+        with pytest.raises(ValueError, match="shift reference"):
+            ShiftReference.from_dict(bad)
+
+
+def test_reference_from_windows_matches_running_median_twin():
+    arm, model, X_ho = trained()
+    comp = model.to_components()
+    m = comp.n_features
+    H, b = np.eye(m), np.zeros(m)
+    ref = ShiftReference.from_windows(comp, H, b, X_ho)
+    ll = MappedClassifier(comp, H, b).log_marginal(X_ho)
+    w = sh.LL_WINDOWS
+    meds = np.array([np.median(ll[i:i + w]) for i in range(len(ll) - w + 1)])
+    assert ref.ll_median == pytest.approx(np.median(meds))
+    assert ref.ll_spread == pytest.approx(1.4826 * np.median(np.abs(meds - np.median(meds))))
+    assert ref.mmd_median is not None and ref.n_windows == len(X_ho)
+    with pytest.raises(ValueError, match="at least"):
+        ShiftReference.from_windows(comp, H, b, X_ho[:5])
+
+
+def _run(watch, comp, H, X, t0=0.0):
+    clf = MappedClassifier(comp, H, np.zeros(H.shape[0]))
+    ll = clf.log_marginal(X)
+    Z = X @ H.T
+    return [(i, e) for i in range(len(X))
+            if (e := watch.update(ll[i], Z[i], t0 + 0.05 * i)) is not None]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    arm, model, X_ho = trained()
+    comp = model.to_components()
+    m = comp.n_features
+    ref = ShiftReference.from_windows(comp, np.eye(m), np.zeros(m), X_ho)
+    return arm, comp, ref
+
+
+def test_cold_start_on_shifted_arm_fires_with_persisted_reference(setup):
+    arm, comp, ref = setup
+    m = comp.n_features
+    arm.set_shift(2.0)
+    try:
+        X, _ = stream(arm, 2.0, 2)
+    finally:
+        arm.set_shift(0.0)
+    events = _run(ShiftWatch(m, ref, components=comp), comp, np.eye(m), X)
+    assert events, "a stream shifted from its first sample must be flagged"
+    first, ev = events[0]
+    assert first < 100  # the 5 s delay target at a 50 ms step
+    assert ev["reference"] == "heldout" and ev["test"] == "likelihood+mmd"
+    assert ev["mmd2"] > ev["mmd_threshold"] and ev["log_likelihood"] < ev["ll_threshold"]
+    assert ev["statistic"] == ev["log_likelihood"] and ev["threshold"] == ev["ll_threshold"]
+    # One event per test until it re-arms: never one per window.
+    assert len(events) <= 4
+    # Without a persisted reference the live one is learnt on the shifted windows: its
+    # level is itself one the persisted reference flags, so nothing is compared with it.
+    live = ShiftWatch(m, None, components=comp)
+    _run(live, comp, np.eye(m), X[:sh.LIVE_REFERENCE_WINDOWS])
+    assert live.reference.source == "live"
+    assert live.reference.ll_median < ref.ll_threshold(m)
+
+
+def test_mmd_test_alone_detects_the_shift(setup):
+    arm, comp, ref = setup
+    m = comp.n_features
+    blind = ShiftReference(ref.ll_median, 1e6, ref.mmd_median, ref.mmd_spread)  # ll test off
+    arm.set_shift(3.0)
+    try:
+        X, _ = stream(arm, 2.0, 2)
+    finally:
+        arm.set_shift(0.0)
+    events = _run(ShiftWatch(m, blind, components=comp, rule="or"), comp, np.eye(m), X)
+    assert events and events[0][1]["test"] == "mmd"
+    assert events[0][1]["statistic"] > events[0][1]["threshold"]
+
+
+def test_no_alarm_on_unshifted_stream_and_nan_ignored(setup):
+    arm, comp, ref = setup
+    m = comp.n_features
+    X, _ = stream(arm, 3.0, 6)  # 90 s, every class, transitions included
+    X[10] = np.nan
+    watch = ShiftWatch(m, ref, components=comp)
+    assert _run(watch, comp, np.eye(m), X) == []
+    assert watch.last_mmd2 is not None  # the MMD test did run
+    assert watch.update(float("nan"), np.zeros(m), 0.0) is None
+    assert watch.update(0.0, np.full(m, np.nan), 0.0) is None
+
+
+def test_reset_rearms_and_live_reference_is_learnt(setup):
+    arm, comp, ref = setup
+    m = comp.n_features
+    watch = ShiftWatch(m, None, components=comp)
+    X, _ = stream(arm, 2.0, 1)
+    _run(watch, comp, np.eye(m), X)
+    assert watch.reference is not None and watch.reference.source == "live"
+    arm.set_shift(2.0)
+    try:
+        Xs, _ = stream(arm, 2.0, 1)
+    finally:
+        arm.set_shift(0.0)
+    assert _run(watch, comp, np.eye(m), Xs), "a shift after the live reference is flagged"
+    watch.reset(ref)
+    assert watch.reference is ref
+    assert _run(watch, comp, np.eye(m), Xs), "after reset the detector fires again"
+
+
+def test_trained_bundle_carries_a_heldout_reference_that_fires_on_the_shifted_file(
+        tmp_path, emg_dir):
+    import subprocess
+    import sys
+
+    from emtl_stream.daemon.bundle import SourceBundle
+    from emtl_stream.evaluate import EvalSettings, _load
+
+    out = tmp_path / "model.npz"
+    proc = subprocess.run([sys.executable, "-m", "emtl_stream", "train",
+                           str(emg_dir / "ciil_es_s01_baseline.npz"), "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    bundle = SourceBundle.load(out)
+    ref = ShiftReference.from_dict(bundle.meta["shift_reference"])
+    assert ref.source == "heldout" and ref.mmd_median is not None
+    comp = bundle.components
+    m = comp.n_features
+    # Independent check of the level: the bundle model on the baseline windows it was
+    # trained on is more likely than the held-out reference (in-sample is optimistic).
+    st = EvalSettings()
+    base = _load(emg_dir / "ciil_es_s01_baseline.npz", st)
+    ll_in = MappedClassifier(comp, np.eye(m), np.zeros(m)).log_marginal(base["X"])
+    assert np.median(ll_in) >= ref.ll_median
+    # A daemon started on the shifted recording with this bundle notices (subject 1 is
+    # one of the slower ones for the default rule), and the likelihood test alone
+    # within 5 s.
+    shifted = _load(emg_dir / "ciil_es_s01_shifted.npz", st)
+    events = _run(ShiftWatch(m, ref, components=comp), comp, np.eye(m), shifted["X"])
+    assert events and events[0][0] < 1200  # within the 60 s the evaluation allows
+    fast = _run(ShiftWatch(m, ref, rule="or", persist_windows=1), comp, np.eye(m),
+                shifted["X"][:400])
+    assert fast and fast[0][0] < 100
