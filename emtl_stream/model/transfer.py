@@ -84,6 +84,20 @@ SEARCH_MAX_ROWS = 128
 #: that is constant on the burst would make it singular).
 _SEARCH_RIDGE = 1e-6
 
+#: Roll search ("roll") on rings with more electrodes than this: every roll is scored by
+#: the objective of its start map (one cheap E-step, no M-step) and EM runs only from the
+#: ROLL_PRUNE_KEEP best. Up to this size EM runs from every roll, as it always did: at 8
+#: channels a full search costs a few milliseconds and the pruned one is not proven on
+#: every subject of the shared recordings (tests/model/test_roll_prune.py), while at 64
+#: channels one start costs about as much as a whole 8-channel search times a hundred.
+ROLL_PRUNE_MIN_CHANNELS = 16
+
+#: Rolls refined by EM in a pruned roll search. The EM winner of the full search was
+#: within the 3 best start scores on the shared recordings and the 64-channel synthetic
+#: armband (integer and fractional shifts, labelled and unlabelled bursts); 3 leaves room
+#: for a neighbouring roll overtaking after EM at a fractional shift.
+ROLL_PRUNE_KEEP = 3
+
 #: Ridge ε of the fractional-rotation prior (RᵀR + εI)⁻¹Rᵀ: a rotation between two
 #: electrodes blurs neighbouring channels, and at half a spacing R is singular (even C).
 ROTATION_RIDGE = 0.05
@@ -274,6 +288,13 @@ class TransferEM:
         rotations but loses at whole-electrode shifts (docs/evaluation.md).
     n_refine : int
         Number of search candidates refined by the full EM ("continuous").
+    roll_starts : int, optional
+        Rolls refined by EM in the "roll" search. Every roll r is first scored by the
+        objective of its start map R_r (the burst's mean log-likelihood under R_r; the
+        penalty is zero there since R_r is also its shrink target), all rolls in one
+        pass of E-steps, and EM runs from the ``roll_starts`` best. None (default): all
+        rolls when ``ring_channels`` ≤ ``ROLL_PRUNE_MIN_CHANNELS`` (the exhaustive search),
+        ``ROLL_PRUNE_KEEP`` above.
     search_iter : int, optional
         EM iterations of the rotation search ("continuous"); default 30 when the burst
         has labelled rows, 1 when it has none.
@@ -308,9 +329,12 @@ class TransferEM:
         Shrink target of the winning start.
     best_roll_ : int or None
         Integer roll nearest to the winning start's rotation.
+    roll_scores_ : dict or None
+        roll → start score (mean log-likelihood of the burst under R_r) of the "roll"
+        search, every roll; None otherwise.
     roll_objectives_ : dict
         start → objective, when ``ring_channels`` is set: roll → final EM objective
-        ("roll"), or start rotation (float spacings) → circulant-search mean
+        ("roll", the refined rolls only), or start rotation (float spacings) → circulant-search mean
         log-likelihood ("continuous").
     rotation_ : float or None
         Rotation θ of the winning start in spacings, in [0, C) ("continuous": the
@@ -333,7 +357,7 @@ class TransferEM:
                  solver="auto", dense_max=DENSE_MAX_UNKNOWNS, cg_rtol=1e-10,
                  structure="dense", penalty="auto",
                  masked_dense_max=MASKED_DENSE_MAX_UNKNOWNS, rotation_search="roll",
-                 n_refine=1, search_iter=None, rotation_step=0.25,
+                 n_refine=1, roll_starts=None, search_iter=None, rotation_step=0.25,
                  rotation_ridge=ROTATION_RIDGE, jacobian_floor=0.6,
                  guard=None):
         self.source = as_components(source)
@@ -356,6 +380,8 @@ class TransferEM:
         self.rotation_search = _checks.check_option(rotation_search, ("continuous", "roll"),
                                                     "rotation_search")
         self.n_refine = _checks.ensure_int(n_refine, "n_refine", minimum=1, maximum=64)
+        self.roll_starts = (None if roll_starts is None else
+                            _checks.ensure_int(roll_starts, "roll_starts", minimum=1))
         self.search_iter = (None if search_iter is None else
                             _checks.ensure_int(search_iter, "search_iter", minimum=1,
                                                maximum=1000))
@@ -753,6 +779,44 @@ class TransferEM:
             setup["Pl_s"] = Pl
 
     # ---------------------------------------------------------------- ring search
+    def _roll_scores(self, Xt, log_base, n, mask, b0):
+        """(C,) objective of every roll's start map, the value EM reports before its first
+        M-step (the penalty is zero: each roll is its own shrink target).
+
+        Rolling the map is permuting X's channel blocks (``X R_rᵀ``), so no matrix
+        product is formed unless a mask cuts into a roll. A burst longer than
+        ``SEARCH_MAX_ROWS`` is scored on an evenly strided subset (the scores only rank
+        the starts).
+        """
+        C = self.ring_channels
+        N = Xt.shape[0]
+        if N > SEARCH_MAX_ROWS:
+            keep = np.linspace(0, N - 1, SEARCH_MAX_ROWS).round().astype(np.int64)
+            Xt, log_base = Xt[keep], np.ascontiguousarray(log_base[keep])
+            N = SEARCH_MAX_ROWS
+        X = Xt[:, :n]
+        K = self.source.n_components
+        src = self.source
+        log_a = np.empty((N, K))
+        resp = np.empty((N, K))
+        out = np.empty(C)
+        blocks = np.arange(n).reshape(C, n // C)
+        for r in range(C):
+            Rr = ring_roll_matrix(n, C, r)
+            if mask is None or np.array_equal(Rr * mask, Rr):
+                Z = X[:, np.roll(blocks, r, axis=0).ravel()]
+            else:
+                Z = X @ (Rr * mask).T
+            Z = np.ascontiguousarray(Z + b0)
+            if src.shared_precision:
+                estep.log_joint_shared(np.ascontiguousarray(Z @ src.prec_factor[0]), self._nu,
+                                       log_base, log_a)
+            else:
+                estep.log_joint_full(Z, src.means, src.prec_factor, log_base, log_a)
+            out[r] = float(estep.log_responsibilities(log_a, resp).sum()) / N
+        out[~np.isfinite(out)] = -np.inf
+        return out
+
     def _rotation_search(self, X, yi, n):
         """Score every rotated-and-scaled map ``diag(g) S(θ)`` on a grid of rotations θ.
 
@@ -981,9 +1045,20 @@ class TransferEM:
                     starts.append((label, Hu, Hu, None, rot, np.ones_like(gains)))
                 if len(picked) == self.n_refine:
                     break
+        roll_scores = None
         if self.ring_channels is not None and not starts:
-            for r in range(self.ring_channels):
-                Pr_ = ring_roll_matrix(n, self.ring_channels, r)
+            C = self.ring_channels
+            keep = self.roll_starts
+            if keep is None:
+                keep = C if C <= ROLL_PRUNE_MIN_CHANNELS else ROLL_PRUNE_KEEP
+            rolls = range(C)
+            if keep < C:
+                sc = self._roll_scores(Xt, log_base, n, mask, b0)
+                roll_scores = {r: float(v) for r, v in enumerate(sc)}
+                # stable order: a tie keeps the smaller roll, as the full search does
+                rolls = sorted(np.argsort(-sc, kind="stable")[:keep].tolist())
+            for r in rolls:
+                Pr_ = ring_roll_matrix(n, C, r)
                 if mask is not None:
                     Pr_ = Pr_ * mask  # a no-op for structure="channel"
                 starts.append((r, Pr_, Pr_, None, float(r), None))
@@ -1029,6 +1104,7 @@ class TransferEM:
         self.H0_ = H0
         self.best_roll_ = label
         self.roll_objectives_ = roll_obj
+        self.roll_scores_ = roll_scores
         self.rotation_ = rot
         self.ring_taps_ = taps
         self.H_start_ = np.ascontiguousarray(Hst)
