@@ -286,14 +286,16 @@ def structured_rows(args):
 
 def ring64_rows(args, C=64, N=40):
     """64 electrodes x 4 features, channel-structured map (16,384 free entries), labelled
-    burst of N windows from a target rolled by 5 electrodes: one start (the identity),
+    burst of N windows drawn from the source and rolled by 5 electrodes: one start (the identity),
     the exhaustive 64-roll search and the pruned one (every roll scored, EM from the
     ROLL_PRUNE_KEEP best), interleaved so that load drifts hit all three alike."""
     from emtl_stream.model.transfer import ROLL_PRUNE_KEEP, channel_mask, ring_roll_matrix
 
     d = 4 * C
-    src, _, sample = make_problem(d, 1, 5, True, args.seed + 7 * C)
-    Z, y = sample(N, np.random.default_rng(args.seed + N))
+    src, covs, _ = make_problem(d, 1, 5, True, args.seed + 7 * C)
+    r = np.random.default_rng(args.seed + N)
+    y = np.arange(N) % 5
+    Z = src.means[y] + r.normal(size=(N, d)) @ np.linalg.cholesky(covs[0]).T
     X = Z @ ring_roll_matrix(d, C, 5)  # x = R_5ᵀ z: the roll undoing it is R_5
     runs = [("one start (identity)", dict(structure=channel_mask(d, C))),
             ("ring, full search (64 rolls)", dict(structure="channel", ring_channels=C,
