@@ -297,7 +297,11 @@ def ring64_rows(args, C=64, N=40):
     y = np.arange(N) % 5
     Z = src.means[y] + r.normal(size=(N, d)) @ np.linalg.cholesky(covs[0]).T
     X = Z @ ring_roll_matrix(d, C, 5)  # x = R_5ᵀ z: the roll undoing it is R_5
-    runs = [("one start (identity)", dict(structure=channel_mask(d, C))),
+    import emtl_stream.model.transfer as tr
+
+    runs = [("one start (identity), Kronecker-preconditioned CG kernel",
+             dict(structure=channel_mask(d, C), _block=False)),
+            ("one start (identity), block-Jacobi CG", dict(structure=channel_mask(d, C))),
             ("ring, full search (64 rolls)", dict(structure="channel", ring_channels=C,
                                                    roll_starts=C)),
             ("ring, pruned search (%d of 64 rolls)" % ROLL_PRUNE_KEEP,
@@ -310,9 +314,12 @@ def ring64_rows(args, C=64, N=40):
                 continue  # one timed run of a slow configuration is enough
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", TransferConvergenceWarning)
+                kw = dict(kw)
+                tr.BLOCK_JACOBI_CG = kw.pop("_block", True)
                 t = time.perf_counter()
                 te = TransferEM(src, reg=0.1, **kw).fit(X, y)
                 dt = time.perf_counter() - t
+                tr.BLOCK_JACOBI_CG = True
             if rep > 0 or name.startswith("ring, full"):
                 times[name].append(dt)  # the full search is timed from its first run
             last[name] = te
