@@ -111,3 +111,24 @@ def test_pruned_search_picks_the_full_searchs_roll_on_the_64_channel_armband(arm
         d = min(min(a % 64, 64 - a % 64) for a in (full.best_roll_ + shift,
                                                     full.best_roll_ - shift))
         assert d <= 1.5, (shift, full.best_roll_)
+
+
+@pytest.mark.parametrize("shift,labelled", [(10.5, True), (37.25, True), (37.25, False)])
+def test_pruned_channel_structured_search_on_the_64_channel_armband(armband64, shift,
+                                                                    labelled):
+    """The daemon's map (structure="channel", reg 0.1): 8,192 free entries, block CG."""
+    p, ex, arm, src = armband64
+    arm.set_shift(shift)
+    if labelled:
+        X, y, _ = synthetic_session(arm, p.burst_s, ex, p.window_ms, p.step_ms)
+    else:
+        (X, _, _), y = synthetic_session(arm, 2.0, ex, p.window_ms, p.step_ms), None
+    kw = dict(ring_channels=64, reg=0.1, structure="channel")
+    full = _fit(src, X, y, roll_starts=64, **kw)
+    pruned = _fit(src, X, y, **kw)
+    assert len(pruned.roll_objectives_) == ROLL_PRUNE_KEEP
+    assert pruned.best_roll_ == full.best_roll_, (shift, labelled)
+    np.testing.assert_allclose(pruned.H_, full.H_)
+    d = min(min(a % 64, 64 - a % 64) for a in (full.best_roll_ + shift,
+                                                full.best_roll_ - shift))
+    assert d <= 1.5, (shift, full.best_roll_)
