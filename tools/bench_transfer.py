@@ -288,7 +288,7 @@ def ring64_rows(args, C=64, N=40):
     """64 electrodes x 4 features, channel-structured map (16,384 free entries), labelled
     burst of N windows drawn from the source and rolled by 5 electrodes: one start (the identity),
     the exhaustive 64-roll search and the pruned one (every roll scored, EM from the
-    ROLL_PRUNE_KEEP best), interleaved so that load drifts hit all three alike."""
+    ROLL_PRUNE_KEEP best), interleaved so that load drifts hit all four alike."""
     from emtl_stream.model.transfer import ROLL_PRUNE_KEEP, channel_mask, ring_roll_matrix
 
     d = 4 * C
