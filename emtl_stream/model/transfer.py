@@ -248,8 +248,9 @@ class TransferEM:
     ring_channels : int, optional
         Number of electrodes C on a ring (requires m == n and n % C == 0, features
         channel-major). EM is also started from every circular roll of the channel
-        blocks (each with its roll as shrink target) and the best penalised
-        likelihood wins.
+        blocks (each with its roll as shrink target; above ``ROLL_PRUNE_MIN_CHANNELS``
+        electrodes only from the best-scored rolls, see ``roll_starts``) and the best
+        penalised likelihood wins.
     solver : {"auto", "dense", "cg"}
         Per-component M-step solver: dense Kronecker Cholesky or preconditioned CG.
         "auto" uses dense while m·n' ≤ ``dense_max``.
