@@ -24,6 +24,7 @@ Usage::
     python tools/bench_transfer.py --quick         # d = 8, 32, 128; m = 200; ~1 minute
     python tools/bench_transfer.py --no-reference --dims 128 --ks 3 --ms 1000 --kinds full
     python tools/bench_transfer.py --accuracy ../shared/data/emg   # dense vs structure="channel"
+    python tools/bench_transfer.py --ring64 --blas-threads 1   # 64-ch ring: one start, rolls
 """
 
 from __future__ import annotations
@@ -180,10 +181,16 @@ def main(argv=None):
                    help="also time the full ring search up to this many channels")
     p.add_argument("--accuracy", metavar="EMG_DIR", default=None,
                    help="only print dense vs structured accuracy on the shared recordings")
+    p.add_argument("--ring64", action="store_true",
+                   help="only the 64-channel ring, structure='channel': one start, the full "
+                        "64-roll search and the pruned one, side by side")
     args = p.parse_args(argv)
     if args.blas_threads:
         import threadpoolctl
         threadpoolctl.threadpool_limits(args.blas_threads)
+    if args.ring64:
+        ring64_rows(args)
+        return
     if args.accuracy:
         accuracy_rows(args.accuracy, [
             ("dense, ring, reg=1 (Π = Λ)", dict(ring_channels=8, reg=1.0)),
@@ -275,6 +282,58 @@ def structured_rows(args):
                 solver = "dense" if p <= te.masked_dense_max else "CG"
                 print("| channel | %d x 4 | %d | %s | %s | %d | %s | %d |" % (
                     C, N, starts, solver, p, _ms(t), te.n_iter_), flush=True)
+
+
+def ring64_rows(args, C=64, N=40):
+    """64 electrodes x 4 features, channel-structured map (16,384 free entries), labelled
+    burst of N windows drawn from the source and rolled by 5 electrodes: one start (the identity),
+    the exhaustive 64-roll search and the pruned one (every roll scored, EM from the
+    ROLL_PRUNE_KEEP best), interleaved so that load drifts hit all four alike."""
+    from emtl_stream.model.transfer import ROLL_PRUNE_KEEP, channel_mask, ring_roll_matrix
+
+    d = 4 * C
+    src, covs, _ = make_problem(d, 1, 5, True, args.seed + 7 * C)
+    r = np.random.default_rng(args.seed + N)
+    y = np.arange(N) % 5
+    Z = src.means[y] + r.normal(size=(N, d)) @ np.linalg.cholesky(covs[0]).T
+    X = Z @ ring_roll_matrix(d, C, 5)  # x = R_5ᵀ z: the roll undoing it is R_5
+    import emtl_stream.model.transfer as tr
+
+    runs = [("one start (identity), Kronecker-preconditioned CG kernel",
+             dict(structure=channel_mask(d, C), _block=False)),
+            ("one start (identity), block-Jacobi CG", dict(structure=channel_mask(d, C))),
+            ("ring, full search (64 rolls)", dict(structure="channel", ring_channels=C,
+                                                   roll_starts=C)),
+            ("ring, pruned search (%d of 64 rolls)" % ROLL_PRUNE_KEEP,
+             dict(structure="channel", ring_channels=C))]
+    times = {name: [] for name, _ in runs}
+    last = {}
+    for rep in range(args.repeats + 1):
+        for name, kw in runs:
+            if rep > 0 and times[name] and times[name][0] > args.slow * 5:
+                continue  # one timed run of a slow configuration is enough
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", TransferConvergenceWarning)
+                kw = dict(kw)
+                tr.BLOCK_JACOBI_CG = kw.pop("_block", True)
+                t = time.perf_counter()
+                te = TransferEM(src, reg=0.1, **kw).fit(X, y)
+                dt = time.perf_counter() - t
+                tr.BLOCK_JACOBI_CG = True
+            if rep > 0 or name.startswith("ring, full"):
+                times[name].append(dt)  # the full search is timed from its first run
+            last[name] = te
+    print()
+    print("| %d ch x 4, structure=channel, N = %d | median | runs | EM starts | best roll "
+          "| iters | CG iters/M-step |" % (C, N))
+    print("|---|---|---|---|---|---|---|")
+    for name, _ in runs:
+        te = last[name]
+        starts = len(te.roll_objectives_) if te.roll_objectives_ else 1
+        cg = np.mean(te._cg_iters) if te._cg_iters else float("nan")
+        print("| %s | %s | %d | %d | %s | %d | %.0f |" % (
+            name, _ms(statistics.median(times[name])), len(times[name]), starts,
+            te.best_roll_, te.n_iter_, cg), flush=True)
 
 
 def _hudgins(path):
