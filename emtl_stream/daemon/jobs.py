@@ -14,6 +14,7 @@ import time
 import numpy as np
 
 from ..errors import CalibrationError
+from ..logs import logger
 from .bundle import fit_source_model, make_bundle, transfer_kwargs
 
 
@@ -132,6 +133,7 @@ def unlabelled_transfer_job(components, X, H_live, b_live, *, transfer_kwargs: d
 
 def train_job(X, labels, *, kind: str, covariance_type: str, n_components_per_class: int,
               extractor, window_ms: float, step_ms: float, n_channels: int, rate: float,
+              filter_spec: dict | None = None, speed_kwargs: dict | None = None,
               cancel: threading.Event | None = None) -> dict:
     """Train a source model on a prompted burst (worker thread).
 
@@ -146,12 +148,18 @@ def train_job(X, labels, *, kind: str, covariance_type: str, n_components_per_cl
     window_ms, step_ms : float
     n_channels : int
     rate : float
+    filter_spec : dict, optional
+        The band-pass/notch filter the windows went through (recorded in the bundle).
+    speed_kwargs : dict, optional
+        :func:`~emtl_stream.model.speed.speed_kwargs` of the config: the bundle then
+        carries a proportional-speed calibration from the burst.
     cancel : threading.Event, optional
 
     Returns
     -------
     dict
-        ``bundle``, ``fit_s``, ``accuracy`` (on the burst).
+        ``bundle`` (with its shift reference from held-out burst windows), ``fit_s``,
+        ``accuracy`` (on the burst).
     """
     _check_cancel(cancel)
     t0 = time.perf_counter()
@@ -159,7 +167,21 @@ def train_job(X, labels, *, kind: str, covariance_type: str, n_components_per_cl
     model = fit_source_model(X, labels, kind=kind, covariance_type=covariance_type,
                              n_components_per_class=n_components_per_class)
     _check_cancel(cancel)
+    from .shift import heldout_reference
+
+    fit = lambda Xa, ya: fit_source_model(  # noqa: E731 - the same settings, held-out refit
+        Xa, ya, kind=kind, covariance_type=covariance_type,
+        n_components_per_class=n_components_per_class)
     bundle = make_bundle(model, extractor, window_ms, step_ms, n_channels, rate,
-                         source="prompted train session")
+                         source="prompted train session", filter_spec=filter_spec,
+                         shift_reference=heldout_reference(fit, X, labels))
+    if speed_kwargs is not None:
+        from ..model.speed import calibrate_bundle_speed
+
+        try:
+            bundle.meta["speed"] = calibrate_bundle_speed(bundle, X, labels, **speed_kwargs)
+        except ValueError as exc:  # e.g. [speed] measure names a feature the model lacks
+            logger.info("the trained model carries no proportional speed: %s", exc)
+    _check_cancel(cancel)
     return dict(bundle=bundle, fit_s=time.perf_counter() - t0,
                 accuracy=float(np.mean(model.predict(X) == labels)))

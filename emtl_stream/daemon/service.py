@@ -98,6 +98,8 @@ class Daemon:
         self.post = PostProcessor(config.classify.reject_below, config.classify.vote_windows)
         self.session: Session | None = None
         self.watch: ShiftWatch | None = None
+        self.speed = None  # LiveSpeed when the bundle carries a speed calibration
+        self._bad_speed_announced = float("-inf")
         self.live: LiveModel | None = None
         self.last_fit: dict | None = None
         self.last_error = ""
@@ -199,14 +201,30 @@ class Daemon:
                 **({"shift_reference": reference.to_dict()} if reference else {})})
             self.store.set_live(version)
         self.live = LiveModel.build(bundle, H, b, version, fp)
+        self.speed = self._make_speed(bundle)
         self.post.reset_votes()
         self._transition("model_loaded")
+
+    def _make_speed(self, bundle):
+        """Proportional speed for ``bundle`` (None when it carries no calibration)."""
+        from ..model.speed import LiveSpeed
+
+        cal = (bundle.meta or {}).get("speed")
+        if cal is None:
+            return None
+        try:
+            return LiveSpeed(cal, self.config.speed)
+        except (TypeError, ValueError) as exc:  # a bad record must not stop serving
+            logger.warning("no proportional speed: %s", exc)
+            return None
 
     def swap_map(self, H, b, version: int, reference: ShiftReference | None = None) -> None:
         """Put a new map live (one assignment) and restart voting and the shift watch."""
         self.live = self.live.with_map(H, b, version)
         self.post.reset_votes()
         self.watch.reset(reference)
+        if self.speed is not None:
+            self.speed.reset()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 60.0) -> "Daemon":
@@ -397,22 +415,22 @@ class Daemon:
 
     def _build_pipeline(self, desc) -> None:
         from ..pipeline.features import FeatureExtractor, FeaturePipeline
-        from ..pipeline.filters import StreamingFilter
+        from .bundle import filter_spec_from_config, make_filter
 
         cfg = self.config.features
+        from_config = filter_spec_from_config(cfg)
         if self.bundle is not None:
             extractor = self.bundle.make_extractor()
             window_ms, step_ms = self.bundle.window_ms, self.bundle.step_ms
+            # the filter the model was trained through (train/serve parity); [features]
+            # only for a bundle written before filters were recorded
+            filt = self.bundle.make_filter(desc.n_channels, desc.rate, fallback=from_config)
         else:
             extractor = FeatureExtractor(tuple(cfg.names), n_channels=desc.n_channels,
                                          fs=desc.rate, zc_threshold=cfg.zc_threshold,
                                          ssc_threshold=cfg.ssc_threshold)
             window_ms, step_ms = cfg.window_ms, cfg.step_ms
-        filt = None
-        if cfg.bandpass or cfg.notch:
-            filt = StreamingFilter(desc.rate, desc.n_channels,
-                                   bandpass=tuple(cfg.bandpass) if cfg.bandpass else None,
-                                   notch=cfg.notch or None)
+            filt = make_filter(from_config, desc.n_channels, desc.rate)
         self.pipeline = FeaturePipeline(extractor, window_ms, step_ms, filter=filt)
         self.extractor = extractor
 
@@ -449,6 +467,13 @@ class Daemon:
             self.event("bad_input", reason=f"{n} window(s) with NaN/inf samples skipped",
                        skipped_total=self.pipeline.n_skipped_nonfinite)
 
+    def _announce_bad_speed(self, reason: str) -> None:
+        now = time.monotonic()
+        if now - self._bad_speed_announced > BAD_INPUT_EVENT_S:
+            self._bad_speed_announced = now
+            self.event("bad_input", reason=f"speed 0: {reason} input (NaN/inf features or a "
+                                           "silent electrode)")
+
     def _on_window(self, w) -> None:
         from ..io import protocol
 
@@ -481,10 +506,16 @@ class Daemon:
                 return
             decision = (d.seq, d.index, d.confidence, d.rejected)
         seq, index, confidence, rejected = decision
+        extra = {}
+        if self.speed is not None:  # from the same z as the class decision
+            speed, bad = self.speed.update(z, w.x, int(index), rejected=bool(rejected or stale))
+            extra["speed"] = speed
+            if bad is not None:
+                self._announce_bad_speed(bad)
         self.publisher.publish("pred", protocol.pred_msg(
             seq=seq, t=float(w.t_last), t_pub=float(self.clock()), label=live.classes[index],
             index=int(index), proba=proba, confidence=confidence, rejected=bool(rejected),
-            model=int(live.version), stale=bool(stale)))
+            model=int(live.version), stale=bool(stale), **extra))
         if self.config.zmq.publish_features:
             self.publisher.publish("feat", protocol.feat_msg(
                 seq=seq, t=float(w.t_last), x=z, model=int(live.version)))
@@ -605,12 +636,17 @@ class Daemon:
         self._transition("start_fitting", burst=burst_id, windows=int(len(X)))
         if s.purpose == "train":
             mc = self.config.model
+            from ..model.speed import speed_kwargs
+            from .bundle import filter_spec_from_config
+
             self._submit("train", burst_id, s.purpose, jobs.train_job, X, labels,
                          kind=mc.kind, covariance_type=mc.covariance_type,
                          n_components_per_class=mc.n_components_per_class,
                          extractor=self.extractor, window_ms=self.pipeline.window_ms,
                          step_ms=self.pipeline.step_ms, n_channels=self.stream_desc.n_channels,
-                         rate=self.stream_desc.rate)
+                         rate=self.stream_desc.rate,
+                         filter_spec=filter_spec_from_config(self.config.features),
+                         speed_kwargs=speed_kwargs(self.config))
         else:
             kw, ring = jobs.transfer_settings(self.config, live.bundle.n_channels, live.H)
             self._submit("transfer", burst_id, s.purpose, jobs.transfer_job,
