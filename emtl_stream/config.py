@@ -98,7 +98,8 @@ class TransferConfig:
     shrink_to: str = _opt("current", choices=("current", "identity", "zero"))
     bias: bool = _opt(False)
     ring_search: bool = _opt(True)
-    max_iter: int = _opt(100, minimum=1)
+    rotation_search: str = _opt("roll", choices=("roll", "continuous"))
+    max_iter: int = _opt(100, minimum=1, maximum=10000)
     tol: float = _opt(1e-6, positive=True)
     kind: str = _opt("auto")
 

@@ -239,6 +239,9 @@ def transfer_kwargs(config, n_channels: int) -> dict:
     shrink = t.shrink_to if t.shrink_to in ("identity", "zero") else "identity"
     # The channel structure needs the electrode layout, which only a ring search supplies.
     ring = bool(config.stream.ring and t.ring_search)
-    return dict(kind=t.kind, bias=bool(t.bias), reg=float(t.reg), reg_scale=t.reg_scale,
-                shrink_to=shrink, max_iter=int(t.max_iter), tol=float(t.tol),
-                structure=t.structure if ring else "dense")
+    kw = dict(kind=t.kind, bias=bool(t.bias), reg=float(t.reg), reg_scale=t.reg_scale,
+              shrink_to=shrink, max_iter=int(t.max_iter), tol=float(t.tol),
+              structure=t.structure if ring else "dense")
+    if ring and t.rotation_search != "roll":  # only passed when asked: the default is unchanged
+        kw["rotation_search"] = t.rotation_search
+    return kw

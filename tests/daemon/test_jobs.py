@@ -82,3 +82,20 @@ def test_labelled_job_reports_both_objectives(settings):
                           ring_channels=ring)
     assert r["objective"] >= r["previous_objective"]
     assert _acc(bundle, r["H"], r["b"], X, y) > 0.95
+
+
+def test_continuous_rotation_search_is_a_config_choice_the_jobs_honour(source):
+    """``[transfer] rotation_search = "continuous"`` reaches TransferEM; "roll" stays default."""
+    bundle = source[0]
+    m = bundle.components.n_features
+    H, b = np.eye(m), np.zeros(m)
+    kw_roll, _ = jobs.transfer_settings(load_config(None, env={}), bundle.n_channels, H)
+    assert "rotation_search" not in kw_roll
+    cfg = load_config(None, env={"EMTL_TRANSFER_ROTATION_SEARCH": "continuous"})
+    kw, ring = jobs.transfer_settings(cfg, bundle.n_channels, H)
+    assert kw["rotation_search"] == "continuous" and ring == bundle.n_channels
+    X, y = _windows(bundle, 1.0)
+    r = jobs.unlabelled_transfer_job(bundle.components, X, H, b, transfer_kwargs=kw,
+                                     ring_channels=ring)
+    assert r.accepted, r.reason
+    assert _acc(bundle, H, b, X, y) < 0.6 < 0.9 < _acc(bundle, r.H, r.b, X, y)
