@@ -471,8 +471,7 @@ class Daemon:
         now = time.monotonic()
         if now - self._bad_speed_announced > BAD_INPUT_EVENT_S:
             self._bad_speed_announced = now
-            self.event("bad_input", reason=f"speed 0: {reason} input (NaN/inf features or a "
-                                           "silent electrode)")
+            self.event("bad_input", reason=f"speed: {reason}")
 
     def _on_window(self, w) -> None:
         from ..io import protocol
