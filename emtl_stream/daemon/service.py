@@ -54,6 +54,10 @@ CONNECT_BACKOFF_S = (0.5, 5.0)
 #: Delay before retrying a stream that was refused (wrong channel count or rate).
 REFUSED_RETRY_S = 5.0
 #: At most one ``bad_input`` event about NaN/inf windows per this many seconds.
+#: ``status.map_history``: how many of the newest maps, and which of their stored fields.
+MAP_HISTORY_LEN = 20
+MAP_HISTORY_KEYS = ("version", "created", "reason", "objective", "previous_objective", "roll",
+                    "parent", "burst", "fit_s")
 BAD_INPUT_EVENT_S = 1.0
 
 
@@ -761,6 +765,7 @@ class Daemon:
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
         """The ``status`` reply."""
+        maps = self.store.list_maps()
         desc = self.stream_desc
         s = self.session
         inlet = self.inlet
@@ -781,7 +786,10 @@ class Daemon:
             "outage_s": float(getattr(inlet, "outage_s", 0.0) or 0.0),
             "outages": int(getattr(inlet, "n_outages", 0) or 0),
             "uptime_s": time.monotonic() - self._started_at,
-            "maps": [m["version"] for m in self.store.list_maps()],
+            "maps": [m["version"] for m in maps],
+            # the newest maps' provenance, for an operator's history (bounded reply size)
+            "map_history": [{k: m.get(k) for k in MAP_HISTORY_KEYS}
+                            for m in maps[-MAP_HISTORY_LEN:]],
             "last_error": self.last_error,
         }
         if s is not None and s.purpose != "manual":

@@ -285,7 +285,8 @@ class ViewState:
         rate = (len(self._pred_times) - 1) / span if span > 0.2 else None
         latency_ms = 1000.0 * (float(msg["t_pub"]) - float(msg["t"]))
         self._set("pred", {k: msg.get(k) for k in ("seq", "label", "index", "proba",
-                                                  "confidence", "rejected", "model")})
+                                                  "confidence", "rejected", "model", "stale",
+                                                  "speed")})
         self._set("health", {"window_rate_hz": rate, "lost_messages": self._lost,
                              "latency_ms": latency_ms})
 
@@ -368,7 +369,8 @@ class ViewState:
         return self._history[key]
 
     def _merge_maps(self, status: dict) -> None:
-        versions = status.get("maps")
+        # map_history: the newest maps with their stored provenance; maps: bare versions
+        versions = status.get("map_history") or status.get("maps")
         if not isinstance(versions, list):
             return
         known = {k[1] for k in self._history if k[0] == "map"}
@@ -381,6 +383,7 @@ class ViewState:
             if v in known or not isinstance(v, int) or isinstance(v, bool):
                 continue
             why = meta.get("why") or meta.get("purpose") or meta.get("reason") or "earlier"
+            why = {"recalibration": "prompted"}.get(why, why)
             if meta.get("labels") is False:
                 why = "unlabelled"
             self._entry(("map", v), v).update(

@@ -309,3 +309,28 @@ def test_rejection_state_reaches_the_page(tmp_path, source, start_player, start_
     assert rejected, "the daemon rejected no window at reject_below = 1"
     assert page.evaluate("window.badgeSeen") > 0, "the page never showed the rejection"
     expect(badge).to_have_text("rejected: hold still")
+
+
+def test_operator_view_shows_the_proportional_speed(tmp_path, source, start_player,
+                                                    start_daemon, start_ui, page):
+    """A model with a speed calibration: the page shows pred's ``speed`` as a number."""
+    import dataclasses
+
+    from emtl_stream.model.speed import calibrate_bundle_speed
+
+    bundle, _, X, y = source
+    bundle = dataclasses.replace(bundle, meta={**bundle.meta,
+                                               "speed": calibrate_bundle_speed(bundle, X, y)})
+    sid = unique_id("ui")
+    config = daemon_config(tmp_path / "state", sid)
+    player = start_player(sid)
+    start_daemon(config, bundle=bundle)
+    ui = start_ui(config.zmq.control, config.zmq.pub)
+    open_page(page, ui, "operator")
+    speed = page.locator("#o-speed")
+    player.set_class("close")
+    expect(page.locator("#o-label")).to_have_text(display("close"))
+    expect(speed).to_have_text(re.compile(r"^[01]\.\d\d$"))
+    player.set_class("rest")
+    expect(page.locator("#o-label")).to_have_text(display("rest"))
+    expect(speed).to_have_text("0.00")  # rest is always still

@@ -184,3 +184,21 @@ def test_map_metadata_in_status_is_used_when_the_daemon_gives_it():
     rows = view.snapshot()[1]["history"]
     assert [(r["version"], r["when"], r["why"], r["objective"], r["roll"]) for r in rows] == [
         (2, 200.0, "prompted", -4.0, 3), (1, 100.0, "earlier", None, None)]
+
+
+def test_map_history_of_the_daemons_status_and_speed_on_pred():
+    """``status.map_history`` (the daemon's stored provenance) wins over bare versions."""
+    view = ViewState("c", "p", clock=Clock())
+    view.on_status(status(model=3, maps=[1, 2, 3], map_history=[
+        {"version": 1, "created": 100.0, "reason": "new source model", "objective": None},
+        {"version": 2, "created": 200.0, "reason": "recalibration", "objective": -4.0,
+         "roll": 1},
+        {"version": 3, "created": 300.0, "reason": "unlabelled", "objective": None,
+         "roll": 7}]))
+    rows = view.snapshot()[1]["history"]
+    assert [(r["version"], r["when"], r["why"], r["roll"]) for r in rows] == [
+        (3, 300.0, "unlabelled", 7), (2, 200.0, "prompted", 1), (1, 100.0, "new source model",
+                                                                None)]
+    view.on_message("pred", dict(pred(1), speed=0.42, stale=False))
+    got = view.snapshot()[1]["pred"]
+    assert got["speed"] == 0.42 and got["stale"] is False

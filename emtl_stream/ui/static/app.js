@@ -86,6 +86,10 @@ function renderPred() {
   $("o-confidence").textContent = p ? fmt(p.confidence, 2) : "—";
   $("o-model").textContent = p && p.model !== null ? p.model : "—";
   $("o-rejected").hidden = !(p && p.rejected);
+  // proportional speed (absent when the model carries no speed calibration)
+  const hasSpeed = !!p && typeof p.speed === "number";
+  $("o-speed").textContent = hasSpeed ? fmt(p.speed, 2) : "—";
+  $("o-speed-fill").style.width = hasSpeed ? `${Math.round(100 * p.speed)}%` : "0%";
   const box = $("o-proba");
   const proba = p ? p.proba : [];
   if (box.children.length !== classes.length) {
