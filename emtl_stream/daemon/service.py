@@ -657,10 +657,11 @@ class Daemon:
                          transfer_kwargs=kw, ring_channels=ring)
         return {"state": "fitting", "burst": burst_id, "windows": int(len(X))}
 
-    def _submit(self, kind, burst, purpose, fn, *args, **kwargs) -> None:
+    def _submit(self, fit_kind, burst, purpose, fn, /, *args, **kwargs) -> None:
+        # positional-only: the job's own keywords (train_job's ``kind``) must not collide
         cancel = threading.Event()
         future = self._executor.submit(fn, *args, cancel=cancel, **kwargs)
-        self.fit = _Fit(kind, burst, future, cancel, purpose)
+        self.fit = _Fit(fit_kind, burst, future, cancel, purpose)
 
     def calibration_failed(self, reason: str, **fields) -> dict:
         """Announce a failed calibration; the live map stays."""

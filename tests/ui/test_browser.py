@@ -263,19 +263,38 @@ def test_ui_server_restart_is_survived_by_the_page(live, start_ui, page):
     expect(page.locator("#o-label")).to_have_text("Flex")
 
 
-def test_shift_alert_is_shown_in_plain_words(live, ui, page):
+def test_shift_alert_is_shown_in_plain_words(tmp_path, source, start_player, start_daemon,
+                                             start_ui, page):
+    """A model with its detector reference (as ``train`` writes it); the armband rolls."""
+    import dataclasses
+
+    import numpy as np
+
+    from emtl_stream.daemon.shift import ShiftReference
+    from emtl_stream.pipeline.offline import featurize
+    from daemon.conftest import STEP_MS, WINDOW_MS, armband
+
+    bundle = source[0]
+    m = bundle.components.n_features
+    arm = armband()  # held-out unshifted windows cycling the classes, as live data does
+    emg = np.vstack([arm.generate(int(0.6 * arm.fs), c) for _ in range(4) for c in bundle.classes])
+    X, _, _ = featurize(emg, arm.fs, bundle.make_extractor(), WINDOW_MS, STEP_MS)
+    ref = ShiftReference.from_windows(bundle.components, np.eye(m), np.zeros(m), X)
+    bundle = dataclasses.replace(bundle, meta={**bundle.meta, "shift_reference": ref.to_dict()})
+    sid = unique_id("ui")
+    config = daemon_config(tmp_path / "state", sid)
+    player = start_player(sid)
+    start_daemon(config, bundle=bundle)
+    ui = start_ui(config.zmq.control, config.zmq.pub)
+    client = Client(config.zmq.control, config.zmq.pub, timeout_s=5.0)
     open_page(page, ui, "operator")
-    with live.client.subscribe(("event", "pred")) as sub:
-        # The daemon takes its reference from the first 80 live windows, then watches;
-        # rolling the armband by three electrodes makes the windows unlikely.
-        live.player.set_class("close")
-        n = 0
-        while n < 100:
-            got = sub.recv(timeout_s=5.0)
-            assert got is not None, "no predictions"
-            n += got[0] == "pred"
-        live.player.set_shift(3.0)
-        event = wait_event(sub, "shift_suspected", 30.0)
+    try:
+        with client.subscribe(("event", "pred")) as sub:
+            player.set_class("close")
+            player.set_shift(3.0)  # rolling the armband by three electrodes
+            event = wait_event(sub, "shift_suspected", 60.0)
+    finally:
+        client.close()
     alert = page.locator("#alerts li[data-kind=shift_suspected]").first
     expect(alert).to_contain_text(f"Electrode shift suspected: {event['reason']}")
     expect(alert).to_have_class("warning")
