@@ -76,6 +76,24 @@ class UnlabelledFit:
     metrics: dict = field(default_factory=dict)
 
 
+def lost_classes(classes, mix_live, mix_new) -> list[str]:
+    """Classes the live map predicts (share ≥ :data:`MIN_CLASS_SHARE`) and the new one does not.
+
+    Parameters
+    ----------
+    classes : sequence of str, length L
+    mix_live, mix_new : ndarray of shape (L,)
+        Share of the windows predicted as each class under the live and the new map.
+
+    Returns
+    -------
+    list of str
+    """
+    mix_live, mix_new = np.asarray(mix_live), np.asarray(mix_new)
+    return [str(classes[k]) for k in np.flatnonzero(
+        (mix_live >= MIN_CLASS_SHARE) & (mix_new < MIN_CLASS_SHARE))]
+
+
 def _class_mix(components, H, b, X) -> np.ndarray:
     from ..model.classify import MappedClassifier
 
@@ -173,6 +191,12 @@ def fit_unlabelled(components, X, H_live, b_live, *, transfer_kwargs: dict,
         if int((mix_new >= MIN_CLASS_SHARE).sum()) < MIN_CLASSES:
             return refuse(f"the new map puts the windows into fewer than {MIN_CLASSES} classes "
                           "(a degenerate fit); the live map stays.")
+        # A map that explains the windows better yet never predicts a movement the live
+        # map sees is a likelihood trap (two movements merged), not a correction.
+        lost = lost_classes(comp.classes, mix_live, mix_new)
+        if lost:
+            return refuse(f"the new map no longer predicts {', '.join(lost)}, which the live "
+                          "map sees in these windows; the live map stays.")
         # Cross-fitted gain: each half's map is judged on the other half.
         half = N // 2
         parts = (X[:half], X[half:])

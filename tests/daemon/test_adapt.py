@@ -158,3 +158,32 @@ def test_unlabelled_evaluation_sets_follow_the_stated_protocol(emg_dir):
     assert abs(share - eu.REST_SHARE) < 0.05
     assert len(rs) * step <= eu.BALANCED_SECONDS and len(np.unique(shift["y"][rs])) == 5
     assert not np.isin(rs, np.flatnonzero(np.isin(shift["rep"], eu.TEST_REPS))).any()
+
+
+def test_half_spacing_shift_is_never_made_worse(setup):
+    """Half an electrode: the live map may still be good; a fit that merges two movements
+    (higher likelihood, one class never predicted) must be refused."""
+    arm, comp = setup
+    m = comp.n_features
+    I, z = np.eye(m), np.zeros(m)
+    X, _ = _shifted(arm, 0.5, 1.5, 3)
+    Xt, yt = _shifted(arm, 0.5, 1.5, 2)
+    res = fit_unlabelled(comp, X, I, z, transfer_kwargs=KW, ring_channels=N_CHANNELS)
+    before = _acc(comp, I, z, Xt, yt)
+    after = _acc(comp, res.H, res.b, Xt, yt)
+    assert after >= before - 0.02, (res.accepted, res.reason, before, after)
+    if res.accepted:
+        assert not adapt.lost_classes(comp.classes, res.metrics["class_mix_live"],
+                                      res.metrics["class_mix_new"])
+
+
+def test_a_map_that_stops_predicting_a_seen_movement_is_refused():
+    """The likelihood trap seen live at half a spacing: a fitted map explained the
+    windows better but never predicted "open"; the class-mix rule names it."""
+    classes = np.array(["rest", "open", "close", "flex", "extend"])
+    live = np.array([0.3, 0.2, 0.2, 0.15, 0.15])
+    assert adapt.lost_classes(classes, live, np.array([0.35, 0.0, 0.35, 0.15, 0.15])) == ["open"]
+    assert adapt.lost_classes(classes, live, np.array([0.3, 0.2, 0.2, 0.15, 0.15])) == []
+    # a class the live map hardly sees may vanish (a shifted live map mislabels)
+    live2 = np.array([0.5, 0.01, 0.19, 0.15, 0.15])
+    assert adapt.lost_classes(classes, live2, np.array([0.3, 0.0, 0.3, 0.2, 0.2])) == []
