@@ -581,7 +581,7 @@ def status(args) -> int:
     if s.get("connected"):
         print(f"stream {s['name']} ({s['channels']} ch @ {s['rate']:g} Hz) connected")
     else:
-        why = reply.get("last_error") or "no matching stream found yet"
+        why = s.get("reason") or reply.get("last_error") or "no matching stream found yet"
         print(f"stream {s.get('name') or '(any)'} NOT connected: {why}")
     maps = reply.get("maps")
     print(f"windows {reply['windows']}  dropped {reply['dropped']}  uptime "

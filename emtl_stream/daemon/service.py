@@ -121,6 +121,7 @@ class Daemon:
         self._next_connect = 0.0
         self._connect_backoff = CONNECT_BACKOFF_S[0]
         self._refused_reason = ""
+        self._stream_reason = ""
         self._bad_input_announced = -math.inf
         self._last_auto_adapt = -math.inf
         self._pending_events: list[tuple[str, dict]] = []
@@ -440,12 +441,22 @@ class Daemon:
 
     def _pull_once(self, timeout: float = 0.0) -> None:
         samples, stamps = self.inlet.pull(timeout=timeout)
+        refusal = self.inlet.refusal
+        if refusal is not None and refusal != self._refused_reason:
+            # a stream of the wrong shape appeared while ours is gone: say so once
+            self._refused_reason = refusal
+            self.last_error = refusal
+            self.event("stream_refused", reason=refusal)
         if self.inlet.connected != self.connected:
             self.connected = self.inlet.connected
             if self.connected:
+                self._refused_reason = ""
+                self._stream_reason = ""
                 self.event("stream_restored", name=self.inlet.description.name,
                            reconnects=self.inlet.n_reconnects)
             else:
+                self._stream_reason = (f"lost: no samples for "
+                                       f"{self.config.stream.lost_after_s:g} s; reconnecting")
                 self.event("stream_lost", reason=f"no samples for "
                            f"{self.config.stream.lost_after_s:g} s; reconnecting",
                            name=self.inlet.description.name)
@@ -779,6 +790,10 @@ class Daemon:
                 "channels": desc.n_channels if desc else None,
                 "rate": desc.rate if desc else None,
                 "connected": bool(self.connected),
+                # why not connected: the refusal of a wrong stream, a loss, or none found
+                **({} if self.connected else {"reason": (
+                    self._refused_reason or self._stream_reason
+                    or "no matching stream found yet")}),
             },
             "windows": self.n_windows,
             "stale_windows": self.n_stale,

@@ -149,6 +149,9 @@ class EMGInlet:
         self._uid = None
         self._resolver = None
         self._seen: dict = {}
+        #: Why the last stream found while reconnecting was refused (wrong channel
+        #: count or rate), or None; the daemon turns a new reason into an event.
+        self.refusal: str | None = None
         self.description: StreamDescription | None = None
         self.connected = False
         self.gap_pending = False
@@ -396,12 +399,15 @@ class EMGInlet:
             try:
                 self._open(info, first=False)
             except ChannelMismatch as exc:
-                logger.error("not reconnecting: %s", exc)
+                if str(exc) != self.refusal:  # once per reason, not at every retry
+                    logger.error("not reconnecting: %s", exc)
+                self.refusal = str(exc)
                 continue
             except (pylsl.util.TimeoutError, pylsl.util.LostError, RuntimeError) as exc:
                 logger.info("reconnect attempt failed: %s", exc)
                 continue
             self._resolver = None
+            self.refusal = None
             logger.warning("LSL stream %s re-acquired", self.description.name)
             return
 

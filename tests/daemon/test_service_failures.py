@@ -146,6 +146,26 @@ def test_wrong_channel_count_is_refused(tmp_path, source, start_player, start_da
     client.close()
 
 
+def test_wrong_stream_appearing_while_ours_is_gone_is_announced(live, start_player):
+    """Our stream is lost, a 6-channel one with its source_id appears: one
+    ``stream_refused`` event and ``status.stream.reason`` say why it is not used."""
+    with live.client.subscribe(("pred", "event")) as sub:
+        wait_for(sub, lambda topic, m: topic == "pred", 5.0)
+        live.player.stop()
+        seen = []
+        wait_event(sub, "stream_lost", 10.0, seen)
+        assert "lost" in live.client.status()["stream"]["reason"]
+        start_player(live.source_id, armband(n_channels=6))
+        ev = wait_event(sub, "stream_refused", 20.0, seen)
+        assert "6 channels" in ev["reason"], ev
+        collect(sub, 6.0, seen)  # the inlet keeps retrying: announced once
+    refused = [m for t, m in seen if t == "event" and m["kind"] == "stream_refused"]
+    assert len(refused) == 1, refused
+    status = live.client.status()
+    assert status["stream"]["connected"] is False
+    assert "6 channels" in status["stream"]["reason"] and "6 channels" in status["last_error"]
+
+
 # --------------------------------------------------------------------------- 9
 def test_stream_lost_and_restored(live, start_player):
     with live.client.subscribe(("pred", "event")) as sub:
