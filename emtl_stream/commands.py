@@ -469,7 +469,13 @@ def _copy_daemon_model(client, out) -> None:
 
 
 def _split(text):
-    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+    """``a,b`` → ``["a", "b"]``; None when not given; an empty list is a usage error."""
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise ConfigError(f"--classes needs comma-separated class names, got {text!r}")
+    return names
 
 
 # --------------------------------------------------------------------------- prompted sessions
