@@ -123,6 +123,7 @@ class Daemon:
         self._refused_reason = ""
         self._stream_reason = ""
         self._bad_input_announced = -math.inf
+        self._bad_input_total = 0  # skipped windows already counted in an event
         self._last_auto_adapt = -math.inf
         self._pending_events: list[tuple[str, dict]] = []
         bundle_given = bundle is not None
@@ -437,6 +438,7 @@ class Daemon:
             window_ms, step_ms = cfg.window_ms, cfg.step_ms
             filt = make_filter(from_config, desc.n_channels, desc.rate)
         self.pipeline = FeaturePipeline(extractor, window_ms, step_ms, filter=filt)
+        self._bad_input_total = 0  # the new pipeline counts from zero
         self.extractor = extractor
 
     def _pull_once(self, timeout: float = 0.0) -> None:
@@ -476,11 +478,16 @@ class Daemon:
             self._on_window(w)
 
     def _announce_bad_input(self, n: int) -> None:
+        # at most one event per BAD_INPUT_EVENT_S, counting every window skipped since
+        # the previous event (not just the last chunk's)
         now = time.monotonic()
+        total = self.pipeline.n_skipped_nonfinite
         if now - self._bad_input_announced > BAD_INPUT_EVENT_S:
+            since = total - self._bad_input_total
             self._bad_input_announced = now
-            self.event("bad_input", reason=f"{n} window(s) with NaN/inf samples skipped",
-                       skipped_total=self.pipeline.n_skipped_nonfinite)
+            self._bad_input_total = total
+            self.event("bad_input", reason=f"{since} window(s) with NaN/inf samples skipped",
+                       skipped_total=total)
 
     def _announce_bad_speed(self, reason: str) -> None:
         now = time.monotonic()
