@@ -97,13 +97,17 @@ def test_stale_windows_are_marked(tmp_path, source, start_daemon):
             assert stale["stale"] is True, stale
             # live samples again: fresh predictions
             fresh = None
-            deadline = time.monotonic() + 15.0  # generous: a loaded CI machine lags
+            # Live samples on a continuous sample clock (a slow loop pushes bigger
+            # chunks, never a timestamp gap, which would restart the windowing).
+            base, sent = local_clock(), 0
+            deadline = time.monotonic() + 15.0
             while time.monotonic() < deadline:
-                now = local_clock()
-                k = int(0.05 * FS)
-                outlet.push_chunk(arm.generate(k, "rest").astype(np.float32).tolist(),
-                                  list(now + np.arange(k) / FS))
-                for topic, m in collect(sub, 0.05):
+                due = int((local_clock() - base) * FS) - sent
+                if due > 0:
+                    outlet.push_chunk(arm.generate(due, "rest").astype(np.float32).tolist(),
+                                      list(base + (sent + np.arange(due)) / FS))
+                    sent += due
+                for topic, m in collect(sub, 0.02):
                     if not m["stale"]:
                         fresh = m
                 if fresh is not None:
