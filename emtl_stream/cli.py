@@ -71,6 +71,16 @@ def _positive_float(text: str) -> float:
     return v
 
 
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return v
+
+
 def _nonneg_float(text: str) -> float:
     try:
         v = float(text)
@@ -253,7 +263,8 @@ def _shutdown(p):
 def _subscribe(p):
     _client_args(p, timeout_default=None)
     p.add_argument("topics", nargs="*", default=["pred", "event", "prompt"])
-    p.add_argument("--count", type=int, default=0, help="stop after N messages (0 = never)")
+    p.add_argument("--count", type=_nonneg_int, default=0,
+                   help="stop after N messages (0 = never)")
 
 
 @command("warmup", "emtl_stream.commands:warmup",

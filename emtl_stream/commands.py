@@ -33,8 +33,14 @@ def _client(args, cfg=None, timeout_s=None):
 
     cfg = cfg or _config(args)
     timeout = timeout_s or getattr(args, "timeout", None) or 5.0
-    return Client(control=args.control or cfg.zmq.control, pub=args.pub or cfg.zmq.pub,
-                  timeout_s=timeout, curve=CurveClient.from_config(cfg.zmq))
+    control, pub = args.control or cfg.zmq.control, args.pub or cfg.zmq.pub
+    for name, addr in (("control", control), ("pub", pub)):
+        # a malformed address is a configuration error (exit 2), not a runtime failure
+        if not isinstance(addr, str) or "://" not in addr:
+            raise ConfigError(f"{name} address {addr!r} is not a ZeroMQ endpoint like "
+                              f"tcp://127.0.0.1:5557 (--{name} or [zmq] {name})")
+    return Client(control=control, pub=pub, timeout_s=timeout,
+                  curve=CurveClient.from_config(cfg.zmq))
 
 
 def _check_ok(command: str, reply: dict, client=None) -> dict:

@@ -81,6 +81,12 @@ def test_help_and_usage_errors():
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
     proc = cli("rollback", "not-a-number")
     assert proc.returncode == 2
+    proc = cli("subscribe", "pred", "--count", "-1")
+    assert proc.returncode == 2 and ">= 0" in proc.stderr
+    proc = cli("status", "--control", "notanaddress")
+    assert proc.returncode == 2 and "not a ZeroMQ endpoint" in one_line(proc.stderr)
+    proc = cli("recalibrate", "--classes", " , ")
+    assert proc.returncode == 2 and "--classes needs" in one_line(proc.stderr)
 
 
 def test_status_without_a_daemon_fails_in_one_line():
