@@ -28,7 +28,6 @@ with fractional shifts and an electrode gain.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import warnings
@@ -201,7 +200,7 @@ def evaluate_rotations(data_dir, grid: RotationGrid | None = None, subjects=None
         summary holds, per (rotation, gain), every method's mean accuracy and mean
         ratio to within-session (``"<method>/within"``).
     """
-    from .evaluate import find_subjects
+    from .evaluate import require_subjects
 
     grid = grid or RotationGrid()
     if grid.settings is None:
@@ -213,9 +212,7 @@ def evaluate_rotations(data_dir, grid: RotationGrid | None = None, subjects=None
         print("note: em-transfer-learning is not installed; the reference row is skipped",
               file=sys.stderr)
         grid.reference = False
-    pairs = find_subjects(Path(data_dir), subjects)
-    if not pairs:
-        raise FileNotFoundError(f"no ciil_es_sNN_baseline.npz files in {data_dir}")
+    pairs = require_subjects(data_dir, subjects)
     rows = {}
     for sid, b, _ in pairs:
         rows[sid] = evaluate_subject_rotations(b, grid)
@@ -377,7 +374,7 @@ def _jsonable(result):
 def main_rotations(args) -> int:
     """CLI entry: ``emtl-stream evaluate DATA_DIR --rotations [--synthetic] [--json F]``."""
     from .config import load_config
-    from .evaluate import EvalSettings
+    from .evaluate import EvalSettings, write_report
 
     subjects = {int(s) for s in args.subjects.split(",")} if args.subjects else None
     settings = EvalSettings.from_config(load_config(getattr(args, "config", None)))
@@ -390,12 +387,7 @@ def main_rotations(args) -> int:
     text = "## Real EMG, virtual rotation\n\n" + to_markdown(result["mean"], result["methods"])
     syn = evaluate_synthetic()
     text += "\n\n## Synthetic armband\n\n" + to_markdown(syn["mean"], syn["methods"])
-    print(text)
-    if args.json:
-        Path(args.json).write_text(json.dumps(_jsonable({"real": result, "synthetic": syn}),
-                                              indent=2, default=str))
-    if args.markdown:
-        Path(args.markdown).write_text(text + "\n")
+    write_report(text, _jsonable({"real": result, "synthetic": syn}), args)
     return 0
 
 

@@ -28,7 +28,6 @@ speed, averaged over classes. Two ways to pick the per-class scaling:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -194,15 +193,13 @@ def speed_subject(baseline: Path, shifted: Path, settings, speed_config=None,
 def speed_dir(data_dir, settings=None, speed_config=None, subjects=None, progress=None) -> dict:
     """:func:`speed_subject` for every subject; ``{"subjects": {id: row}, "mean": row}``."""
     from .config import load_config
-    from .evaluate import EvalSettings, find_subjects
+    from .evaluate import EvalSettings, require_subjects
 
     if settings is None or speed_config is None:
         cfg = load_config(None, env={})
         settings = settings or EvalSettings.from_config(cfg)
         speed_config = speed_config or cfg.speed
-    pairs = find_subjects(Path(data_dir), subjects)
-    if not pairs:
-        raise FileNotFoundError(f"no ciil_es_sNN_baseline.npz/shifted.npz pairs in {data_dir}")
+    pairs = require_subjects(data_dir, subjects)
     rows = {}
     for sid, b, s in pairs:
         rows[sid] = speed_subject(b, s, settings, speed_config)
@@ -243,7 +240,7 @@ def main(args) -> int:
     import sys
 
     from .config import load_config
-    from .evaluate import EvalSettings
+    from .evaluate import EvalSettings, write_report
 
     cfg = load_config(getattr(args, "config", None))
     subjects = {int(s) for s in args.subjects.split(",")} if args.subjects else None
@@ -255,12 +252,7 @@ def main(args) -> int:
 
     result = speed_dir(args.data_dir, EvalSettings.from_config(cfg), cfg.speed, subjects,
                        progress)
-    table = to_markdown(result)
-    print(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
+    write_report(to_markdown(result), result, args)
     return 0
 
 

@@ -29,10 +29,8 @@ accuracies on shifted reps 2-7):
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
@@ -187,8 +185,6 @@ def _run_watch(comp, ref, X, step_s, **thresholds):
 def detection_subject(base: dict, shift: dict, settings, only_default: bool = False) -> dict:
     """Delays and false alarms of the likelihood test, the MMD test and the default rule
     (``only_default``: the default rule alone)."""
-    from .daemon import shift as sh
-
     step_s = settings.step_ms / 1000.0
     off = 1e12  # a threshold no statistic reaches: that test is off
     configs = {"default": {}}  # the daemon's rule: both tests, persisted
@@ -225,15 +221,13 @@ def detection_subject(base: dict, shift: dict, settings, only_default: bool = Fa
 
 def evaluate_unlabelled_dir(data_dir, settings=None, subjects=None, progress=None) -> dict:
     """All rows for every subject; returns ``{"subjects": {id: row}, "summary": {...}}``."""
-    from .evaluate import EvalSettings, _load, find_subjects
+    from .evaluate import EvalSettings, _load, require_subjects
 
     if settings is None:
         from .config import load_config
 
         settings = EvalSettings.from_config(load_config(None, env={}))
-    pairs = find_subjects(Path(data_dir), subjects)
-    if not pairs:
-        raise FileNotFoundError(f"no ciil_es_sNN_baseline.npz/shifted.npz pairs in {data_dir}")
+    pairs = require_subjects(data_dir, subjects)
     rows = {}
     for sid, b, s in pairs:
         base, shift = _load(b, settings), _load(s, settings)
@@ -308,7 +302,7 @@ def main(args) -> int:
     import sys
 
     from .config import load_config
-    from .evaluate import EvalSettings
+    from .evaluate import EvalSettings, write_report
 
     subjects = {int(x) for x in args.subjects.split(",")} if args.subjects else None
     settings = EvalSettings.from_config(load_config(getattr(args, "config", None)))
@@ -319,10 +313,5 @@ def main(args) -> int:
               file=sys.stderr, flush=True)
 
     result = evaluate_unlabelled_dir(args.data_dir, settings, subjects, progress)
-    table = to_markdown(result)
-    print(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
+    write_report(to_markdown(result), result, args)
     return 0

@@ -181,6 +181,33 @@ def find_subjects(data_dir: Path, subjects=None) -> list[tuple[int, Path, Path]]
     return pairs
 
 
+def require_subjects(data_dir, subjects=None) -> list:
+    """:func:`find_subjects`, or FileNotFoundError naming the folder when it finds none."""
+    pairs = find_subjects(Path(data_dir), subjects)
+    if not pairs:
+        raise FileNotFoundError(f"no ciil_es_sNN_baseline.npz/shifted.npz pairs in {data_dir}")
+    return pairs
+
+
+def write_report(text: str, result, args) -> None:
+    """Print ``text`` and write it (``--markdown``) and ``result`` (``--json``) if asked.
+
+    Parameters
+    ----------
+    text : str
+        The Markdown table(s).
+    result : dict
+        What ``--json`` writes (values JSON cannot hold are written as text).
+    args : argparse.Namespace
+        With ``json`` and ``markdown``: file paths or None.
+    """
+    print(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+    if args.markdown:
+        Path(args.markdown).write_text(text + "\n")
+
+
 def evaluate_dir(data_dir, settings: EvalSettings | None = None, subjects=None,
                  reference: bool = False, progress=None) -> dict:
     """Evaluate every subject in ``data_dir``; returns ``{"subjects": {id: row}, "mean": row}``."""
@@ -188,9 +215,7 @@ def evaluate_dir(data_dir, settings: EvalSettings | None = None, subjects=None,
         from .config import load_config
 
         settings = EvalSettings.from_config(load_config(None, env={}))
-    pairs = find_subjects(Path(data_dir), subjects)
-    if not pairs:
-        raise FileNotFoundError(f"no ciil_es_sNN_baseline.npz/shifted.npz pairs in {data_dir}")
+    pairs = require_subjects(data_dir, subjects)
     rows = {}
     for sid, b, s in pairs:
         rows[sid] = evaluate_subject(b, s, settings, reference=reference)
@@ -266,10 +291,5 @@ def main(args) -> int:
               file=sys.stderr, flush=True)
 
     result = evaluate_dir(args.data_dir, settings, subjects, args.reference, progress)
-    table = to_markdown(result)
-    print(table)
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2, default=str))
-    if args.markdown:
-        Path(args.markdown).write_text(table + "\n")
+    write_report(to_markdown(result), result, args)
     return 0
