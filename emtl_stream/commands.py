@@ -302,7 +302,7 @@ def train(args) -> int:
         raise ConfigError("--classes, --seconds and --repetitions go with --live")
     if args.components_per_class < 1:
         raise ConfigError(f"--components-per-class must be >= 1, got {args.components_per_class}")
-    from .daemon.bundle import fit_source_model, filter_spec_from_config, make_bundle
+    from .daemon.bundle import filter_spec_from_config, train_bundle
 
     cfg = _config(args)
     spec = filter_spec_from_config(cfg.features)  # recorded, so the daemon filters alike
@@ -321,22 +321,15 @@ def train(args) -> int:
     if len(set(y.tolist())) < 2:
         raise ConfigError(f"the recordings hold {len(set(y.tolist()))} labelled class(es); a "
                           "source model needs at least two")
-    model = fit_source_model(X, y, kind=args.model, covariance_type=args.covariance_type,
-                             n_components_per_class=args.components_per_class)
-    from .daemon.shift import heldout_reference  # detector level for a cold start
-    from .model.speed import calibrate_bundle_speed, speed_kwargs
+    from .model.speed import speed_kwargs
 
-    ref = heldout_reference(lambda Xa, ya: fit_source_model(
-        Xa, ya, kind=args.model, covariance_type=args.covariance_type,
-        n_components_per_class=args.components_per_class), X, y)
-    bundle = make_bundle(model, extractor, cfg.features.window_ms, cfg.features.step_ms,
-                         shape[0], shape[1], filter_spec=spec, files=[str(f) for f in args.files],
-                         shift_reference=ref)
-    # per-class speed scaling from the same training windows (proportional control)
-    try:
-        bundle.meta["speed"] = calibrate_bundle_speed(bundle, X, y, **speed_kwargs(cfg))
-    except ValueError as exc:  # e.g. [speed] measure names a feature the model lacks
-        _say("train", f"no proportional speed in this model: {exc}")
+    bundle, model, note = train_bundle(
+        X, y, extractor, cfg.features.window_ms, cfg.features.step_ms, shape[0], shape[1],
+        kind=args.model, covariance_type=args.covariance_type,
+        n_components_per_class=args.components_per_class, filter_spec=spec,
+        speed_kwargs=speed_kwargs(cfg), files=[str(f) for f in args.files])
+    if note:
+        _say("train", note)
     bundle.save(args.out)
     acc = float(np.mean(model.predict(X) == y))
     print(f"wrote {args.out}: {len(X)} windows, {shape[0]} ch @ {shape[1]:g} Hz, classes "

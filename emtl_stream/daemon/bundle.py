@@ -227,6 +227,69 @@ def make_bundle(model, extractor, window_ms: float, step_ms: float, n_channels: 
                         filter=filter_spec)
 
 
+def train_bundle(X, y, extractor, window_ms: float, step_ms: float, n_channels: int, fs: float,
+                 *, kind: str = "lgmm", covariance_type: str = "tied",
+                 n_components_per_class: int = 1, filter_spec: dict | None = None,
+                 speed_kwargs: dict | None = None, **meta):
+    """Fit a source model on labelled windows and bundle it with what serving needs.
+
+    Besides the model, the bundle carries the shift detector's reference level from
+    held-out windows (a model refitted without the last share of each class, so a
+    daemon started on an already-shifted arm notices) and, with ``speed_kwargs``, the
+    proportional-speed calibration of the same windows. The command line's ``train``
+    and the daemon's prompted training session both build their models here.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n_windows, n_features)
+        Training windows, featurised with ``extractor``, in stream order.
+    y : array-like of shape (n_windows,)
+        Class name of each window.
+    extractor : FeatureExtractor
+    window_ms, step_ms : float
+    n_channels : int
+    fs : float
+    kind, covariance_type, n_components_per_class
+        ``[model]`` settings (see :func:`fit_source_model`).
+    filter_spec : dict, optional
+        The filter the windows went through (see :func:`make_bundle`).
+    speed_kwargs : dict, optional
+        :func:`~emtl_stream.model.speed.speed_kwargs` of the config; None: no speed.
+    **meta
+        Extra metadata stored in the bundle.
+
+    Returns
+    -------
+    bundle : SourceBundle
+    model : object
+        The fitted source model (``predict`` for a training accuracy).
+    note : str or None
+        Why the bundle carries no speed calibration (e.g. its measure needs a feature
+        the model lacks), for the caller to report; None otherwise.
+    """
+    from .shift import heldout_reference
+
+    y = np.asarray(y)
+
+    def fit(Xa, ya):  # the shipped model's settings, for the held-out refit too
+        return fit_source_model(Xa, ya, kind=kind, covariance_type=covariance_type,
+                                n_components_per_class=n_components_per_class)
+
+    model = fit(X, y)
+    bundle = make_bundle(model, extractor, window_ms, step_ms, n_channels, fs,
+                         filter_spec=filter_spec, shift_reference=heldout_reference(fit, X, y),
+                         **meta)
+    note = None
+    if speed_kwargs is not None:
+        from ..model.speed import calibrate_bundle_speed
+
+        try:
+            bundle.meta["speed"] = calibrate_bundle_speed(bundle, X, y, **speed_kwargs)
+        except ValueError as exc:
+            note = f"no proportional speed in this model: {exc}"
+    return bundle, model, note
+
+
 def transfer_kwargs(config, n_channels: int) -> dict:
     """TransferEM keyword arguments from the ``[transfer]`` config section.
 

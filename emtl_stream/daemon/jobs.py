@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import CalibrationError
 from ..logs import logger
-from .bundle import fit_source_model, make_bundle, transfer_kwargs
+from .bundle import train_bundle, transfer_kwargs
 
 
 class FitCancelled(CalibrationError):
@@ -164,24 +164,12 @@ def train_job(X, labels, *, kind: str, covariance_type: str, n_components_per_cl
     _check_cancel(cancel)
     t0 = time.perf_counter()
     labels = np.asarray(labels)
-    model = fit_source_model(X, labels, kind=kind, covariance_type=covariance_type,
-                             n_components_per_class=n_components_per_class)
-    _check_cancel(cancel)
-    from .shift import heldout_reference
-
-    fit = lambda Xa, ya: fit_source_model(  # noqa: E731 - the same settings, held-out refit
-        Xa, ya, kind=kind, covariance_type=covariance_type,
-        n_components_per_class=n_components_per_class)
-    bundle = make_bundle(model, extractor, window_ms, step_ms, n_channels, rate,
-                         source="prompted train session", filter_spec=filter_spec,
-                         shift_reference=heldout_reference(fit, X, labels))
-    if speed_kwargs is not None:
-        from ..model.speed import calibrate_bundle_speed
-
-        try:
-            bundle.meta["speed"] = calibrate_bundle_speed(bundle, X, labels, **speed_kwargs)
-        except ValueError as exc:  # e.g. [speed] measure names a feature the model lacks
-            logger.info("the trained model carries no proportional speed: %s", exc)
+    bundle, model, note = train_bundle(
+        X, labels, extractor, window_ms, step_ms, n_channels, rate, kind=kind,
+        covariance_type=covariance_type, n_components_per_class=n_components_per_class,
+        filter_spec=filter_spec, speed_kwargs=speed_kwargs, source="prompted train session")
+    if note:
+        logger.info("%s", note)
     _check_cancel(cancel)
     return dict(bundle=bundle, fit_s=time.perf_counter() - t0,
                 accuracy=float(np.mean(model.predict(X) == labels)))
