@@ -103,7 +103,6 @@ class Daemon:
         self.session: Session | None = None
         self.watch: ShiftWatch | None = None
         self.speed = None  # LiveSpeed when the bundle carries a speed calibration
-        self._bad_speed_announced = float("-inf")
         self.live: LiveModel | None = None
         self.last_fit: dict | None = None
         self.last_error = ""
@@ -122,7 +121,7 @@ class Daemon:
         self._connect_backoff = CONNECT_BACKOFF_S[0]
         self._refused_reason = ""
         self._stream_reason = ""
-        self._bad_input_announced = -math.inf
+        self._announced_at: dict[str, float] = {}  # last bad_input event per kind
         self._bad_input_total = 0  # skipped windows already counted in an event
         self._last_auto_adapt = -math.inf
         self._pending_events: list[tuple[str, dict]] = []
@@ -473,26 +472,28 @@ class Daemon:
         skipped = self.pipeline.n_skipped_nonfinite
         windows = self.pipeline.push(samples, stamps)
         if self.pipeline.n_skipped_nonfinite > skipped:
-            self._announce_bad_input(self.pipeline.n_skipped_nonfinite - skipped)
+            self._announce_bad_input()
         for w in windows:
             self._on_window(w)
 
-    def _announce_bad_input(self, n: int) -> None:
-        # at most one event per BAD_INPUT_EVENT_S, counting every window skipped since
-        # the previous event (not just the last chunk's)
+    def _due(self, key: str) -> bool:
+        """True at most once per :data:`BAD_INPUT_EVENT_S` for each kind of bad input."""
         now = time.monotonic()
-        total = self.pipeline.n_skipped_nonfinite
-        if now - self._bad_input_announced > BAD_INPUT_EVENT_S:
-            since = total - self._bad_input_total
-            self._bad_input_announced = now
-            self._bad_input_total = total
+        if now - self._announced_at.get(key, -math.inf) <= BAD_INPUT_EVENT_S:
+            return False
+        self._announced_at[key] = now
+        return True
+
+    def _announce_bad_input(self) -> None:
+        # counts every window skipped since the previous event, not just the last chunk's
+        if self._due("nonfinite"):
+            total = self.pipeline.n_skipped_nonfinite
+            since, self._bad_input_total = total - self._bad_input_total, total
             self.event("bad_input", reason=f"{since} window(s) with NaN/inf samples skipped",
                        skipped_total=total)
 
     def _announce_bad_speed(self, reason: str) -> None:
-        now = time.monotonic()
-        if now - self._bad_speed_announced > BAD_INPUT_EVENT_S:
-            self._bad_speed_announced = now
+        if self._due("speed"):
             self.event("bad_input", reason=f"speed: {reason}")
 
     def _on_window(self, w) -> None:
