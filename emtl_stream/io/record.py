@@ -62,6 +62,29 @@ def markers_to_labels(markers, stamps: np.ndarray):
     return labels.astype(np.int64), names
 
 
+def markers_in_force_from(markers, t0: float) -> list[tuple[str, float]]:
+    """The markers that label samples from ``t0`` on, in time order.
+
+    The marker in force at ``t0`` is kept although it is stamped before it: it
+    labels the first samples. (It rarely shares the first sample's timestamp
+    exactly, since samples and markers come through separate clock corrections.)
+
+    Parameters
+    ----------
+    markers : sequence of (str, float)
+    t0 : float
+        Timestamp of the first sample kept.
+
+    Returns
+    -------
+    list of (str, float)
+    """
+    ordered = sorted(markers, key=lambda m: m[1])
+    times = np.asarray([m[1] for m in ordered], np.float64)
+    first = max(int(np.searchsorted(times, t0, side="right")) - 1, 0)
+    return ordered[first:]
+
+
 def record_streams(name: str | None, source_id: str | None, stype: str | None,
                    markers: str | None, seconds: float, out, *, resolve_timeout: float = 10.0,
                    progress: Callable[[float, int, str | None], None] | None = None,
@@ -168,7 +191,7 @@ def record_streams(name: str | None, source_id: str | None, stype: str | None,
     elif suffix == ".xdf":
         from .xdf_write import save_xdf
 
-        save_xdf(out, rec, stamps[keep], [m for m in marks if m[1] >= stamps[keep][0]],
+        save_xdf(out, rec, stamps[keep], markers_in_force_from(marks, stamps[keep][0]),
                  stream_name=desc.name, markers_name=markers or "")
     else:
         raise ValueError(f"record writes .npz, .xdf or .csv, got {out}")

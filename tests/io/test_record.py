@@ -16,7 +16,7 @@ import pytest
 from lsl_helpers import unique_id
 
 from emtl_stream.daemon.bundle import SourceBundle
-from emtl_stream.io.record import markers_to_labels, record_streams
+from emtl_stream.io.record import markers_in_force_from, markers_to_labels, record_streams
 from emtl_stream.io.recordings import Recording, load_recording
 from emtl_stream.io.replay import Replayer
 from emtl_stream.io.xdf_write import save_xdf
@@ -32,6 +32,20 @@ def test_markers_to_labels_hold_until_the_next_marker():
     assert names == ["open", "fist"]
     assert labels.tolist() == [-1, -1, 0, 0, 0, 1, 1, -1, -1, 0]
     assert markers_to_labels([], stamps)[0].tolist() == [-1] * 10
+
+
+def test_the_marker_in_force_at_the_first_sample_is_kept_though_stamped_before_it(tmp_path):
+    # the marker labelling the first kept sample is stamped a little before it
+    # (separate clock corrections); dropping it left the first segment unlabelled
+    stamps = 100.0 + np.arange(1500) / 500.0
+    marks = [("rest", 99.0), ("open", stamps[0] - 1e-4), ("close", 101.0)]
+    kept = markers_in_force_from(marks, stamps[0])
+    assert kept == marks[1:]
+    rec = Recording(emg=np.zeros((1500, 2)), fs=500.0)
+    save_xdf(tmp_path / "r.xdf", rec, stamps, kept, stream_name="armband")
+    back = load_recording(tmp_path / "r.xdf")
+    np.testing.assert_array_equal(back.labels, markers_to_labels(marks, stamps)[0] - 1)
+    assert markers_in_force_from([("open", 5.0)], 1.0) == [("open", 5.0)]
 
 
 def test_xdf_written_here_reads_back_with_pyxdf(tmp_path):
