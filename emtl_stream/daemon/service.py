@@ -199,7 +199,8 @@ class Daemon:
                 except ValueError as exc:
                     logger.warning("ignoring shift reference: %s", exc)
         # components switch on the distribution-level (MMD) test beside the likelihood one
-        self.watch = ShiftWatch(m, reference, components=bundle.components)
+        ring = bundle.n_channels if self.config.stream.ring else None  # the ring test
+        self.watch = ShiftWatch(m, reference, components=bundle.components, ring_channels=ring)
         if version is None:
             version = self.store.save_map(H, b, {
                 "reason": "new source model", "objective": None, "source_fingerprint": fp,
@@ -542,7 +543,7 @@ class Daemon:
             self.publisher.publish("feat", protocol.feat_msg(
                 seq=seq, t=float(w.t_last), x=z, model=int(live.version)))
         if self.config.classify.shift_detect and not stale:
-            hit = self.watch.update(log_marginal, z, float(w.t_last))
+            hit = self.watch.update(log_marginal, z, float(w.t_last), x=w.x, H=live.H, b=live.b)
             if hit is not None:
                 self.event("shift_suspected", **hit)
                 self._maybe_auto_adapt()

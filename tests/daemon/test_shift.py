@@ -239,3 +239,81 @@ def test_trained_bundle_carries_a_heldout_reference_that_fires_on_the_shifted_fi
     fast = _run(ShiftWatch(m, ref, rule="or", persist_windows=1), comp, np.eye(m),
                 shifted["X"][:400])
     assert fast and fast[0][0] < 100
+
+
+# ---------------------------------------------------------------- the ring test
+def _run_ring(watch, comp, H, X):
+    clf = MappedClassifier(comp, H, np.zeros(H.shape[0]))
+    ll = clf.log_marginal(X)
+    Z = X @ H.T
+    out, stats = [], []
+    for i in range(len(X)):
+        e = watch.update(ll[i], Z[i], 0.05 * i, x=X[i], H=H, b=np.zeros(H.shape[0]))
+        stats.append(watch.last_ring)
+        if e is not None:
+            out.append((i, e))
+    return out, stats
+
+
+def _shifted(arm, k, seconds=2.0, reps=2):
+    arm.set_shift(k)
+    try:
+        return stream(arm, seconds, reps)[0]
+    finally:
+        arm.set_shift(0.0)
+
+
+def test_ring_cusum_matches_a_plain_numpy_twin(setup):
+    arm, comp, _ = setup
+    m, C = comp.n_features, 8
+    X = np.vstack([stream(arm, 1.0, 1)[0], _shifted(arm, 1.0, 1.0, 2)])
+    watch = ShiftWatch(m, None, components=comp, ring_channels=C)
+    events, stats = _run_ring(watch, comp, np.eye(m), X)
+    # twin: roll each window's channel-major features with np.roll, score under the source
+    ident = MappedClassifier(comp, np.eye(m), np.zeros(m))
+    L = np.stack([ident.log_marginal(np.roll(X.reshape(len(X), C, -1), r, axis=1)
+                                     .reshape(len(X), -1)) for r in range(C)])
+    S, twin, first = np.zeros(C - 1), [], None
+    for t in range(len(X)):
+        d = np.clip(L[1:, t] - L[0, t], -sh.RING_CLIP, sh.RING_CLIP) - sh.RING_DRIFT
+        S = np.maximum(0.0, S + d)
+        twin.append(S.max())
+        if S.max() > sh.RING_THRESHOLD:
+            first = t
+            break
+    assert first is not None, "a one-electrode shift must cross the ring threshold"
+    np.testing.assert_allclose(stats[:first + 1], twin, rtol=1e-9, atol=1e-9)
+    assert events[0][0] == first and events[0][1]["test"] == "ring"
+
+
+def test_without_a_reference_the_ring_test_still_notices_a_cold_shifted_start(setup):
+    arm, comp, _ = setup
+    m = comp.n_features
+    X = _shifted(arm, 1.0)
+    # The live reference alone is learnt on the shifted windows and cannot fire ...
+    lax = ShiftWatch(m, None, components=comp)
+    assert _run(lax, comp, np.eye(m), X) == []
+    # ... the ring test needs no reference and fires within the 5 s target.
+    events, _ = _run_ring(ShiftWatch(m, None, components=comp, ring_channels=8), comp,
+                          np.eye(m), X)
+    assert events and events[0][0] < 100 and events[0][1]["test"] == "ring"
+    assert events[0][1]["reference"] == "none"
+
+
+def test_ring_test_silent_on_unshifted_arm_and_relative_to_the_live_map(setup):
+    arm, comp, ref = setup
+    m = comp.n_features
+    X, _ = stream(arm, 3.0, 6)  # 90 s, every class, transitions included
+    events, stats = _run_ring(ShiftWatch(m, ref, components=comp, ring_channels=8), comp,
+                              np.eye(m), X)
+    assert events == [] and max(stats) < sh.RING_THRESHOLD
+    # After a heal the live map is the inverse roll: the shifted arm is then "unshifted".
+    from emtl_stream.model.transfer import ring_roll_matrix
+
+    Xs = _shifted(arm, 1.0, 3.0, 2)
+    healed = ring_roll_matrix(m, 8, -1)
+    events, _ = _run_ring(ShiftWatch(m, None, components=comp, ring_channels=8), comp,
+                          healed, Xs)
+    assert events == []
+    with pytest.raises(ValueError, match="components"):
+        ShiftWatch(m, ref, ring_channels=8)
