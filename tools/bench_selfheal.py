@@ -20,9 +20,16 @@ baseline rep 3, held out):
   that stream (what a false alarm would trigger) — accepted or not, does it lower
   accuracy on the rest?
 
+``--detector`` instead measures the shift detector alone: the variants of
+:func:`emtl_stream.eval_unlabelled.detector_configs` (the default, the ring test
+alone, the likelihood+MMD rule) on every subject's streams (held-out baseline reps
+then the shift, and the stream after a calibration), plus ``--synthetic-hours`` of
+unshifted synthetic-armband stream for the false-alarm rate.
+
 Usage::
 
     python tools/bench_selfheal.py DATA_DIR [--subjects 0,1] [--markdown FILE] [--json FILE]
+    python tools/bench_selfheal.py DATA_DIR --detector [--synthetic-hours 4]
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ def replay(comp, ref, X, y, st) -> dict:
     m = comp.n_features
     H, b = np.eye(m), np.zeros(m)
     clf = MappedClassifier(comp, H, b)
-    watch = ShiftWatch(m, ref, components=comp)
+    watch = ShiftWatch(m, ref, components=comp, ring_channels=st.ring_channels)
     n_collect = int(ADAPT_S / step)
     collecting, pending, cooldown_until = None, None, -1
     correct = np.zeros(len(X), bool)
@@ -78,7 +85,7 @@ def replay(comp, ref, X, y, st) -> dict:
         idx = clf.predict_index(x[None])[0]
         correct[i] = idx >= 0 and comp.classes[idx] == y[i]
         ll = float(clf.log_marginal(x[None])[0])
-        ev = watch.update(ll, x @ H.T + b, i * step)
+        ev = watch.update(ll, x @ H.T + b, i * step, x=x, H=H, b=b)
         if collecting is not None:
             collecting.append(x)
             if len(collecting) >= n_collect:
@@ -176,15 +183,63 @@ def to_markdown(rows: dict) -> str:
     return "\n".join(lines)
 
 
+def detector_main(args, st, subjects) -> int:
+    """``--detector``: delays and false alarms (real streams and synthetic hours)."""
+    from emtl_stream.eval_unlabelled import (detection_subject, poisson_upper,
+                                             summarize, synthetic_false_alarms)
+    from emtl_stream.evaluate import _load
+
+    keep = ("default", "ring")
+    rows = {}
+    for sid, b, s in find_subjects(Path(args.data_dir), subjects):
+        full = detection_subject(_load(b, st), _load(s, st), st, variants=keep)
+        rows[sid] = {k: v for k, v in full.items()
+                     if not k.startswith("det_") or k.split("_")[1] in keep}
+        print(f"subject {sid}: default fa {rows[sid]['det_default_fa']} + "
+              f"{rows[sid]['det_default_fa_after_cal']} delays "
+              f"{rows[sid]['det_default_delays']}", file=sys.stderr, flush=True)
+    summ = summarize(rows)
+    syn = synthetic_false_alarms(args.synthetic_hours, progress=lambda i, fa, h: print(
+        f"synthetic seed {i}: {fa} false alarms in {h:.2f} h", file=sys.stderr, flush=True))
+    syn["upper95_per_h"] = poisson_upper(syn["false_alarms"], syn["hours"])
+    lines = ["| detector | false alarms (held-out reps) | h | false alarms (after a "
+             "calibration) | h | per h | 95 % upper per h | median delay s | p90 delay s "
+             "| within 5 s | misses |", "|---" * 11 + "|"]
+    for c in keep:
+        d = summ[f"det_{c}"]
+        lines.append(f"| {c} | {d['false_alarms']} | {d['unshifted_hours']:.2f} | "
+                     f"{d['false_alarms_after_cal']} | {d['after_cal_hours']:.2f} | "
+                     f"{d['fa_per_hour_all']:.2f} | {d['fa_upper95_all']:.1f} | "
+                     f"{d['median_delay_s']:.2f} | {d['p90_delay_s']:.2f} | "
+                     f"{d['share_within_5s']:.2f} | {d['misses']} |")
+    sd = [x["delay_s"] for x in syn["delays"]]
+    lines += ["", f"Synthetic armband, default detector: {syn['false_alarms']} false alarms in "
+              f"{syn['hours']:.2f} h of unshifted stream (95 % upper bound "
+              f"{syn['upper95_per_h']:.2f} per h); delay after a shift of 1 / 0.5 spacings: "
+              + ", ".join("miss" if v is None else f"{v:.2f}" for v in sd) + " s."]
+    table = "\n".join(lines)
+    print(table)
+    if args.markdown:
+        Path(args.markdown).write_text(table + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"subjects": rows, "summary": summ,
+                                               "synthetic": syn}, indent=1, default=str))
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("data_dir")
     p.add_argument("--subjects", default=None)
     p.add_argument("--markdown", default=None)
     p.add_argument("--json", default=None)
+    p.add_argument("--detector", action="store_true", help="the shift detector alone")
+    p.add_argument("--synthetic-hours", type=float, default=4.0)
     args = p.parse_args(argv)
     st = EvalSettings.from_config(load_config(None, env={}))
     subjects = {int(s) for s in args.subjects.split(",")} if args.subjects else None
+    if args.detector:
+        return detector_main(args, st, subjects)
     rows = {}
     for sid, b, s in find_subjects(Path(args.data_dir), subjects):
         rows[sid] = subject(b, s, st)

@@ -389,6 +389,12 @@ class ShiftWatch:
         (the likelihood test alone when the MMD test is unavailable); "or": either.
     persist_windows : int
         Consecutive windows the rule must hold before an event (:data:`PERSIST_WINDOWS`).
+    ring_channels : int, optional
+        Electrodes on a ring of channel-major features: switches the ring test on (it
+        needs ``components`` and the ``x``, ``H``, ``b`` arguments of :meth:`update`).
+    ring_clip, ring_drift, ring_threshold, ring_ll_spreads : float
+        The ring test's settings (:data:`RING_CLIP`, :data:`RING_DRIFT`,
+        :data:`RING_THRESHOLD`, :data:`RING_LL_SPREADS`).
 
     Notes
     -----
@@ -448,7 +454,7 @@ class ShiftWatch:
         self.last_ring: float | None = None
 
     def _ring_evidence(self, x: np.ndarray, H, b) -> np.ndarray | None:
-        """log p(H R_r x + b) for r = 0 .. C−1, shape (C,); None when not applicable."""
+        """Score every roll: log p(H R_r x + b) for r < C, shape (C,); None if not applicable."""
         C = self.ring_channels
         if C is None or H is None or x is None or C < 2:
             return None
@@ -585,7 +591,7 @@ class ShiftWatch:
         return event
 
     def _ring_event(self, t: float, level, ref) -> dict | None:
-        """The ring test's event (once until re-armed); the sums start over."""
+        """Build the ring test's event (once until re-armed); the sums start over."""
         self._cusum = None
         if self._flagged:
             return None
