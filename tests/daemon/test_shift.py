@@ -317,3 +317,15 @@ def test_ring_test_silent_on_unshifted_arm_and_relative_to_the_live_map(setup):
     assert events == []
     with pytest.raises(ValueError, match="components"):
         ShiftWatch(m, ref, ring_channels=8)
+
+
+def test_false_alarm_bound_is_the_exact_poisson_upper_limit():
+    from scipy.optimize import brentq
+    from scipy.stats import poisson
+
+    from emtl_stream.eval_unlabelled import poisson_upper
+
+    assert poisson_upper(0, 3.0) == pytest.approx(-np.log(0.05) / 3.0, rel=1e-9)
+    for k, h in ((1, 0.8), (4, 2.5)):
+        lam = brentq(lambda x: poisson.cdf(k, x) - 0.05, 1e-9, 100.0)
+        assert poisson_upper(k, h) == pytest.approx(lam / h, rel=1e-7)
