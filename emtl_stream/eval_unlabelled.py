@@ -292,7 +292,7 @@ def synthetic_false_alarms(hours: float, seeds: int = 8, progress=None) -> dict:
     from .daemon.shift import ShiftReference
     from .pipeline.features import FeatureExtractor
     from .pipeline.offline import featurize
-    from .pipeline.synthetic import SyntheticArmband
+    from .sim.synthetic import SyntheticArmband
 
     fs, C, step_ms = 500.0, 8, 50.0
     ext = FeatureExtractor(("mav", "wl", "zc", "ssc"), n_channels=C, fs=fs)

@@ -199,6 +199,9 @@ def detector_main(args, st, subjects) -> int:
               f"{rows[sid]['det_default_fa_after_cal']} delays "
               f"{rows[sid]['det_default_delays']}", file=sys.stderr, flush=True)
     summ = summarize(rows)
+    if args.json:  # the real-data rows first: the synthetic run takes a while
+        Path(args.json).write_text(json.dumps({"subjects": rows, "summary": summ},
+                                              indent=1, default=str))
     syn = synthetic_false_alarms(args.synthetic_hours, progress=lambda i, fa, h: print(
         f"synthetic seed {i}: {fa} false alarms in {h:.2f} h", file=sys.stderr, flush=True))
     syn["upper95_per_h"] = poisson_upper(syn["false_alarms"], syn["hours"])
