@@ -110,7 +110,6 @@ def run_live(model: Path, recording: Path, tmp: Path, score_reps=None) -> dict:
     finally:
         daemon.stop()
     preds = [m for t, m in seen if t == "pred" and not m.get("stale")]
-    events = [m for t, m in seen if t == "event"]
     t0 = preds[0]["t"] if preds else 0.0
     ts = np.array([m["t"] for m in preds])
     a = player.labels_at(ts)
@@ -118,12 +117,16 @@ def run_live(model: Path, recording: Path, tmp: Path, score_reps=None) -> dict:
     ok = np.array([x is not None and x == y for x, y in zip(a, b)])
     hit = np.array([m["label"] == x for m, x in zip(preds, a)])
     rel = ts - t0
-    out = {"n_preds": len(preds), "events": [
-        {k: e.get(k) for k in ("kind", "test", "reason", "model", "trigger")} | {
-            "t_s": round(float(e["t"]) - t0, 2) if isinstance(e.get("t"), (int, float))
-            else None} for e in events if e.get("kind") in (
-                "shift_suspected", "calibration_started", "model_swapped",
-                "calibration_failed")]}
+    events, last_t = [], None  # an event without its own time: the last prediction's
+    for topic, m in seen:
+        if topic == "pred":
+            last_t = m["t"]
+        elif m.get("kind") in ("shift_suspected", "calibration_started", "model_swapped",
+                               "calibration_failed"):
+            t = m["t"] if isinstance(m.get("t"), (int, float)) else last_t
+            events.append({k: m.get(k) for k in ("kind", "test", "reason", "model", "trigger")}
+                          | {"t_s": None if t is None else round(float(t) - t0, 2)})
+    out = {"n_preds": len(preds), "events": events}
     out["after45"] = float(np.mean(hit[ok & (rel > AFTER_S)])) if np.any(ok & (rel > AFTER_S)) \
         else float("nan")
     out["before_swap"] = float(np.mean(hit[ok & (rel <= AFTER_S)]))
@@ -138,6 +141,7 @@ def run_live(model: Path, recording: Path, tmp: Path, score_reps=None) -> dict:
 
 
 def subject(data: Path, sid: int, tmp: Path, unshifted: bool) -> dict:
+    """Shifted cold start (and with ``unshifted`` the unshifted arm) of one subject."""
     base = data / f"ciil_es_s{sid:02d}_baseline.npz"
     shift = data / f"ciil_es_s{sid:02d}_shifted.npz"
     model = tmp / f"s{sid}.npz"
@@ -156,11 +160,13 @@ def subject(data: Path, sid: int, tmp: Path, unshifted: bool) -> dict:
 
 
 def to_markdown(rows: dict) -> str:
+    """Per-subject table and the mean ratio."""
     def f(v):
         return "–" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.3f}"
 
     def ev(evts, kind):
-        return ", ".join(f"{e['t_s']:.1f}" for e in evts if e["kind"] == kind) or "–"
+        return ", ".join("?" if e["t_s"] is None else f"{e['t_s']:.1f}"
+                         for e in evts if e["kind"] == kind) or "–"
 
     lines = ["| subject | within | first 45 s | after 45 s | ratio | shift_suspected s | "
              "model_swapped s | calibration_failed s | unshifted offline | unshifted live | "
@@ -179,6 +185,7 @@ def to_markdown(rows: dict) -> str:
 
 
 def main(argv=None) -> int:
+    """Command-line entry."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("data_dir")
     p.add_argument("--subjects", default="0,4,8")
