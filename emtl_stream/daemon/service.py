@@ -319,36 +319,40 @@ class Daemon:
             self.fsm.force(State.STOPPED)
 
     # ------------------------------------------------------------------ the loop
-    def _due_s(self) -> float | None:
-        """Seconds until the next window's last sample is due (None: no stream)."""
+    def _missing(self) -> int | None:
+        """Return how many samples the next window still needs (None: no stream)."""
         if self.pipeline is None or not self.connected:
             return None
         p = self.pipeline
-        missing = p.windower.next_start + p.windower.window - p.ring.n_written
-        return max(missing, 0) / p.fs
+        return max(p.windower.next_start + p.windower.window - p.ring.n_written, 0)
 
     def _step(self) -> None:
-        due = self._due_s()
+        missing = self._missing()
         lsl_wait = 0.0
-        if due is None:
+        if missing is None:
             self.control.poll_once(timeout_ms=int(IDLE_WAIT_S * 1000))
         else:
             # Sleep in the control socket's poll until the window's last samples are
-            # about to arrive, then block in LSL until they do: a request is answered
-            # within MAX_WAIT_S, and a window is classified as soon as it is complete.
+            # about to arrive, then block in LSL until exactly those have arrived: a
+            # request is answered within MAX_WAIT_S, a window is classified as soon as
+            # it is complete, and the loop wakes about twice per window, not at every
+            # chunk the source sends.
+            due = missing / self.pipeline.fs
             ahead = due - LSL_HANDOFF_S
             if ahead > 0:
+                t0 = time.monotonic()
                 self.control.poll_once(timeout_ms=max(1, int(min(ahead, MAX_WAIT_S) * 1000)))
-                lsl_wait = min(LSL_HANDOFF_S, MAX_WAIT_S) if ahead <= MAX_WAIT_S else 0.0
+                due -= time.monotonic() - t0  # a request may have ended the poll early
             else:
                 self.control.poll_once(timeout_ms=0)
-                lsl_wait = min(due + LSL_HANDOFF_S, MAX_WAIT_S)
+            if due <= LSL_HANDOFF_S:
+                lsl_wait = min(max(due, 0.0) + LSL_HANDOFF_S, MAX_WAIT_S)
         if self._stop.is_set():
             return
         if self.pipeline is None:
             self._try_connect()
         else:  # after the first connect the inlet re-acquires a lost stream itself
-            self._pull_once(lsl_wait)
+            self._pull_once(lsl_wait, missing or 1)
         if self._marker_inlet is not None:
             self._poll_label_markers()
         self._tick_session()
@@ -440,8 +444,8 @@ class Daemon:
         self._bad_input_total = 0  # the new pipeline counts from zero
         self.extractor = extractor
 
-    def _pull_once(self, timeout: float = 0.0) -> None:
-        samples, stamps = self.inlet.pull(timeout=timeout)
+    def _pull_once(self, timeout: float = 0.0, min_samples: int = 1) -> None:
+        samples, stamps = self.inlet.pull(timeout=timeout, min_samples=min_samples)
         refusal = self.inlet.refusal
         if refusal is not None and refusal != self._refused_reason:
             # a stream of the wrong shape appeared while ours is gone: say so once
