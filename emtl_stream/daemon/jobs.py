@@ -173,3 +173,30 @@ def train_job(X, labels, *, kind: str, covariance_type: str, n_components_per_cl
     _check_cancel(cancel)
     return dict(bundle=bundle, fit_s=time.perf_counter() - t0,
                 accuracy=float(np.mean(model.predict(X) == labels)))
+
+
+def train_settings(config, extractor, window_ms: float, step_ms: float, n_channels: int,
+                   rate: float) -> dict:
+    """Keyword arguments of :func:`train_job` for a training session (loop thread).
+
+    Parameters
+    ----------
+    config : Config
+        Its ``[model]``, ``[features]`` (the filter) and ``[speed]`` sections are used.
+    extractor : FeatureExtractor
+        The one the session's windows were computed with.
+    window_ms, step_ms : float
+        The live pipeline's windowing.
+    n_channels : int
+    rate : float
+        The connected stream's shape.
+    """
+    from ..model.speed import speed_kwargs
+    from .bundle import filter_spec_from_config
+
+    mc = config.model
+    return dict(kind=mc.kind, covariance_type=mc.covariance_type,
+                n_components_per_class=mc.n_components_per_class, extractor=extractor,
+                window_ms=window_ms, step_ms=step_ms, n_channels=n_channels, rate=rate,
+                filter_spec=filter_spec_from_config(config.features),
+                speed_kwargs=speed_kwargs(config))
