@@ -50,7 +50,7 @@ import numpy as np
 from scipy import linalg
 
 from .. import _checks
-from ..errors import BurstTooShort, DegenerateBurst, TransferConvergenceWarning
+from ..errors import BurstTooShort, DegenerateBurst, FitCancelled, TransferConvergenceWarning
 from ..kernels import estep, linalg as klinalg, mstep
 from ..logs import logger
 from .classify import MappedClassifier, as_components
@@ -706,6 +706,11 @@ class TransferEM:
             )
         return Ht, trace[:nt].tolist(), n_iter, status == 1
 
+    def _check_stop(self):
+        stop = getattr(self, "_should_stop", None)
+        if stop is not None and stop():
+            raise FitCancelled("transfer EM stopped by request")
+
     def _run_em(self, Xt, log_base, Hstart, H0, lam, n, setup):
         N, n1 = Xt.shape
         kind = setup["kind"]
@@ -722,6 +727,7 @@ class TransferEM:
         n_iter = 0
         prev = None
         while True:
+            self._check_stop()
             ll = self._estep(Xt, Ht, log_base, log_a, resp)
             obj = (float(ll.sum()) - 0.5 * lam * self._penalty(Ht, H0, n)) / N
             if not np.isfinite(obj):
@@ -1012,7 +1018,7 @@ class TransferEM:
         return out
 
     # ---------------------------------------------------------------- public
-    def fit(self, X, y=None, *, H_init=None, b_init=None) -> "TransferEM":
+    def fit(self, X, y=None, *, H_init=None, b_init=None, should_stop=None) -> "TransferEM":
         """Learn H (and b) from a calibration burst.
 
         Parameters
@@ -1026,11 +1032,16 @@ class TransferEM:
             Start of EM (e.g. the current H on recalibration).
         b_init : ndarray of shape (m,), optional
             Start of the offset (only with ``bias=True``).
+        should_stop : callable, optional
+            Called without arguments before every EM start and every iteration (the
+            fused shared-precision kernel runs a start in one call); when it returns
+            True the fit raises :class:`~emtl_stream.errors.FitCancelled`.
 
         Returns
         -------
         self
         """
+        self._should_stop = should_stop
         X = self._prepare_X(X)
         N, n = X.shape
         m = self._m
@@ -1183,6 +1194,7 @@ class TransferEM:
         best = None
         roll_obj = {}
         for label, Hs, H0, bs, rot, taps in starts:
+            self._check_stop()
             Hst = start(Hs, bs)
             Ht, trace, n_iter, conv = self._run_em(Xt, log_base, Hst, H0, lam, n, setup)
             if label is not None and search_obj is None:
