@@ -161,9 +161,8 @@ class Daemon:
         # components switch on the distribution-level (MMD) test beside the likelihood one
         self.watch = ShiftWatch(m, reference, components=bundle.components)
         if version is None:
-            version = self.store.save_map(H, b, {
-                "reason": "new source model", "objective": None, "source_fingerprint": fp,
-                **({"shift_reference": reference.to_dict()} if reference else {})})
+            version = self.store.save_map(H, b, map_meta(fp, reference, reason="new source model",
+                                                         objective=None))
             self.store.set_live(version)
         self.live = LiveModel.build(bundle, H, b, version, fp)
         self.speed = self._make_speed(bundle)
