@@ -33,6 +33,7 @@ import numpy as np
 from ..errors import CalibrationError, ChannelMismatch, EmtlError, StreamError
 from ..logs import logger
 from . import jobs
+from .blas import SERVING_BLAS_THREADS, limit_blas_threads
 from .bundle import SourceBundle
 from .connection import ConnectPolicy
 from .events import Events
@@ -220,6 +221,9 @@ class Daemon:
 
         cfg = self.config
         try:
+            # one BLAS thread while serving: a second one busy-waits after every
+            # per-window call (:mod:`.blas`); a user's OPENBLAS_NUM_THREADS wins
+            limit_blas_threads(SERVING_BLAS_THREADS)
             warm_up_for(cfg, self.bundle)
             curve = CurveConfig.from_config(cfg.zmq)
             self.publisher = Publisher(cfg.zmq.pub, curve=curve, allow_remote=cfg.zmq.allow_remote)

@@ -217,3 +217,37 @@ def test_shift_reference_is_stored_and_the_first_loadable_one_is_picked():
     assert back is not None and back.ll_median == -5.0 and back.source == "train"
     assert pick_reference(None, None) is None
     assert "shift_reference" not in map_meta("fp", None)
+
+
+# ---------------------------------------------------------------- BLAS threads
+_BLAS_PROBE = """
+import json, sys
+import numpy as np
+import threadpoolctl
+from emtl_stream.daemon.blas import limit_blas_threads
+before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+n = limit_blas_threads(1)
+after = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+print(json.dumps([n, before, after]))
+"""
+
+
+@pytest.mark.parametrize("user_env", [False, True])
+def test_serving_process_runs_blas_on_one_thread_unless_the_user_chose(user_env):
+    import os
+    import subprocess
+    import sys
+
+    # threadpoolctl (installed with scikit-learn, a dev dependency) is the independent view
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")}
+    if user_env:
+        env["OPENBLAS_NUM_THREADS"] = "2"
+    out = subprocess.run([sys.executable, "-c", _BLAS_PROBE], env=env, capture_output=True,
+                         text=True, check=True, timeout=120)
+    n, before, after = json.loads(out.stdout.strip().splitlines()[-1])
+    assert before, "numpy loaded no OpenBLAS"  # threadpoolctl's own view of the library
+    if user_env:
+        assert n == 0 and after == before
+    else:
+        assert n == len(before) and after == [1] * len(before)
