@@ -19,9 +19,8 @@ import numpy as np
 
 from .._checks import as_float_matrix
 from ..errors import ModelError
-from .source import SourceComponents
+from .source import LOG_2PI, SourceComponents
 
-_LOG_2PI = float(np.log(2.0 * np.pi))
 
 #: Squared Mahalanobis distance (in source standard deviations) beyond which a window
 #: is out of range for every component; 1e12 is 10^6 standard deviations, far past any
@@ -86,7 +85,7 @@ class MappedClassifier:
         self.n_features_in = H.shape[1]
         # Constant part of each component's log joint.
         self._log_c = np.ascontiguousarray(
-            src.log_weights + 0.5 * src.log_det_prec - 0.5 * m * _LOG_2PI
+            src.log_weights + 0.5 * src.log_det_prec - 0.5 * m * LOG_2PI
         )
         self._log_rho = src.log_label_given_comp
         #: Windows with log p(H x + b) below this are flagged (index −1, NaN proba).

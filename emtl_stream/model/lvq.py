@@ -45,6 +45,7 @@ from scipy import optimize
 from .._atomic import atomic_write, model_file_error, read_model_npz
 from .._checks import as_float_matrix, ensure_float, ensure_int
 from ..errors import FitConvergenceWarning, ModelError
+from ._fitted import check_is_fitted
 from ..logs import logger
 from .source import SourceComponents
 
@@ -346,8 +347,7 @@ class _BaseLVQ:
     # -- prediction ---------------------------------------------------------
 
     def _check_fitted(self):
-        if not hasattr(self, "prototypes_"):
-            raise ModelError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) first.")
+        check_is_fitted(self, "prototypes_")
 
     def decision_function(self, X) -> np.ndarray:
         """Squared distance of every row to every prototype under its metric.

@@ -26,7 +26,8 @@ import numpy as np
 
 from ..errors import ModelError
 
-_LOG_2PI = np.log(2.0 * np.pi)
+#: log(2π), the Gaussian normalising constant per dimension (the one definition in model/).
+LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 @dataclass(frozen=True, eq=False)
@@ -105,7 +106,7 @@ class SourceComponents:
         out = np.empty((Z.shape[0], self.n_components))
         for k in range(self.n_components):
             y = (Z - self.means[k]) @ self.prec_factor[k]
-            out[:, k] = -0.5 * (self.n_features * _LOG_2PI + np.einsum("ij,ij->i", y, y))
+            out[:, k] = -0.5 * (self.n_features * LOG_2PI + np.einsum("ij,ij->i", y, y))
             out[:, k] += 0.5 * self.log_det_prec[k]
         return out
 
