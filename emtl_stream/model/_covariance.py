@@ -119,7 +119,7 @@ def _matrix_factors(prec_chol: np.ndarray, cov_type: str, K: int, m: int) -> np.
 
 
 def _log_det_prec(prec_chol: np.ndarray, cov_type: str, K: int, m: int) -> np.ndarray:
-    """log det Λ_k per component, from the diagonal of the (triangular) factors."""
+    """Log det Λ_k per component, from the diagonal of the (triangular) factors."""
     if cov_type in _MATRIX:
         mats = prec_chol[None] if cov_type == "tied" else prec_chol
         ld = 2.0 * np.log(np.abs(np.diagonal(mats, axis1=1, axis2=2))).sum(axis=1)
@@ -134,7 +134,7 @@ def _log_det_prec(prec_chol: np.ndarray, cov_type: str, K: int, m: int) -> np.nd
 
 def _log_gauss(X: np.ndarray, means: np.ndarray, prec_chol: np.ndarray,
                cov_type: str) -> np.ndarray:
-    """log N(x_j | μ_k, Λ_k⁻¹), shape (N, K); every row is computed on its own."""
+    """Log N(x_j | μ_k, Λ_k⁻¹), shape (N, K); every row is computed on its own."""
     N, m = X.shape
     K = means.shape[0]
     maha = np.empty((N, K))

@@ -6,7 +6,7 @@ import numpy as np
 
 
 def _kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of ``n_clusters`` k-means++ seeds among the rows of X (D² sampling)."""
+    """Pick ``n_clusters`` k-means++ seeds among the rows of X (D² sampling); their indices."""
     n = X.shape[0]
     chosen = [int(rng.integers(n))]
     d2 = np.einsum("ij,ij->i", X - X[chosen[0]], X - X[chosen[0]])
@@ -30,7 +30,7 @@ def _nearest(X: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 def _init_block_resp(X: np.ndarray, n_clusters: int, method: str,
                      rng: np.random.Generator) -> np.ndarray:
-    """Initial responsibilities (len(X), n_clusters) of one block of points."""
+    """Return initial responsibilities (len(X), n_clusters) of one block of points."""
     n = X.shape[0]
     if method == "random":
         resp = rng.uniform(size=(n, n_clusters))

@@ -473,7 +473,7 @@ def _masked_plan(terms, X, Xt, mask, Mt, free, A_bar, Dvec, *, kind, penalty, la
 
 
 def _block_plan(Lam_bar, X, G, lam, n_channels) -> BlockPlan:
-    """The :class:`BlockPlan` of Λ̄ and G = X̃ᵀX̃ for ``n_channels`` electrodes."""
+    """Build the :class:`BlockPlan` of Λ̄ and G = X̃ᵀX̃ for ``n_channels`` electrodes."""
     m = Lam_bar.shape[0]
     f = m // n_channels
     C = n_channels
@@ -650,8 +650,9 @@ def mstep_masked(plan: FitPlan, Lam, A, R, chol, Ht):
 
 
 def block_pcg(bl: BlockPlan, R, Ht, rtol: float):
-    """CG on Mask ⊙ (Λ̄ H G + λ H) = Mask ⊙ R over the f type blocks, block-Jacobi
-    preconditioned (:class:`BlockPlan`).
+    """Solve Mask ⊙ (Λ̄ H G + λ H) = Mask ⊙ R by block-Jacobi preconditioned CG.
+
+    CG runs over the f type blocks, preconditioned by :class:`BlockPlan`.
 
     Parameters
     ----------

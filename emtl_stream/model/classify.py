@@ -32,7 +32,17 @@ PROBA_SUM_TOLERANCE = 1e-3
 
 
 def as_components(source) -> SourceComponents:
-    """Return ``source`` as :class:`SourceComponents` (calling ``to_components()`` if needed)."""
+    """Return ``source`` as :class:`SourceComponents` (calling ``to_components()`` if needed).
+
+    Parameters
+    ----------
+    source : SourceComponents or object with ``to_components()``
+        E.g. a fitted LabelledGMM or GMLVQ.
+
+    Returns
+    -------
+    SourceComponents
+    """
     if isinstance(source, SourceComponents):
         return source
     to = getattr(source, "to_components", None)
@@ -141,20 +151,49 @@ class MappedClassifier:
         return self._run(X)[0]
 
     def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, shape (N, L), columns in ``classes`` order."""
+        """Class probabilities, shape (N, L), columns in ``classes`` order.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n)
+            Target-space features, one window per row.
+
+        Returns
+        -------
+        ndarray of shape (N, L)
+        """
         return np.exp(self.log_posteriors(X))
 
     def predict_index(self, X) -> np.ndarray:
-        """Index of the most probable class per row, shape (N,); −1 for a non-finite row."""
+        """Index of the most probable class per row, shape (N,); −1 for a non-finite row.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n)
+            Target-space features, one window per row.
+
+        Returns
+        -------
+        ndarray of shape (N,), int
+        """
         lp = self.log_posteriors(X)
         idx = np.argmax(np.nan_to_num(lp, nan=-np.inf), axis=1)
         idx[np.isnan(lp).any(axis=1)] = -1
         return idx
 
     def log_marginal(self, X) -> np.ndarray:
-        """log p(H x + b) under the source mixture, shape (N,) (for shift detection).
+        """Log p(H x + b) under the source mixture, shape (N,) (for shift detection).
 
         NaN for the rows :meth:`predict_index` flags with −1.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n)
+            Target-space features, one window per row.
+
+        Returns
+        -------
+        ndarray of shape (N,)
         """
         return self._run(X)[1]
 

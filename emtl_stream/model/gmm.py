@@ -190,12 +190,32 @@ class LabelledGMM:
     # ------------------------------------------------------------------ parameters
 
     def get_params(self, deep: bool = True) -> dict:
-        """Constructor arguments as a dict (scikit-learn convention)."""
+        """Return the constructor arguments as a dict (scikit-learn convention).
+
+        Parameters
+        ----------
+        deep : bool
+            Accepted for scikit-learn compatibility; there are no nested estimators.
+
+        Returns
+        -------
+        dict
+        """
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
         return {n: getattr(self, n) for n in names}
 
     def set_params(self, **params) -> "LabelledGMM":
-        """Set constructor arguments; unknown names raise ``ValueError``."""
+        """Set constructor arguments; unknown names raise ``ValueError``.
+
+        Parameters
+        ----------
+        **params
+            Constructor arguments by name.
+
+        Returns
+        -------
+        self
+        """
         valid = self.get_params()
         for key, value in params.items():
             if key not in valid:
@@ -225,7 +245,7 @@ class LabelledGMM:
     # ------------------------------------------------------------------ fitting
 
     def _rng(self, rng=None) -> np.random.Generator:
-        """A Generator from ``rng`` or ``random_state``; never numpy's global RNG."""
+        """Return a Generator from ``rng`` or ``random_state``; never numpy's global RNG."""
         source = self.random_state if rng is None else rng
         if isinstance(source, np.random.Generator):
             return source
@@ -404,9 +424,9 @@ class LabelledGMM:
         N = X.shape[0]
         resp = np.zeros((N, K))
         if comp_labels is not None:
-            for l in range(L):
-                rows = np.flatnonzero(y_idx == l)
-                cols = np.flatnonzero(comp_labels == l)
+            for cl in range(L):
+                rows = np.flatnonzero(y_idx == cl)
+                cols = np.flatnonzero(comp_labels == cl)
                 resp[np.ix_(rows, cols)] = _init_block_resp(X[rows], len(cols),
                                                             self.init_params, rng)
             rho = np.zeros((L, K))
@@ -542,7 +562,7 @@ class LabelledGMM:
                         "LabelledGMM.from_params(...)")
 
     def _log_joint_comp(self, X) -> np.ndarray:
-        """log π_k + log N(x | k), shape (N, K)."""
+        """Log π_k + log N(x | k), shape (N, K)."""
         self._check_fitted()
         X = as_float_matrix(X, "X", n_columns=self.means_.shape[1])
         with np.errstate(divide="ignore"):
@@ -550,13 +570,22 @@ class LabelledGMM:
         return _log_gauss(X, self.means_, self.precisions_cholesky_, self._fitted_cov_type) + log_w
 
     def _log_joint_class(self, X) -> np.ndarray:
-        """log p(x, y = classes_[l]), shape (N, L)."""
+        """Log p(x, y = classes_[l]), shape (N, L)."""
         lj = self._log_joint_comp(X)
         log_rho = _log_rho(self.label_distribution_)
         return logsumexp(lj[:, None, :] + log_rho[None, :, :], axis=2)
 
     def predict_log_proba(self, X) -> np.ndarray:
-        """Class log-posteriors log P(y | x), shape (n_samples, n_classes) in ``classes_`` order."""
+        """Class log-posteriors log P(y | x), shape (n_samples, n_classes) in ``classes_`` order.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
         lj = self._log_joint_class(X)
         return lj - logsumexp(lj, axis=1, keepdims=True)
 
@@ -575,16 +604,45 @@ class LabelledGMM:
         return np.exp(self.predict_log_proba(X))
 
     def predict(self, X) -> np.ndarray:
-        """Most probable class of every row, shape (n_samples,), values from ``classes_``."""
+        """Most probable class of every row, shape (n_samples,), values from ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
         self._check_fitted()
         return self.classes_[np.argmax(self._log_joint_class(X), axis=1)]
 
     def score_samples(self, X) -> np.ndarray:
-        """log p(x) (label marginal) of every row, shape (n_samples,)."""
+        """Log p(x) (label marginal) of every row, shape (n_samples,).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
         return logsumexp(self._log_joint_comp(X), axis=1)
 
     def score(self, X, y=None) -> float:
-        """Mean log p(x, y) over the rows, or mean log p(x) when ``y`` is None."""
+        """Mean log p(x, y) over the rows, or mean log p(x) when ``y`` is None.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,), optional
+            Labels from ``classes_``.
+
+        Returns
+        -------
+        float
+        """
         if y is None:
             return float(np.mean(self.score_samples(X)))
         lj = self._log_joint_class(X)
@@ -626,8 +684,8 @@ class LabelledGMM:
         if class_ is None:
             p_comp = self.weights_
         else:
-            l = int(self._label_index(np.asarray([class_]), 1)[0])
-            p_comp = self.weights_ * rho[l]
+            cl = int(self._label_index(np.asarray([class_]), 1)[0])
+            p_comp = self.weights_ * rho[cl]
         p_comp = p_comp / p_comp.sum()
         comp = gen.choice(K, size=n_samples, p=p_comp)
         cov = self.covariances_
@@ -649,7 +707,7 @@ class LabelledGMM:
                 p_lab = rho[:, k] / rho[:, k].sum()
                 y_idx[rows] = gen.choice(len(self.classes_), size=rows.size, p=p_lab)
             else:
-                y_idx[rows] = l
+                y_idx[rows] = cl
         return X, self.classes_[y_idx]
 
     # ------------------------------------------------------------------ conversions
@@ -718,7 +776,7 @@ class LabelledGMM:
         return model
 
     def to_components(self) -> SourceComponents:
-        """The model as transfer EM consumes it (precision factors expanded to (K, m, m))."""
+        """Return the model as transfer EM consumes it (precision factors expanded to (K, m, m))."""
         self._check_fitted()
         K, m = self.means_.shape
         ct = self._fitted_cov_type
@@ -786,6 +844,11 @@ class LabelledGMM:
     def load(cls, path) -> "LabelledGMM":
         """Read a model written by :meth:`save`.
 
+        Parameters
+        ----------
+        path : str or Path
+            A ``.npz`` file written by :meth:`save`.
+
         Raises
         ------
         ModelError
@@ -830,7 +893,7 @@ class LabelledGMM:
         model.lower_bound_ = float(meta["lower_bound"])
         return model
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # noqa: D105
         nondefault = []
         sig = inspect.signature(type(self).__init__).parameters
         defaults = {k: v.default for k, v in sig.items() if k != "self"}

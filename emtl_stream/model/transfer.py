@@ -117,7 +117,17 @@ ROTATION_RIDGE = 0.05
 
 
 def rectangular_identity(m: int, n: int) -> np.ndarray:
-    """Identity padded with zeros, shape (m, n)."""
+    """Identity padded with zeros, shape (m, n).
+
+    Parameters
+    ----------
+    m, n : int
+        Rows and columns.
+
+    Returns
+    -------
+    ndarray of shape (m, n)
+    """
     return np.eye(m, n)
 
 
@@ -293,7 +303,7 @@ def _log_base(src, yi):
 
 
 def _resolve_H0(shrink_to, m, n):
-    """The shrink target H₀ (m, n) named or given by ``shrink_to``."""
+    """Return the shrink target H₀ (m, n) named or given by ``shrink_to``."""
     st = shrink_to
     if isinstance(st, str):
         return np.zeros((m, n)) if st == "zero" else rectangular_identity(m, n)
@@ -330,7 +340,7 @@ _NONFINITE_H = "the M-step produced a non-finite H (singular burst); increase re
 
 
 def _diverged(obj, n_iter):
-    """The DegenerateBurst of an objective that became non-finite."""
+    """Return the DegenerateBurst of an objective that became non-finite."""
     return DegenerateBurst(
         f"the penalised log-likelihood became {obj} at iteration {n_iter}; the burst is too "
         "far from the source model (check feature scaling)."
@@ -701,7 +711,7 @@ class TransferEM:
         return Ht, trace, n_iter, converged, cg_iters
 
     def _mstep(self, plan, terms, Xt, resp, Ht, H0t):
-        """The M-step the plan chose: (next map, CG iterations or None)."""
+        """Run the M-step the plan chose; return (next map, CG iterations or None)."""
         if plan.masked is None:
             if plan.kind == "shared":
                 return ms.mstep_shared(plan, terms, Xt, resp, H0t), None
@@ -718,8 +728,10 @@ class TransferEM:
     # ---------------------------------------------------------------- ring search
     @staticmethod
     def _roll_scores(s, terms, Xt, log_base, n, mask, b0):
-        """(C,) objective of every roll's start map, the value EM reports before its first
-        M-step (the penalty is zero: each roll is its own shrink target).
+        """Score every roll's start map: (C,) objectives before the first M-step.
+
+        The score is the value EM reports before its first M-step (the penalty is zero:
+        each roll is its own shrink target).
 
         Rolling the map is permuting X's channel blocks (``X R_rᵀ``), so no matrix
         product is formed unless a mask cuts into a roll. A burst longer than
@@ -1076,18 +1088,48 @@ class TransferEM:
         check_is_fitted(self, "H_")
 
     def transform(self, X) -> np.ndarray:
-        """Map target features to the source space: ``X @ H_.T + b_``, shape (N, m)."""
+        """Map target features to the source space: ``X @ H_.T + b_``, shape (N, m).
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n)
+            Target-space features, one window per row.
+
+        Returns
+        -------
+        ndarray of shape (N, m)
+        """
         self._check_fitted()
         X = _checks.as_float_matrix(X, "X", allow_nonfinite=True, n_columns=self.H_.shape[1])
         return X @ self.H_.T + self.b_
 
     def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities of mapped rows, shape (N, L), columns in ``source.classes`` order."""
+        """Class probabilities of mapped rows, shape (N, L), columns in ``source.classes`` order.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n)
+            Target-space features, one window per row.
+
+        Returns
+        -------
+        ndarray of shape (N, L)
+        """
         self._check_fitted()
         return self.classifier_.predict_proba(X)
 
     def predict(self, X) -> np.ndarray:
-        """Most probable class (values of ``source.classes``), shape (N,)."""
+        """Most probable class (values of ``source.classes``), shape (N,).
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n)
+            Target-space features, one window per row.
+
+        Returns
+        -------
+        ndarray of shape (N,)
+        """
         self._check_fitted()
         idx = self.classifier_.predict_index(X)
         if np.any(idx < 0):
