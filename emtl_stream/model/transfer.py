@@ -90,7 +90,7 @@ SEARCH_MAX_ROWS = 128
 _SEARCH_RIDGE = 1e-6
 
 #: Solve the channel-structured shared M-step (Π = I, no offset) by CG with the exact
-#: per-feature-type block preconditioner (:meth:`TransferEM._setup_blocks`) instead of the
+#: per-feature-type block preconditioner (:class:`_transfer_mstep.BlockPlan`) instead of the
 #: generic Kronecker-preconditioned CG kernel. Measured at 64 channels x 4 features
 #: (tools/bench_transfer.py --ring64): about 3x fewer CG iterations. False restores the
 #: kernel (the benchmark times both side by side).
