@@ -19,7 +19,7 @@ from ..logs import logger
 #: BLAS threads while the daemon serves: per-window work is small, and a fit is one
 #: more thread beside the loop on a 2-core board.
 SERVING_BLAS_THREADS = 1
-#: Environment variables through which a user chooses the thread count himself; when
+#: Environment variables through which a user chooses the thread count; when
 #: one is set the daemon leaves BLAS alone.
 USER_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
 _SETTERS = ("openblas_set_num_threads", "openblas_set_num_threads64_",
