@@ -19,7 +19,7 @@ import zmq
 from ..errors import ProtocolError
 from ..logs import logger
 from . import protocol
-from .zmq_pub import _read_key
+from .zmq_pub import read_curve_key
 
 
 @dataclass(frozen=True)
@@ -51,11 +51,11 @@ class CurveClient:
     def apply(self, sock: zmq.Socket) -> None:
         """Set the CURVE options on ``sock`` (before ``connect``)."""
         if self.public and self.secret:
-            public = _read_key(self.public, "public", "curve client public")
-            secret = _read_key(self.secret, "secret", "curve client secret")
+            public = read_curve_key(self.public, "public", "curve client public")
+            secret = read_curve_key(self.secret, "secret", "curve client secret")
         else:
             public, secret = zmq.curve_keypair()
-        sock.curve_serverkey = _read_key(self.server_public, "public", "curve server_public")
+        sock.curve_serverkey = read_curve_key(self.server_public, "public", "curve server_public")
         sock.curve_publickey = public
         sock.curve_secretkey = secret
 

@@ -59,8 +59,33 @@ def check_bind_address(address: str, *, allow_remote: bool, curve: "CurveConfig 
 
 
 # --------------------------------------------------------------------------- CURVE
-def _read_key(value: str | bytes, which: str, name: str) -> bytes:
-    """A Z85 key given directly (40 chars) or read from a zmq.auth certificate file."""
+def read_curve_key(value: str | bytes, which: str, name: str) -> bytes:
+    """A CURVE key given directly (40 Z85 characters) or read from a certificate file.
+
+    Shared by the server side (:class:`CurveConfig`) and the client side
+    (:class:`~emtl_stream.io.client.CurveClient`).
+
+    Parameters
+    ----------
+    value : str or bytes
+        The Z85 key itself, or the path of a ``zmq.auth`` certificate
+        (``.key`` for a public key, ``.key_secret`` for a secret one).
+    which : {"public", "secret"}
+        Which key of a certificate file to return.
+    name : str
+        The setting's name, for the error message.
+
+    Returns
+    -------
+    bytes
+        The Z85-encoded key (40 bytes).
+
+    Raises
+    ------
+    ValueError
+        ``value`` is neither a 40-character key nor an existing file, or the
+        certificate holds no ``which`` key.
+    """
     if isinstance(value, bytes):
         value = value.decode("ascii")
     if len(value) == 40 and not os.path.exists(value):
@@ -106,8 +131,8 @@ class CurveConfig:
 
     def keys(self) -> tuple[bytes, bytes]:
         """``(public, secret)`` as Z85 bytes."""
-        return (_read_key(self.server_public, "public", "curve server_public"),
-                _read_key(self.server_secret, "secret", "curve server_secret"))
+        return (read_curve_key(self.server_public, "public", "curve server_public"),
+                read_curve_key(self.server_secret, "secret", "curve server_secret"))
 
 
 class _AuthRegistry:
