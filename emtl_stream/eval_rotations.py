@@ -92,23 +92,19 @@ class RotationGrid:
 
 
 def _subject_features(path: Path, settings, rotations, gains):
+    from .io.recordings import load_ciil_session
     from .pipeline.features import FeatureExtractor
-    from .pipeline.offline import featurize
+    from .pipeline.offline import ciil_features
 
     ex = FeatureExtractor(settings.feature_names, n_channels=8, fs=200.0)
-    with np.load(path, allow_pickle=False) as z:
-        emg, fs = z["emg"], float(z["fs"])
-        seg_start, seg_len = z["seg_start"], z["seg_len"]
-        seg_class, seg_rep = z["seg_class"], z["seg_rep"]
-    feats = {}
+    session = load_ciil_session(path)
+    feats, meta = {}, None
     for key in [(0.0, 1.0)] + [(float(r), float(g)) for r in rotations for g in gains]:
         if key not in feats:
-            X, si, off = featurize(rotate_ring(emg, *key), fs, ex, settings.window_ms,
-                                   settings.step_ms, seg_start, seg_len)
-            feats[key] = X
-    window = int(round(settings.window_ms * fs / 1000.0))
-    meta = {"y": seg_class[si].astype(np.int64), "rep": seg_rep[si].astype(np.int64),
-            "offset_s": (off + window) / fs}
+            d = ciil_features(dict(session, emg=rotate_ring(session["emg"], *key)), ex,
+                              settings.window_ms, settings.step_ms)
+            feats[key] = d["X"]
+            meta = meta or {k: d[k] for k in ("y", "rep", "offset_s")}
     return feats, meta
 
 
@@ -257,6 +253,7 @@ def synthetic_session(arm, seconds: float, extractor, window_ms, step_ms):
         End of each window since the start of its class segment (s).
     """
     from .pipeline.offline import featurize
+    from .pipeline.windowing import ms_to_samples
 
     n = int(round(seconds * arm.fs))
     n_cls = len(arm.class_names)
@@ -269,7 +266,7 @@ def synthetic_session(arm, seconds: float, extractor, window_ms, step_ms):
     emg = np.concatenate(segs)
     X, si, off = featurize(emg, arm.fs, extractor, window_ms, step_ms,
                            np.arange(n_cls) * n, np.full(n_cls, n))
-    window = int(round(window_ms * arm.fs / 1000.0))
+    window = ms_to_samples(window_ms, arm.fs, "window_ms")
     return X, si.astype(np.int64), (off + window) / arm.fs
 
 

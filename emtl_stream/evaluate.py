@@ -68,11 +68,13 @@ class EvalSettings:
 
 
 def _load(path: Path, settings: EvalSettings) -> dict:
+    from .io.recordings import load_ciil_session
     from .pipeline.features import FeatureExtractor
-    from .pipeline.offline import load_ciil_features
+    from .pipeline.offline import ciil_features
 
     extractor = FeatureExtractor(settings.feature_names, n_channels=8, fs=200.0)
-    return load_ciil_features(path, extractor, settings.window_ms, settings.step_ms)
+    return ciil_features(load_ciil_session(path), extractor, settings.window_ms,
+                         settings.step_ms)
 
 
 def _accuracy(pred, y) -> float:

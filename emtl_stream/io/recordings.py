@@ -161,6 +161,53 @@ def load_recording(path, *, fs: float | None = None) -> Recording:
     return _load_csv(path, fs)
 
 
+#: What a CIIL electrode-shift session file holds (see the data README).
+CIIL_KEYS = ("emg", "fs", "seg_start", "seg_len", "seg_class", "seg_rep", "seg_block",
+             "class_names", "subject", "condition")
+
+
+def load_ciil_session(path) -> dict:
+    """Read the arrays of one shared CIIL electrode-shift ``.npz`` session.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``ciil_es_sNN_{baseline,shifted}.npz`` file (see the data README).
+
+    Returns
+    -------
+    dict
+        Every key of :data:`CIIL_KEYS`: ``emg`` (n_samples, n_channels), ``fs``
+        (float), ``seg_start``/``seg_len``/``seg_class``/``seg_rep``/``seg_block``
+        (n_segments,) int, ``class_names`` (list of str), ``subject`` (int),
+        ``condition`` (str); plus ``name``, the file's name.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ValueError
+        The file is not a readable ``.npz`` or lacks one of those arrays.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"session {path} does not exist.")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in CIIL_KEYS if k in z.files}
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise ValueError(f"session {path} is not a readable .npz file: {exc}") from exc
+    missing = [k for k in CIIL_KEYS if k not in out]
+    if missing:
+        raise ValueError(f"session {path} lacks {', '.join(missing)}; a CIIL "
+                         f"electrode-shift file holds {', '.join(CIIL_KEYS)}.")
+    out["fs"] = float(out["fs"])
+    out["class_names"] = [str(c) for c in out["class_names"]]
+    out["subject"], out["condition"] = int(out["subject"]), str(out["condition"])
+    out["name"] = path.name
+    return out
+
+
 def _make(path, **fields) -> Recording:
     """Build a Recording; validation messages name the file."""
     try:
