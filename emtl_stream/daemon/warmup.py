@@ -180,10 +180,11 @@ def _warm_up(n_channels, fs, feature_names, window_ms, transfer_kwargs, ring) ->
     from ..model.classify import MappedClassifier
     from ..model.transfer import TransferEM
     from ..pipeline.features import FeatureExtractor
+    from ..pipeline.windowing import ms_to_samples
 
     t0 = time.perf_counter()
     extractor = FeatureExtractor(tuple(feature_names), n_channels=n_channels, fs=fs)
-    n = max(int(round(window_ms * fs / 1000.0)), extractor.min_samples, 8)
+    n = max(ms_to_samples(window_ms, fs, "window_ms"), extractor.min_samples, 8)
     window = rng.normal(size=(n, n_channels))
     x = extractor.transform(window)
     extractor.transform_batch(window[None].repeat(2, axis=0))

@@ -29,6 +29,7 @@ from ..io.client import Client
 from ..io.lsl_outlet import EMGOutlet, MarkerOutlet, local_clock
 from ..io.recordings import Recording, load_recording
 from ..logs import logger
+from ..pipeline.windowing import ms_to_samples
 from .synthetic import SyntheticArmband
 
 
@@ -100,8 +101,7 @@ class Replayer:
         self.rate = rate
         self.fast = rate == 0 or math.isinf(rate)
         self.loop = bool(loop)
-        self.chunk = max(1, int(round(ensure_float(chunk_ms, "chunk_ms", minimum=0.0,
-                                                   strict_min=True) * self.fs / 1000.0)))
+        self.chunk = ms_to_samples(chunk_ms, self.fs, "chunk_ms")
         self.markers = bool(markers)
         self.follow_prompts = follow_prompts
         self.counter_channel = bool(counter_channel)
