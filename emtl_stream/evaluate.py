@@ -54,16 +54,18 @@ class EvalSettings:
     @classmethod
     def from_config(cls, config) -> "EvalSettings":
         """Build from a :class:`emtl_stream.config.Config` (the daemon's settings)."""
-        from .daemon.bundle import transfer_kwargs
+        from .daemon.bundle import transfer_settings
 
+        # The daemon's own policy: the roll search and the map structure as it runs them.
+        transfer, ring_channels = transfer_settings(config, n_channels=8)
         return cls(
             feature_names=tuple(config.features.names),
             window_ms=float(config.features.window_ms),
             step_ms=float(config.features.step_ms),
             covariance_type=config.model.covariance_type,
             n_components_per_class=int(config.model.n_components_per_class),
-            transfer=transfer_kwargs(config, n_channels=8),
-            ring_channels=8 if config.stream.ring else None,
+            transfer=transfer,
+            ring_channels=ring_channels,
         )
 
 

@@ -290,21 +290,92 @@ def train_bundle(X, y, extractor, window_ms: float, step_ms: float, n_channels: 
     return bundle, model, note
 
 
-def transfer_kwargs(config, n_channels: int) -> dict:
-    """TransferEM keyword arguments from the ``[transfer]`` config section.
+def ring_search_channels(config, n_channels: int, n_features: int | None = None) -> int | None:
+    """Decide whether transfer EM searches channel rolls, and over how many electrodes.
 
-    ``ring_channels`` is set separately by the caller from ``[stream] ring``;
-    without a ring search the map is unstructured (``structure="dense"``).
-    ``shrink_to="current"`` (recalibrate towards the live H) is resolved by the
-    daemon; offline it means the identity.
+    The one owner of the roll-search policy: the daemon's recalibrations, its
+    warm-up and the offline evaluations all ask here (through
+    :func:`transfer_settings`), so an evaluation runs what the daemon runs.
+
+    Parameters
+    ----------
+    config : Config
+        Reads ``[stream] ring`` (the electrodes form a ring) and ``[transfer]
+        ring_search`` (start EM from every roll).
+    n_channels : int
+        Electrodes of the source model's stream.
+    n_features : int, optional
+        Features per window. A roll moves whole channel blocks, so the search needs
+        ``n_features`` divisible by ``n_channels``; ``None``: assumed so.
+
+    Returns
+    -------
+    int or None
+        ``n_channels`` when the search is on, ``None`` when it is off.
     """
+    if not (config.stream.ring and config.transfer.ring_search):
+        return None
+    if n_features is not None and int(n_features) % int(n_channels):
+        return None
+    return int(n_channels)
+
+
+def transfer_settings(config, n_channels: int, *, n_features: int | None = None,
+                      H_live=None) -> tuple[dict, int | None]:
+    """TransferEM keyword arguments and ``ring_channels`` from one configuration.
+
+    Without a roll search the map is unstructured (``structure="dense"``): the
+    channel structure needs the electrode layout, which only the ring supplies.
+    ``[transfer] shrink_to = "current"`` shrinks towards ``H_live``; without one
+    (offline, warm-up) it means the identity.
+
+    Parameters
+    ----------
+    config : Config
+        The ``[stream]`` and ``[transfer]`` sections are read.
+    n_channels : int
+        Electrodes of the source model's stream.
+    n_features : int, optional
+        Features per window (see :func:`ring_search_channels`).
+    H_live : ndarray of shape (m, m), optional
+        The live map, the shrink target of ``shrink_to = "current"``.
+
+    Returns
+    -------
+    kwargs : dict
+        Keyword arguments of :class:`~emtl_stream.model.transfer.TransferEM`.
+    ring_channels : int or None
+        Its ``ring_channels`` argument, from :func:`ring_search_channels`.
+    """
+    if n_features is None and H_live is not None:
+        n_features = np.shape(H_live)[1]
+    ring = ring_search_channels(config, n_channels, n_features)
     t = config.transfer
-    shrink = t.shrink_to if t.shrink_to in ("identity", "zero") else "identity"
-    # The channel structure needs the electrode layout, which only a ring search supplies.
-    ring = bool(config.stream.ring and t.ring_search)
+    if t.shrink_to == "current" and H_live is not None:
+        shrink = np.array(H_live, dtype=np.float64)
+    else:
+        shrink = t.shrink_to if t.shrink_to in ("identity", "zero") else "identity"
     kw = dict(kind=t.kind, bias=bool(t.bias), reg=float(t.reg), reg_scale=t.reg_scale,
               shrink_to=shrink, max_iter=int(t.max_iter), tol=float(t.tol),
               structure=t.structure if ring else "dense")
     if ring and t.rotation_search != "roll":  # only passed when asked: the default is unchanged
         kw["rotation_search"] = t.rotation_search
-    return kw
+    return kw, ring
+
+
+def transfer_kwargs(config, n_channels: int) -> dict:
+    """TransferEM keyword arguments alone: :func:`transfer_settings` without a live map.
+
+    Parameters
+    ----------
+    config : Config
+        The ``[stream]`` and ``[transfer]`` sections are read.
+    n_channels : int
+        Electrodes of the source model's stream.
+
+    Returns
+    -------
+    dict
+        Keyword arguments of :class:`~emtl_stream.model.transfer.TransferEM`.
+    """
+    return transfer_settings(config, n_channels)[0]

@@ -222,12 +222,14 @@ def _warm_up(n_channels, fs, feature_names, window_ms, transfer_kwargs, ring) ->
 
 def warm_up_for(config, bundle=None) -> dict:
     """:func:`warm_up` with the daemon's configuration (and source model, if any)."""
-    from .bundle import transfer_kwargs
+    from .bundle import transfer_settings
 
-    ring = bool(config.stream.ring and config.transfer.ring_search)
     if bundle is not None:
+        kw, ring = transfer_settings(config, bundle.n_channels,
+                                     n_features=bundle.components.n_features)
         return warm_up(bundle.n_channels, bundle.fs, bundle.features.get("names", ("mav",)),
-                       bundle.window_ms, transfer_kwargs(config, bundle.n_channels), ring)
+                       bundle.window_ms, kw, ring is not None)
     channels = config.stream.channels or 8
+    kw, ring = transfer_settings(config, channels)
     return warm_up(channels, config.stream.rate or 200.0, config.features.names,
-                   config.features.window_ms, transfer_kwargs(config, channels), ring)
+                   config.features.window_ms, kw, ring is not None)
