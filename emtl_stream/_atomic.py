@@ -82,7 +82,7 @@ _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZ
 
 
 def model_file_error(path, what: str, exc: BaseException) -> ModelError:
-    """The one error all model loaders raise: names the file, what it should hold and why."""
+    """Build the one error all model loaders raise: names the file, what it should hold and why."""
     reason = "file not found" if isinstance(exc, FileNotFoundError) else str(exc)
     return ModelError(f"cannot load {what} from {path}: {reason}. The file is missing, "
                       f"corrupted, incomplete or of another kind; save or train it again.")

@@ -13,7 +13,8 @@ import numpy as np
 def check_type(value, types, name: str):
     """Raise ``TypeError`` unless ``value`` is an instance of ``types``."""
     if not isinstance(value, types):
-        names = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+        names = (types.__name__ if isinstance(types, type)
+                 else " or ".join(t.__name__ for t in types))
         raise TypeError(f"{name} must be {names}, got {type(value).__name__} {value!r}.")
     return value
 

@@ -44,7 +44,7 @@ def _client(args, cfg=None, timeout_s=None):
 
 
 def _check_ok(command: str, reply: dict, client=None) -> dict:
-    """The reply of an accepted request; a refusal becomes a one-line failure (exit 1).
+    """Return the reply of an accepted request; a refusal becomes a one-line failure (exit 1).
 
     With ``client``, a refusal for want of a stream also says why the daemon has none
     (its ``last_error``: a rate or channel mismatch, no matching stream).
@@ -129,8 +129,10 @@ def run_daemon(args) -> int:
 
 
 def _start_quietly(daemon) -> None:
-    """``daemon.start()``; its failure is reported once, by the command line (the
-    daemon also logs it, which would print the same reason twice)."""
+    """Run ``daemon.start()``, its failure reported once, by the command line.
+
+    The daemon also logs it, which would print the same reason twice.
+    """
     import logging
 
     from .logs import logger
@@ -228,7 +230,7 @@ def replay(args) -> int:
 
 
 def _load(path):
-    """A recording; unreadable or malformed files are configuration errors (exit 2)."""
+    """Read a recording; unreadable or malformed files are configuration errors (exit 2)."""
     from .io.recordings import load_recording
 
     try:
@@ -375,8 +377,11 @@ def _training_windows(path, cfg, reps, spec):
 
 
 def _load_burst(path, cfg):
-    """A daemon's saved burst (features ``X`` and string ``labels``), or ``None`` when
-    ``path`` is not one. Its JSON sidecar must say which features of which stream."""
+    """Read a daemon's saved burst (features ``X`` and string ``labels``).
+
+    Returns ``None`` when ``path`` is not one. Its JSON sidecar must say which
+    features of which stream.
+    """
     from .io.store import load_npz
     from .pipeline.features import FeatureExtractor
 
@@ -479,8 +484,11 @@ def _split(text):
 
 # --------------------------------------------------------------------------- prompted sessions
 class _Progress:
-    """Prompt display: on a terminal one line redrawn at most every 0.1 s; otherwise a
-    plain line per prompt change (the daemon publishes prompts far more often)."""
+    """Prompt display for the command line.
+
+    On a terminal one line redrawn at most every 0.1 s; otherwise a plain line per
+    prompt change (the daemon publishes prompts far more often).
+    """
 
     MIN_REDRAW_S = 0.1
 

@@ -39,7 +39,7 @@ ENV_PREFIX = "EMTL_"
 
 
 def _opt(default, *, choices=None, minimum=None, maximum=None, positive=False, length=None):
-    """A dataclass field whose metadata carries its validation rule."""
+    """Make a dataclass field whose metadata carries its validation rule."""
     meta = {"choices": choices, "minimum": minimum, "maximum": maximum, "positive": positive,
             "length": length}
     if isinstance(default, list):
@@ -234,7 +234,7 @@ class Config:
                 for name, cls in SECTIONS.items()}
 
     def replace(self, **sections: Mapping[str, Any]) -> "Config":
-        """A copy with some keys changed: ``cfg.replace(zmq={"pub": "tcp://..."})``.
+        """Return a copy with some keys changed: ``cfg.replace(zmq={"pub": "tcp://..."})``.
 
         Values are validated exactly as in a file.
         """
@@ -398,8 +398,11 @@ ENV_OTHER = {
 
 
 def env_names() -> dict[str, tuple[str, str]]:
-    """Every config key's environment variable: ``{"EMTL_TRANSFER_REG": ("transfer",
-    "reg"), ...}``, derived from the section dataclasses."""
+    """Map every config key's environment variable to its section and key.
+
+    Derived from the section dataclasses: ``{"EMTL_TRANSFER_REG": ("transfer",
+    "reg"), ...}``.
+    """
     return {f"{ENV_PREFIX}{sec.upper()}_{f.name.upper()}": (sec, f.name)
             for sec, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 

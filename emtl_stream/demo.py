@@ -188,7 +188,8 @@ def main(args) -> int:
     print(f"| after {args.shift:g}-electrode shift | {r['shifted']:.3f} |")
     print(f"| after recalibration | {r['recalibrated']:.3f} |")
     print()
-    print(f"burst {r['burst_s']:.1f} s ({args.seconds_per_class:g} s x {len(r['classes'])} classes), "
+    print(f"burst {r['burst_s']:.1f} s ({args.seconds_per_class:g} s x "
+          f"{len(r['classes'])} classes), "
           f"transfer-EM fit {1e3 * r['fit_s']:.0f} ms ({r['n_iter']} iterations, ring roll "
           f"{r['roll']}), demo took {r['elapsed_s']:.0f} s")
     if args.plot:

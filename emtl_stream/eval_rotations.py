@@ -187,7 +187,7 @@ def _summarise(rows: list[dict], grid: RotationGrid, methods) -> dict:
 
 def evaluate_rotations(data_dir, grid: RotationGrid | None = None, subjects=None,
                        progress=None) -> dict:
-    """The real-EMG rotation grid over every subject in ``data_dir``.
+    """Return the real-EMG rotation grid over every subject in ``data_dir``.
 
     Returns
     -------

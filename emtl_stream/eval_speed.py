@@ -1,4 +1,4 @@
-"""``emtl-stream evaluate DATA_DIR --speed``: does proportional speed survive an electrode shift?
+"""``emtl-stream evaluate DATA_DIR --speed``: proportional speed across an electrode shift.
 
 Per subject of the CIIL electrode-shift recordings (Campbell et al., J. NeuroEng.
 Rehabil. 21:70, 2024), with the daemon's features, source model and transfer settings
@@ -343,7 +343,7 @@ def ramp_vs_hold(seeds=(0, 1, 2, 3, 4), seconds_per_class: float = 4.0, fs: floa
 
 
 def ramps_markdown(result) -> str:
-    """The :func:`ramp_vs_hold` result as a Markdown table."""
+    """Return the :func:`ramp_vs_hold` result as a Markdown table."""
     lines = ["| training protocol | Spearman(speed, level) | MAE to linear target | "
              "usable levels | accuracy on graded holds |", "|---|---|---|---|---|"]
     for p, r in result.items():

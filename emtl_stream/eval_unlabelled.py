@@ -1,5 +1,6 @@
-"""``emtl-stream evaluate DATA_DIR --unlabelled``: zero-label recalibration and shift detection
-on the CIIL electrode-shift recordings (Campbell et al. 2024; the shared EMG data set).
+"""``emtl-stream evaluate DATA_DIR --unlabelled``: zero-label recalibration, shift detection.
+
+Both on the CIIL electrode-shift recordings (Campbell et al. 2024; the shared EMG data set).
 
 Protocol, per subject (same features and source model as :mod:`emtl_stream.evaluate`:
 the daemon's defaults, source trained on baseline reps 0-2, ``within`` on reps 3-4,
@@ -23,8 +24,8 @@ accuracies on shifted reps 2-7):
   baseline rep a (held out), a stream of baseline rep b then all shifted windows, for
   every b and a = b + 1 (mod 5). False alarms per hour on the unshifted part; delay
   from the first shifted window to the first event (``miss`` when none comes within
-  :data:`MAX_DELAY_S`), for the likelihood test alone, the MMD test alone and the daemon's default rule
-  (both tests, persisted 1 s).
+  :data:`MAX_DELAY_S`), for the likelihood test alone, the MMD test alone and the
+  daemon's default rule (both tests, persisted 1 s).
 """
 
 from __future__ import annotations
@@ -62,13 +63,13 @@ def _source(X, y, settings):
 
 
 def balanced_set(shift: dict, step_s: float) -> np.ndarray:
-    """Indices of the balanced unlabelled set: shifted reps 0-1, ≤ BALANCED_SECONDS s."""
+    """Return the indices of the balanced unlabelled set: shifted reps 0-1, ≤ BALANCED_SECONDS s."""
     idx = np.flatnonzero(np.isin(shift["rep"], CAL_REPS))
     return idx[: int(BALANCED_SECONDS / step_s)]
 
 
 def rest_set(shift: dict, rest_class: int) -> np.ndarray:
-    """Indices of the rest-dominated set (REST_SHARE rest), in stream order."""
+    """Return the indices of the rest-dominated set (REST_SHARE rest), in stream order."""
     cal = np.isin(shift["rep"], CAL_REPS)
     rest = np.flatnonzero(cal & (shift["y"] == rest_class))
     segs = [s for s in np.unique(shift["seg_index"][cal])
@@ -86,7 +87,7 @@ def _ot_rows(Xs, ys, Xc, yc_burst, comp, Xt, yt) -> dict:
         return {}
     out = {}
     m = comp.n_features
-    I = np.eye(m)
+    eye = np.eye(m)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # A row scale keeps the Sinkhorn kernel well conditioned (costs in units of
@@ -98,12 +99,12 @@ def _ot_rows(Xs, ys, Xc, yc_burst, comp, Xt, yt) -> dict:
         }
         for name, make in methods.items():
             tr = make().fit(Xs=Xs, ys=ys, Xt=Xc)
-            out[name] = _acc(comp, I, None, tr.inverse_transform(Xt=Xt), yt)
+            out[name] = _acc(comp, eye, None, tr.inverse_transform(Xt=Xt), yt)
         semi = {"ot_emd_burst": lambda: ot.da.EMDTransport(),
                 "ot_sinkhorn_burst": lambda: ot.da.SinkhornTransport(reg_e=0.1, norm="median")}
         for name, make in semi.items():
             tr = make().fit(Xs=Xs, ys=ys, Xt=Xc, yt=yc_burst)
-            out[name] = _acc(comp, I, None, tr.inverse_transform(Xt=Xt), yt)
+            out[name] = _acc(comp, eye, None, tr.inverse_transform(Xt=Xt), yt)
     return out
 
 
@@ -116,12 +117,12 @@ def zero_label_subject(base: dict, shift: dict, settings) -> dict:
     src = _source(base["X"][train], base["y"][train], settings)
     comp = src.to_components()
     m = comp.n_features
-    I = np.eye(m)
+    eye = np.eye(m)
     within = np.isin(base["rep"], (3, 4))
     test = np.isin(shift["rep"], TEST_REPS)
     Xt, yt = shift["X"][test], shift["y"][test]
-    out = {"within": _acc(comp, I, None, base["X"][within], base["y"][within]),
-           "no_adapt": _acc(comp, I, None, Xt, yt)}
+    out = {"within": _acc(comp, eye, None, base["X"][within], base["y"][within]),
+           "no_adapt": _acc(comp, eye, None, Xt, yt)}
     rest_class = int(np.flatnonzero(np.char.find(
         np.asarray(base["class_names"], dtype=str), "No_Motion") >= 0)[0])
     sets = {"zl": balanced_set(shift, settings.step_ms / 1000.0),
@@ -137,7 +138,7 @@ def zero_label_subject(base: dict, shift: dict, settings) -> dict:
             tem.fit(X, None)
         out[f"{name}_raw"] = _acc(comp, tem.H_, tem.b_, Xt, yt)
         t0 = time.perf_counter()
-        res = fit_unlabelled(comp, X, I, None, transfer_kwargs=settings.transfer,
+        res = fit_unlabelled(comp, X, eye, None, transfer_kwargs=settings.transfer,
                              ring_channels=settings.ring_channels)
         out[f"{name}_ms"] = 1e3 * (time.perf_counter() - t0)
         out[name] = _acc(comp, res.H, res.b, Xt, yt)
@@ -183,8 +184,11 @@ def _run_watch(comp, ref, X, step_s, **thresholds):
 
 
 def detection_subject(base: dict, shift: dict, settings, only_default: bool = False) -> dict:
-    """Delays and false alarms of the likelihood test, the MMD test and the default rule
-    (``only_default``: the default rule alone)."""
+    """Measure delays and false alarms of the shift detectors on one subject.
+
+    The likelihood test, the MMD test and the default rule (``only_default``: the
+    default rule alone).
+    """
     step_s = settings.step_ms / 1000.0
     off = 1e12  # a threshold no statistic reaches: that test is off
     configs = {"default": {}}  # the daemon's rule: both tests, persisted

@@ -40,8 +40,11 @@ N_PARTIAL_CLASSES = 3
 
 @dataclass
 class EvalSettings:
-    """What is evaluated. ``EvalSettings.from_config(load_config())`` gives the daemon's settings;
-    the bare dataclass defaults are an unstructured TransferEM on Hudgins features."""
+    """What is evaluated.
+
+    ``EvalSettings.from_config(load_config())`` gives the daemon's settings; the bare
+    dataclass defaults are an unstructured TransferEM on Hudgins features.
+    """
 
     feature_names: tuple = ("mav", "wl", "zc", "ssc")
     window_ms: float = 200.0
@@ -254,7 +257,8 @@ def to_markdown(result) -> str:
     lines = ["| subject | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for sid, row in sorted(result["subjects"].items()):
         lines.append(f"| {sid} | " + " | ".join(f"{_fmt(row.get(c))}" for c in cols) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{_fmt(result['mean'][c])}**" for c in cols) + " |")
+    means = " | ".join(f"**{_fmt(result['mean'][c])}**" for c in cols)
+    lines.append(f"| **mean** | {means} |")
     fit = [f"{T:g} s: {result['mean'][f'fit_ms@{T:g}']:.1f} ms" for T in BURST_SECONDS]
     lines.append("")
     lines.append("Mean transfer-EM fit time per burst: " + ", ".join(fit) + ".")

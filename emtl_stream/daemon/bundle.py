@@ -68,13 +68,13 @@ class SourceBundle:
         return [str(c) for c in self.components.classes]
 
     def make_extractor(self):
-        """A fresh :class:`~emtl_stream.pipeline.features.FeatureExtractor` for live features."""
+        """Make a fresh :class:`~emtl_stream.pipeline.features.FeatureExtractor` (live)."""
         from ..pipeline.features import FeatureExtractor
 
         return FeatureExtractor.from_dict(self.features)
 
     def make_filter(self, n_channels: int, fs: float, fallback: dict | None = None):
-        """The streaming filter the training windows went through, or None for none.
+        """Return the streaming filter the training windows went through, or None for none.
 
         Parameters
         ----------
@@ -136,7 +136,7 @@ DEFAULT_FILTER_ORDER = 4  # StreamingFilter's default Butterworth order
 
 
 def filter_spec(bandpass=None, notch=None, order: int = DEFAULT_FILTER_ORDER) -> dict:
-    """A validated, JSON-able filter description for :class:`SourceBundle`.
+    """Build a validated, JSON-able filter description for :class:`SourceBundle`.
 
     Parameters
     ----------
@@ -169,8 +169,22 @@ def filter_spec(bandpass=None, notch=None, order: int = DEFAULT_FILTER_ORDER) ->
 
 
 def make_filter(spec: dict | None, n_channels: int, fs: float):
-    """The :class:`~emtl_stream.pipeline.filters.StreamingFilter` of a :func:`filter_spec`
-    (None for ``spec=None`` or a spec that filters nothing)."""
+    """Build the :class:`~emtl_stream.pipeline.filters.StreamingFilter` of a filter spec.
+
+    Parameters
+    ----------
+    spec : dict or None
+        A :func:`filter_spec` result.
+    n_channels : int
+        Electrodes of the stream.
+    fs : float
+        Sampling rate (Hz).
+
+    Returns
+    -------
+    StreamingFilter or None
+        ``None`` for ``spec=None`` or a spec that filters nothing.
+    """
     if spec is None:
         return None
     spec = filter_spec(spec.get("bandpass"), spec.get("notch"),

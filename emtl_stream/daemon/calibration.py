@@ -138,7 +138,7 @@ class PromptSchedule:
         return len(self.steps)
 
     def at(self, t: float) -> Step | None:
-        """The step shown at time ``t`` (seconds from the start); ``None`` outside."""
+        """Return the step shown at time ``t`` (seconds from the start); ``None`` outside."""
         if t < 0 or t >= self.duration_s:
             return None
         # Few steps (tens): a linear scan is clearer than bisect and fast enough at 20 Hz.
@@ -248,7 +248,7 @@ class BurstCollector:
         return True
 
     def counts(self) -> dict[str, int]:
-        """Accepted windows per class, in first-seen order."""
+        """Count the accepted windows per class, in first-seen order."""
         out: dict[str, int] = {}
         for lab in self._labels:
             out[lab] = out.get(lab, 0) + 1

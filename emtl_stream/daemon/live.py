@@ -78,5 +78,5 @@ class LiveModel:
         return list(self.bundle.classes)
 
     def with_map(self, H, b, version: int) -> "LiveModel":
-        """The same source model with another map (for a swap or a rollback)."""
+        """Return the same source model with another map (for a swap or a rollback)."""
         return LiveModel.build(self.bundle, H, b, version, self.fingerprint)

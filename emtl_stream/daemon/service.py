@@ -477,7 +477,7 @@ class Daemon:
             self._on_window(w)
 
     def _due(self, key: str) -> bool:
-        """True at most once per :data:`BAD_INPUT_EVENT_S` for each kind of bad input."""
+        """Return True at most once per :data:`BAD_INPUT_EVENT_S` for each kind of bad input."""
         now = time.monotonic()
         if now - self._announced_at.get(key, -math.inf) <= BAD_INPUT_EVENT_S:
             return False
@@ -784,7 +784,7 @@ class Daemon:
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
-        """The ``status`` reply."""
+        """Return the ``status`` reply."""
         maps = self.store.list_maps()
         desc = self.stream_desc
         s = self.session

@@ -145,7 +145,7 @@ class Session:
         self.label_since = float(since)
 
     def label_for(self, t_last: float) -> str | None:
-        """The one window-labelling rule: the class of the window ending at ``t_last``."""
+        """Apply the one window-labelling rule: the class of the window ending at ``t_last``."""
         if self.purpose == "manual":
             if self.manual_label is None or t_last - self.window_s < self.label_since:
                 return None
@@ -219,8 +219,16 @@ class Session:
                       step.index + 1, len(self.schedule.steps), new), False
 
     def recording_at(self, now: float) -> bool:
-        """True while windows are being recorded (manual/unlabelled: always; prompted:
-        inside the recorded part of a class step, not in a lead-in or a rest)."""
+        """Return True while windows are being recorded.
+
+        Manual and unlabelled sessions: always. Prompted: inside the recorded part
+        of a class step, not in a lead-in or a rest.
+
+        Parameters
+        ----------
+        now : float
+            Seconds on the session's clock.
+        """
         if not self.prompted:
             return True
         step = self.schedule.at(now - self.t0)

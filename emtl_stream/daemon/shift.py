@@ -145,15 +145,15 @@ class MixtureMMD:
         B = np.zeros((K, K))
         for s2 in self._s2:
             for k in range(K):
-                for l in range(K):
-                    A = S[k] + S[l] + s2 * np.eye(m)
-                    d = self._nu[k] - self._nu[l]
-                    logc = -0.5 * np.linalg.slogdet(np.eye(m) + (S[k] + S[l]) / s2)[1]
-                    B[k, l] += math.exp(logc - 0.5 * d @ np.linalg.solve(A, d))
+                for j in range(K):
+                    A = S[k] + S[j] + s2 * np.eye(m)
+                    d = self._nu[k] - self._nu[j]
+                    logc = -0.5 * np.linalg.slogdet(np.eye(m) + (S[k] + S[j]) / s2)[1]
+                    B[k, j] += math.exp(logc - 0.5 * d @ np.linalg.solve(A, d))
         self._B = B / len(self._s2)
 
     def whiten(self, Z: np.ndarray) -> np.ndarray:
-        """Mapped features (N, m) to the whitened space, shape (N, m)."""
+        """Map features (N, m) to the whitened space, shape (N, m)."""
         return np.asarray(Z, dtype=np.float64) @ self._L
 
     def _terms(self, Y: np.ndarray):
@@ -279,7 +279,7 @@ class ShiftReference:
     @classmethod
     def from_windows(cls, components, H, b, X_heldout, source: str = "heldout",
                      ) -> "ShiftReference":
-        """Reference from windows the map fits but was not fitted on, in stream order.
+        """Build the reference from windows the map fits but was not fitted on, in stream order.
 
         Parameters
         ----------

@@ -36,7 +36,7 @@ def _kernel_dir() -> Path:
 
 
 def cache_dirs() -> list[Path]:
-    """The folders numba reads this package's cached kernels from (existing or not).
+    """Return the folders numba reads this package's cached kernels from (existing or not).
 
     Mirrors numba's cache locators: with ``NUMBA_CACHE_DIR`` set only the folder
     under it is used; otherwise the ``__pycache__`` beside the kernel sources, or the

@@ -17,7 +17,7 @@ _FORMATS = {"float32": (pylsl.cf_float32, np.float32), "double64": (pylsl.cf_dou
 
 
 def local_clock() -> float:
-    """The local LSL clock in seconds: the timeline outlets stamp samples on.
+    """Read the local LSL clock in seconds: the timeline outlets stamp samples on.
 
     Returns
     -------

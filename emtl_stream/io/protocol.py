@@ -124,8 +124,23 @@ def _finite_float(literal: str) -> float:
 
 
 def loads(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Strict JSON: rejects NaN/Infinity, out-of-range numbers, duplicate keys and
-    nesting deeper than ``max_depth`` (all ``ValueError``; never ``RecursionError``)."""
+    """Parse strict JSON.
+
+    Rejects NaN/Infinity, out-of-range numbers, duplicate keys and nesting deeper
+    than ``max_depth`` (all ``ValueError``; never ``RecursionError``).
+
+    Parameters
+    ----------
+    data : bytes or str
+        UTF-8 JSON text.
+    max_depth : int
+        Deepest nesting of arrays and objects accepted.
+
+    Returns
+    -------
+    object
+        The decoded value.
+    """
     text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
     depth = json_depth(text)
     if depth > max_depth:
@@ -221,7 +236,7 @@ def _with_extra(msg: dict, extra: Mapping[str, Any], builder: str) -> dict:
 
 def pred_msg(*, seq: int, t: float, t_pub: float, label: str, index: int, proba,
              confidence: float, rejected: bool, model: int | None, **extra) -> dict:
-    """A ``pred`` message (one per window).
+    """Build a ``pred`` message (one per window).
 
     Parameters
     ----------
@@ -254,14 +269,14 @@ def pred_msg(*, seq: int, t: float, t_pub: float, label: str, index: int, proba,
 
 
 def feat_msg(*, seq: int, t: float, x, model: int | None, **extra) -> dict:
-    """A ``feat`` message: the mapped feature vector ``H x (+ b)`` of window ``seq``."""
+    """Build a ``feat`` message: the mapped feature vector ``H x (+ b)`` of window ``seq``."""
     msg = {"v": PROTOCOL_VERSION, "seq": _int(seq, "seq"), "t": _finite(t, "t"),
            "x": _float_list(x, "x"), "model": None if model is None else _int(model, "model")}
     return _with_extra(msg, extra, "feat_msg")
 
 
 def event_msg(kind: str, *, t_pub: float, **fields) -> dict:
-    """An ``event`` message.
+    """Build an ``event`` message.
 
     Parameters
     ----------
@@ -287,7 +302,7 @@ def event_msg(kind: str, *, t_pub: float, **fields) -> dict:
 
 
 def prompt_msg(*, cls: str, remaining_s: float, step: int, of: int, **extra) -> dict:
-    """A ``prompt`` message: what the user should do now.
+    """Build a ``prompt`` message: what the user should do now.
 
     Parameters
     ----------
@@ -328,7 +343,7 @@ MAX_VERSION = 2**31 - 1
 
 
 def _show(value) -> str:
-    """A short rendering of a client's value for an error message (never 64 kB of digits)."""
+    """Render a client's value briefly for an error message (never 64 kB of digits)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         return f"an integer of {value.bit_length()} bits"
     text = repr(value)

@@ -302,8 +302,11 @@ def _xdf_channel_labels(info: dict, n: int):
 
 
 def _markers_to_labels(stream: dict, stamps: np.ndarray):
-    """Per-sample labels from a marker stream: each marker holds until the next;
-    samples before the first marker are ``-1``. Class order = first appearance."""
+    """Derive per-sample labels from a marker stream.
+
+    Each marker holds until the next; samples before the first marker are ``-1``.
+    Class order = first appearance.
+    """
     values = [str(v[0]) for v in stream["time_series"]]
     times = np.asarray(stream["time_stamps"], dtype=np.float64)
     order = np.argsort(times, kind="stable")
@@ -354,7 +357,8 @@ def _load_csv(path: Path, fs: float | None) -> Recording:
         try:
             fs = float(comments["fs"])
         except ValueError:
-            raise ValueError(f"recording {path}: '# fs={comments['fs']}' is not a number.") from None
+            raise ValueError(f"recording {path}: '# fs={comments['fs']}' is not a "
+                             "number.") from None
     if fs is None:
         raise ValueError(f"recording {path}: no sampling rate; add a '# fs=1000' line or pass "
                          "fs=... to load_recording.")
@@ -429,8 +433,10 @@ def save_recording(path, rec: Recording) -> None:
 
 
 def save_csv(path, rec: Recording, timestamps: np.ndarray | None = None) -> None:
-    """Write ``rec`` as ``.csv`` (``# fs=`` and ``# class_names=`` comments, a header
-    of channel names, optional ``timestamp`` and ``label`` columns), atomically.
+    """Write ``rec`` as ``.csv``, atomically.
+
+    The file holds ``# fs=`` and ``# class_names=`` comments, a header of channel
+    names, and optional ``timestamp`` and ``label`` columns.
 
     Values are written with ``repr`` precision, so a float64 round trip is exact.
     """

@@ -221,7 +221,7 @@ class StateStore:
             atomic_write_json(self.root / "live.json", {"version": version, "set": time.time()})
 
     def live_version(self) -> int | None:
-        """The live map version, or ``None`` (no pointer, or it names a missing map)."""
+        """Return the live map version, or ``None`` (no pointer, or it names a missing map)."""
         path = self.root / "live.json"
         if not path.exists():
             return None

@@ -93,7 +93,7 @@ class ControlServer:
 
     # ------------------------------------------------------------------ one request
     def _answer(self, body: bytes) -> bytes:
-        """The reply to one request body (never raises)."""
+        """Return the reply to one request body (never raises)."""
         try:
             request = protocol.parse_request(body, self.max_message_bytes)
         except ProtocolError as exc:

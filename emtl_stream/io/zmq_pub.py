@@ -31,7 +31,7 @@ _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
 def is_local_address(address: str) -> bool:
-    """True for ``ipc://``/``inproc://`` and for ``tcp://`` on a loopback host.
+    """Return True for ``ipc://``/``inproc://`` and for ``tcp://`` on a loopback host.
 
     ``tcp://*:5556``, ``tcp://0.0.0.0:5556`` and interface names count as remote.
     """
@@ -60,7 +60,7 @@ def check_bind_address(address: str, *, allow_remote: bool, curve: "CurveConfig 
 
 # --------------------------------------------------------------------------- CURVE
 def read_curve_key(value: str | bytes, which: str, name: str) -> bytes:
-    """A CURVE key given directly (40 Z85 characters) or read from a certificate file.
+    """Read a CURVE key given directly (40 Z85 characters) or from a certificate file.
 
     Shared by the server side (:class:`CurveConfig`) and the client side
     (:class:`~emtl_stream.io.client.CurveClient`).

@@ -363,12 +363,12 @@ class Replayer:
 
 
 def outlet_dtype(channel_format: str):
-    """numpy dtype of an outlet channel format."""
+    """Numpy dtype of an outlet channel format."""
     return np.float64 if channel_format == "double64" else np.float32
 
 
 def _prompt_subscriber(address: str):
-    """A subscription to the ``prompt`` topic of the daemon publishing on ``address``."""
+    """Subscribe to the ``prompt`` topic of the daemon publishing on ``address``."""
     return Client(pub=address).subscribe(["prompt"])
 
 
@@ -429,5 +429,5 @@ def run_replay(path_or_none, *, rate: float = 1.0, shift: float = 0.0, loop: boo
 
 
 def unique_source_id(prefix: str = "emtl") -> str:
-    """A fresh ``source_id`` (tests, throw-away streams)."""
+    """Make a fresh ``source_id`` (tests, throw-away streams)."""
     return f"{prefix}-{uuid.uuid4().hex}"

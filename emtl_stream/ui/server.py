@@ -229,7 +229,7 @@ class UiServer:
     @classmethod
     def from_config(cls, config, address: str | None = None, control: str | None = None,
                     pub: str | None = None) -> "UiServer":
-        """A server for the daemon that ``config`` describes (``[zmq]``, ``[ui]``)."""
+        """Make a server for the daemon that ``config`` describes (``[zmq]``, ``[ui]``)."""
         return cls(control or config.zmq.control, pub or config.zmq.pub,
                    address or config.ui.address, allow_remote=config.ui.allow_remote,
                    curve=CurveClient.from_config(config.zmq),

@@ -42,7 +42,7 @@ RATE_WINDOW_S = 2.0
 
 
 def next_class_after(step: int, of: int, classes: list[str], repetitions: int) -> str | None:
-    """The class prompted after step ``step`` (1-based), or ``None`` if unknown or none.
+    """Return the class prompted after step ``step`` (1-based), or ``None`` if unknown or none.
 
     The daemon prompts ``classes`` ``repetitions`` times in order, with a rest prompt
     between two class prompts when rests are configured (docs/protocol.md: rest prompts
@@ -214,7 +214,7 @@ class ViewState:
         self._touch("alerts")
 
     def on_unreachable(self, error: str) -> None:
-        """The daemon did not answer a status request (``error`` says why)."""
+        """Record that the daemon did not answer a status request (``error`` says why)."""
         with self.cond:
             link = dict(self._parts["link"])
             link.update(daemon=False, error=error)
@@ -226,7 +226,7 @@ class ViewState:
             self.cond.notify_all()
 
     def on_status(self, reply: dict) -> None:
-        """A ``status`` reply (``ok: true``) arrived."""
+        """Take in a ``status`` reply (``ok: true``)."""
         with self.cond:
             status = {k: v for k, v in reply.items() if k not in ("v", "ok")}
             link = dict(self._parts["link"])
@@ -263,7 +263,7 @@ class ViewState:
                 self.cond.notify_all()
 
     def on_message(self, topic: str, msg: dict) -> None:
-        """A published message from the daemon."""
+        """Take in a published message from the daemon."""
         with self.cond:
             handler = getattr(self, f"_on_{topic}", None)
             if handler is not None:
