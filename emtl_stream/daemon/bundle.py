@@ -92,7 +92,13 @@ class SourceBundle:
         return make_filter(self.filter if self.filter is not None else fallback, n_channels, fs)
 
     def save(self, path) -> Path:
-        """Write atomically to ``path`` (temp file, fsync, rename, folder fsync); returns it."""
+        """Write atomically to ``path`` (temp file, fsync, rename, folder fsync); returns it.
+
+        Parameters
+        ----------
+        path : str or Path
+            Destination ``.npz``.
+        """
         path = Path(path)
         header = {
             "format": BUNDLE_FORMAT,
@@ -113,7 +119,13 @@ class SourceBundle:
 
     @classmethod
     def load(cls, path) -> "SourceBundle":
-        """Read a bundle written by :meth:`save`; ``ModelError`` naming the path if invalid."""
+        """Read a bundle written by :meth:`save`; ``ModelError`` naming the path if invalid.
+
+        Parameters
+        ----------
+        path : str or Path
+            A ``.npz`` written by :meth:`save`.
+        """
         path = Path(path)
         z = read_model_npz(path, _WHAT)
         try:
@@ -198,7 +210,13 @@ def make_filter(spec: dict | None, n_channels: int, fs: float):
 
 
 def filter_spec_from_config(features) -> dict:
-    """:func:`filter_spec` of a ``[features]`` section (``bandpass``, ``notch``)."""
+    """:func:`filter_spec` of a ``[features]`` section (``bandpass``, ``notch``).
+
+    Parameters
+    ----------
+    features : FeaturesConfig
+        The ``[features]`` config section.
+    """
     return filter_spec(list(features.bandpass) or None, features.notch or None)
 
 
@@ -212,6 +230,13 @@ def fit_source_model(X, y, kind: str = "lgmm", covariance_type: str = "tied",
     y : array-like of shape (n_windows,)
         Class names.
     kind : {"lgmm", "gmlvq", "lgmlvq"}
+        A labelled Gaussian mixture, or (localised) generalised matrix LVQ.
+    covariance_type : str
+        ``LabelledGMM`` only: one of ``[model] covariance_type``'s choices (``"tied"``, ...).
+    n_components_per_class : int
+        Mixture components (or prototypes) per class.
+    random_state : int
+        Seed of the initialisation.
     """
     if kind == "lgmm":
         from ..model.gmm import LabelledGMM
@@ -232,6 +257,23 @@ def make_bundle(model, extractor, window_ms: float, step_ms: float, n_channels: 
 
     ``filter_spec`` (from :func:`filter_spec`) records the filter the training windows
     went through; pass ``filter_spec()`` for "unfiltered". None leaves it unrecorded.
+
+    Parameters
+    ----------
+    model : LabelledGMM, GMLVQ or LGMLVQ
+        A fitted source model (it has ``to_components()``).
+    extractor : FeatureExtractor
+        The extractor the training features came from.
+    window_ms, step_ms : float
+        Window length and hop of the training features.
+    n_channels : int
+        Electrodes of the training stream.
+    fs : float
+        Sampling rate of the training stream (Hz).
+    filter_spec : dict, optional
+        See above.
+    **meta
+        Stored in the bundle's metadata (``created`` and ``model_type`` are filled in).
     """
     meta.setdefault("created", time.time())
     meta.setdefault("model_type", type(model).__name__)

@@ -221,7 +221,15 @@ def _warm_up(n_channels, fs, feature_names, window_ms, transfer_kwargs, ring) ->
 
 
 def warm_up_for(config, bundle=None) -> dict:
-    """:func:`warm_up` with the daemon's configuration (and source model, if any)."""
+    """:func:`warm_up` with the daemon's configuration (and source model, if any).
+
+    Parameters
+    ----------
+    config : Config
+        The daemon's configuration.
+    bundle : SourceBundle, optional
+        The source model: its stream shape and features; default from ``[stream]``.
+    """
     from .bundle import transfer_settings
 
     if bundle is not None:
