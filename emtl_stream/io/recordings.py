@@ -68,7 +68,13 @@ class Recording:
         return int(self.emg.shape[0])
 
     def validate(self, where: str = "recording") -> None:
-        """Check shapes and types; ``ValueError`` naming ``where`` and the problem."""
+        """Check shapes and types; ``ValueError`` naming ``where`` and the problem.
+
+        Parameters
+        ----------
+        where : str
+            Prefix of the error message (the file, for a loaded recording).
+        """
         emg = np.asarray(self.emg)
         if emg.ndim != 2 or emg.shape[1] < 1:
             raise ValueError(f"{where}: emg must be 2-D (n_samples, n_channels), got shape "
@@ -118,7 +124,13 @@ class Recording:
         return h.hexdigest()[:12]
 
     def class_name(self, index: int):
-        """Name of class ``index`` (``None`` for ``-1``; the index as text without names)."""
+        """Name of class ``index`` (``None`` for ``-1``; the index as text without names).
+
+        Parameters
+        ----------
+        index : int
+            A label value.
+        """
         if index < 0:
             return None
         if self.class_names is None:
@@ -439,6 +451,15 @@ def save_csv(path, rec: Recording, timestamps: np.ndarray | None = None) -> None
     names, and optional ``timestamp`` and ``label`` columns.
 
     Values are written with ``repr`` precision, so a float64 round trip is exact.
+
+    Parameters
+    ----------
+    path : str or Path
+        Destination ``.csv``.
+    rec : Recording
+        The recording.
+    timestamps : ndarray of shape (n_samples,), optional
+        Per-sample timestamps, written as a ``timestamp`` column.
     """
     rec.validate()
     names = rec.channel_names or [f"EMG{i + 1}" for i in range(rec.n_channels)]
