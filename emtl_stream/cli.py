@@ -363,6 +363,11 @@ def quiet_liblsl(verbose: bool) -> None:
     these, point ``LSLAPICFG`` at a file that sets the level to fatal-only; a user's
     own file is left in charge. Must run before :mod:`pylsl` is imported; the
     variable is inherited by child processes.
+
+    Parameters
+    ----------
+    verbose : bool
+        Leave liblsl's log as it is.
     """
     if verbose or "pylsl" in sys.modules or _user_lsl_config():
         return
@@ -396,7 +401,13 @@ def _reason(exc: BaseException) -> str:
 
 
 def main(argv=None) -> int:
-    """Run the command line; return the exit code."""
+    """Run the command line; return the exit code.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments; default ``sys.argv[1:]``.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

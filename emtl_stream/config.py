@@ -237,6 +237,11 @@ class Config:
         """Return a copy with some keys changed: ``cfg.replace(zmq={"pub": "tcp://..."})``.
 
         Values are validated exactly as in a file.
+
+        Parameters
+        ----------
+        **sections : mapping
+            ``section=`` a mapping of the keys to change.
         """
         data = self.to_dict()
         for sec, values in sections.items():
@@ -316,7 +321,13 @@ def _coerce(section: str, f: dataclasses.Field, value, where: str):
 
 
 def eval_type(name: str):
-    """Map the string annotations of this module (``from __future__ import annotations``)."""
+    """Map the string annotations of this module (``from __future__ import annotations``).
+
+    Parameters
+    ----------
+    name : str
+        A type annotation as written.
+    """
     return {"str": str, "int": int, "float": float, "bool": bool}.get(name, name)
 
 
@@ -326,6 +337,13 @@ def _field_map(cls) -> dict[str, dataclasses.Field]:
 
 def from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Config:
     """Build a :class:`Config` from ``{section: {key: value}}``; missing keys get defaults.
+
+    Parameters
+    ----------
+    data : mapping
+        ``{section: {key: value}}``.
+    source : str
+        Where the data came from, for error messages.
 
     Raises
     ------

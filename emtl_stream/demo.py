@@ -179,7 +179,13 @@ def _plot(result: dict, path: str) -> None:
 
 
 def main(args) -> int:
-    """CLI entry: prints the table; exit 0 when recalibration recovered the accuracy."""
+    """CLI entry: prints the table; exit 0 when recalibration recovered the accuracy.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``emtl-stream demo`` arguments.
+    """
     r = run_demo(args.seconds_per_class, args.shift, args.seed, args.plot)
     print()
     print("| phase | accuracy |")

@@ -111,6 +111,13 @@ def _subject_features(path: Path, settings, rotations, gains):
 def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
     """All grid points of one subject.
 
+    Parameters
+    ----------
+    baseline : Path
+        The subject's baseline recording (the shifted one is not used).
+    grid : RotationGrid
+        What to run.
+
     Returns
     -------
     dict
@@ -189,6 +196,17 @@ def evaluate_rotations(data_dir, grid: RotationGrid | None = None, subjects=None
                        progress=None) -> dict:
     """Return the real-EMG rotation grid over every subject in ``data_dir``.
 
+    Parameters
+    ----------
+    data_dir : str or Path
+        Folder of the CIIL electrode-shift recordings.
+    grid : RotationGrid, optional
+        What to run; default: the daemon's settings on the default grid.
+    subjects : iterable of int, optional
+        Subjects to run; default all found.
+    progress : callable, optional
+        Called as ``progress(subject, row)`` after each subject.
+
     Returns
     -------
     dict
@@ -245,6 +263,17 @@ class SyntheticProtocol:
 def synthetic_session(arm, seconds: float, extractor, window_ms, step_ms):
     """Features and labels of ``seconds`` per class (classes in order) from ``arm``.
 
+    Parameters
+    ----------
+    arm : SyntheticArmband
+        The armband.
+    seconds : float
+        Signal per class.
+    extractor : FeatureExtractor
+        The features.
+    window_ms, step_ms : float
+        Window length and hop.
+
     Returns
     -------
     X : ndarray of shape (N, n_features)
@@ -271,7 +300,13 @@ def synthetic_session(arm, seconds: float, extractor, window_ms, step_ms):
 
 
 def evaluate_synthetic(proto: SyntheticProtocol | None = None) -> dict:
-    """Mean accuracies (over seeds) per (shift, gain) on the synthetic armband."""
+    """Mean accuracies (over seeds) per (shift, gain) on the synthetic armband.
+
+    Parameters
+    ----------
+    proto : SyntheticProtocol, optional
+        What to run; default :class:`SyntheticProtocol`'s defaults.
+    """
     from .evaluate import _accuracy
     from .model.baselines import ShrinkageLDA
     from .model.gmm import LabelledGMM
@@ -331,7 +366,19 @@ _LABELS = {"no_adapt": "no adaptation", "transfer": "transfer EM ({b:g} s burst)
 
 
 def to_markdown(summary: dict, methods, burst_s: float = BURST_S, ratio: bool = True) -> str:
-    """One row per (rotation, gain), one column per method: accuracy (ratio to within)."""
+    """One row per (rotation, gain), one column per method: accuracy (ratio to within).
+
+    Parameters
+    ----------
+    summary : dict
+        A ``"mean"`` summary of :func:`evaluate_rotations` (or the synthetic one).
+    methods : sequence of str
+        Columns, in order.
+    burst_s : float
+        Burst length, shown in the column headers.
+    ratio : bool
+        Also show each accuracy's ratio to within-session.
+    """
     head = [_LABELS[m].format(b=burst_s) for m in methods]
     lines = [f"Within-session {summary['within']:.3f}; cells: mean accuracy "
              "(mean ratio to within-session).", "",
@@ -369,7 +416,13 @@ def _jsonable(result):
 
 
 def main_rotations(args) -> int:
-    """CLI entry: ``emtl-stream evaluate DATA_DIR --rotations [--synthetic] [--json F]``."""
+    """CLI entry: ``emtl-stream evaluate DATA_DIR --rotations [--synthetic] [--json F]``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``emtl-stream evaluate`` arguments.
+    """
     from .config import load_config
     from .evaluate import EvalSettings, write_report
 
@@ -395,6 +448,15 @@ def time_fits(ns=(25, 40, 200), repeats=15, seed=0) -> str:
     source), target = the source rotated by 1.5 spacings at gain 0.7 on the first two
     feature types; labelled and unlabelled bursts of N windows. One untimed warm-up per
     cell, then ``repeats`` alternating runs of both modes.
+
+    Parameters
+    ----------
+    ns : sequence of int
+        Burst sizes N (windows).
+    repeats : int
+        Timed runs per mode and cell.
+    seed : int
+        Seed of the problem.
     """
     from .model.source import SourceComponents
     from .model.transfer import TransferEM, ring_rotation_matrix

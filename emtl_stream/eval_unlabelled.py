@@ -63,13 +63,29 @@ def _source(X, y, settings):
 
 
 def balanced_set(shift: dict, step_s: float) -> np.ndarray:
-    """Return the indices of the balanced unlabelled set: shifted reps 0-1, ≤ BALANCED_SECONDS s."""
+    """Return the indices of the balanced unlabelled set: shifted reps 0-1, ≤ BALANCED_SECONDS s.
+
+    Parameters
+    ----------
+    shift : dict
+        The shifted session's features (:func:`emtl_stream.pipeline.offline.ciil_features`).
+    step_s : float
+        Window hop in seconds.
+    """
     idx = np.flatnonzero(np.isin(shift["rep"], CAL_REPS))
     return idx[: int(BALANCED_SECONDS / step_s)]
 
 
 def rest_set(shift: dict, rest_class: int) -> np.ndarray:
-    """Return the indices of the rest-dominated set (REST_SHARE rest), in stream order."""
+    """Return the indices of the rest-dominated set (REST_SHARE rest), in stream order.
+
+    Parameters
+    ----------
+    shift : dict
+        The shifted session's features.
+    rest_class : int
+        Index of the rest class.
+    """
     cal = np.isin(shift["rep"], CAL_REPS)
     rest = np.flatnonzero(cal & (shift["y"] == rest_class))
     segs = [s for s in np.unique(shift["seg_index"][cal])
@@ -109,7 +125,16 @@ def _ot_rows(Xs, ys, Xc, yc_burst, comp, Xt, yt) -> dict:
 
 
 def zero_label_subject(base: dict, shift: dict, settings) -> dict:
-    """Zero-label and optimal-transport rows of one subject (see the module docstring)."""
+    """Zero-label and optimal-transport rows of one subject (see the module docstring).
+
+    Parameters
+    ----------
+    base, shift : dict
+        The subject's baseline and shifted features
+        (:func:`emtl_stream.pipeline.offline.ciil_features`).
+    settings : EvalSettings
+        What is evaluated.
+    """
     from .daemon.adapt import fit_unlabelled
     from .model.transfer import TransferEM
 
@@ -153,7 +178,15 @@ def zero_label_subject(base: dict, shift: dict, settings) -> dict:
 
 # ---------------------------------------------------------------- detection
 def detector_streams(base: dict, shift: dict, settings):
-    """(components, reference, X stream, index of the first shifted window) per b."""
+    """(components, reference, X stream, index of the first shifted window) per b.
+
+    Parameters
+    ----------
+    base, shift : dict
+        The subject's baseline and shifted features.
+    settings : EvalSettings
+        What is evaluated.
+    """
     from .daemon.shift import ShiftReference
 
     for b in range(5):
@@ -188,6 +221,15 @@ def detection_subject(base: dict, shift: dict, settings, only_default: bool = Fa
 
     The likelihood test, the MMD test and the default rule (``only_default``: the
     default rule alone).
+
+    Parameters
+    ----------
+    base, shift : dict
+        The subject's baseline and shifted features.
+    settings : EvalSettings
+        What is evaluated.
+    only_default : bool
+        See above.
     """
     step_s = settings.step_ms / 1000.0
     off = 1e12  # a threshold no statistic reaches: that test is off
@@ -224,7 +266,19 @@ def detection_subject(base: dict, shift: dict, settings, only_default: bool = Fa
 
 
 def evaluate_unlabelled_dir(data_dir, settings=None, subjects=None, progress=None) -> dict:
-    """All rows for every subject; returns ``{"subjects": {id: row}, "summary": {...}}``."""
+    """All rows for every subject; returns ``{"subjects": {id: row}, "summary": {...}}``.
+
+    Parameters
+    ----------
+    data_dir : str or Path
+        Folder of the CIIL electrode-shift recordings.
+    settings : EvalSettings, optional
+        Default: the daemon's (``EvalSettings.from_config``).
+    subjects : iterable of int, optional
+        Subjects to run; default all found.
+    progress : callable, optional
+        Called as ``progress(subject, row)`` after each subject.
+    """
     from .evaluate import EvalSettings, _load, require_subjects
 
     if settings is None:
@@ -246,7 +300,13 @@ def evaluate_unlabelled_dir(data_dir, settings=None, subjects=None, progress=Non
 
 
 def summarize(rows: dict) -> dict:
-    """Means of the accuracy rows and pooled detector rows."""
+    """Means of the accuracy rows and pooled detector rows.
+
+    Parameters
+    ----------
+    rows : dict
+        ``{subject: row}`` of :func:`zero_label_subject` and :func:`detection_subject`.
+    """
     first = next(iter(rows.values()))
     summ = {}
     for k, v in first.items():
@@ -278,7 +338,13 @@ ACC_COLS = ("within", "no_adapt", "zl_raw", "zl", "zl_ok", "zlrest_raw", "zlrest
 
 
 def to_markdown(result) -> str:
-    """Accuracy table (per subject and mean) and the detector table."""
+    """Accuracy table (per subject and mean) and the detector table.
+
+    Parameters
+    ----------
+    result : dict
+        An :func:`evaluate_unlabelled_dir` result.
+    """
     s = result["summary"]
     cols = [c for c in ACC_COLS if c in s]
     lines = ["| subject | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -302,7 +368,13 @@ def to_markdown(result) -> str:
 
 
 def main(args) -> int:
-    """CLI entry for ``emtl-stream evaluate DATA_DIR --unlabelled``."""
+    """CLI entry for ``emtl-stream evaluate DATA_DIR --unlabelled``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``emtl-stream evaluate`` arguments.
+    """
     import sys
 
     from .config import load_config
