@@ -28,7 +28,13 @@ __all__ = ["fsync_dir", "atomic_write", "atomic_write_bytes", "read_model_npz",
 
 
 def fsync_dir(path: str | os.PathLike) -> None:
-    """``fsync`` a folder so a rename inside it is durable (no-op where unsupported)."""
+    """``fsync`` a folder so a rename inside it is durable (no-op where unsupported).
+
+    Parameters
+    ----------
+    path : str or path-like
+        The folder.
+    """
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # e.g. Windows cannot open folders
@@ -73,7 +79,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """:func:`atomic_write` of a ready byte string."""
+    """:func:`atomic_write` of a ready byte string.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination file.
+    data : bytes
+        Its whole content.
+    """
     return atomic_write(path, lambda fh: fh.write(data))
 
 
@@ -82,7 +96,17 @@ _READ_ERRORS = (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZ
 
 
 def model_file_error(path, what: str, exc: BaseException) -> ModelError:
-    """The one error all model loaders raise: names the file, what it should hold and why."""
+    """Build the one error all model loaders raise: names the file, what it should hold and why.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file that could not be read.
+    what : str
+        What it should hold (``"an emtl_stream source model"``).
+    exc : BaseException
+        Why it could not be read.
+    """
     reason = "file not found" if isinstance(exc, FileNotFoundError) else str(exc)
     return ModelError(f"cannot load {what} from {path}: {reason}. The file is missing, "
                       f"corrupted, incomplete or of another kind; save or train it again.")

@@ -11,22 +11,53 @@ import numpy as np
 
 
 def check_type(value, types, name: str):
-    """Raise ``TypeError`` unless ``value`` is an instance of ``types``."""
+    """Raise ``TypeError`` unless ``value`` is an instance of ``types``.
+
+    Parameters
+    ----------
+    value : object
+        The value to check.
+    types : type or tuple of type
+        Accepted types.
+    name : str
+        The argument's name, for the message.
+    """
     if not isinstance(value, types):
-        names = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+        names = (types.__name__ if isinstance(types, type)
+                 else " or ".join(t.__name__ for t in types))
         raise TypeError(f"{name} must be {names}, got {type(value).__name__} {value!r}.")
     return value
 
 
 def check_option(value, options, name: str):
-    """Raise ``ValueError`` unless ``value`` is one of ``options``."""
+    """Raise ``ValueError`` unless ``value`` is one of ``options``.
+
+    Parameters
+    ----------
+    value : object
+        The value to check.
+    options : collection
+        Accepted values.
+    name : str
+        The argument's name, for the message.
+    """
     if value not in options:
         raise ValueError(f"{name} must be one of {sorted(map(str, options))}, got {value!r}.")
     return value
 
 
 def ensure_int(value, name: str, minimum: int | None = None, maximum: int | None = None) -> int:
-    """Return ``value`` as ``int``; ``TypeError``/``ValueError`` with the name otherwise."""
+    """Return ``value`` as ``int``; ``TypeError``/``ValueError`` with the name otherwise.
+
+    Parameters
+    ----------
+    value : object
+        An integral number (``bool`` is refused).
+    name : str
+        The argument's name, for the message.
+    minimum, maximum : int, optional
+        Inclusive bounds.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}.")
     value = int(value)
@@ -39,7 +70,19 @@ def ensure_int(value, name: str, minimum: int | None = None, maximum: int | None
 
 def ensure_float(value, name: str, minimum: float | None = None, maximum: float | None = None,
                  strict_min: bool = False) -> float:
-    """Return ``value`` as a finite ``float`` within bounds, or raise naming ``name``."""
+    """Return ``value`` as a finite ``float`` within bounds, or raise naming ``name``.
+
+    Parameters
+    ----------
+    value : object
+        A real number.
+    name : str
+        The argument's name, for the message.
+    minimum, maximum : float, optional
+        Inclusive bounds.
+    strict_min : bool
+        Make ``minimum`` exclusive.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}.")
     value = float(value)

@@ -32,8 +32,22 @@ _COMMANDS: dict[str, tuple[str, object, str]] = {}
 
 
 def command(name: str, handler: str, help: str):
-    """Register a subcommand: ``handler`` is ``"module:function"``; the decorated
-    function adds the subcommand's own arguments to its parser."""
+    """Register a subcommand whose decorated function adds its own arguments.
+
+    Parameters
+    ----------
+    name : str
+        The subcommand, as typed.
+    handler : str
+        ``"module:function"`` run with the parsed arguments (imported only then).
+    help : str
+        One line for ``emtl-stream --help``.
+
+    Returns
+    -------
+    callable
+        The decorator; it records the decorated ``add_arguments(parser)`` function.
+    """
     def register(add_arguments):
         _COMMANDS[name] = (handler, add_arguments, help)
         return add_arguments
@@ -41,8 +55,11 @@ def command(name: str, handler: str, help: str):
 
 
 def _common_flags(suppress: bool) -> argparse.ArgumentParser:
-    """``--verbose`` and ``--config``; in subcommands they default to SUPPRESS so a
-    value given before the subcommand is not overwritten by the subparser's default."""
+    """Build the parser of ``--verbose`` and ``--config``.
+
+    In subcommands they default to SUPPRESS so a value given before the subcommand
+    is not overwritten by the subparser's default.
+    """
     p = argparse.ArgumentParser(add_help=False)
     default = argparse.SUPPRESS if suppress else None
     p.add_argument("--verbose", "-v", action="store_true",
@@ -327,7 +344,7 @@ _LSL_QUIET = "[log]\nlevel = -3\n"  # loguru verbosity: -3 fatal only (errors ar
 
 
 def _user_lsl_config() -> bool:
-    """True when liblsl will find a config of the user's (which then decides its log)."""
+    """Return True when liblsl will find a config of the user's (which then decides its log)."""
     if os.environ.get("LSLAPICFG"):
         return True
     candidates = [Path("lsl_api.cfg"), Path.home() / "lsl_api" / "lsl_api.cfg",
@@ -336,8 +353,9 @@ def _user_lsl_config() -> bool:
 
 
 def quiet_liblsl(verbose: bool) -> None:
-    """Silence liblsl's own stderr log (``Loaded default config``, ``Stream transmission
-    broke off``) unless ``verbose``.
+    """Silence liblsl's own stderr log unless ``verbose``.
+
+    That log says ``Loaded default config``, ``Stream transmission broke off`` and so on.
 
     liblsl reads its log level once, when it loads, from the first readable of
     ``$LSLAPICFG``, ``./lsl_api.cfg``, ``~/lsl_api/lsl_api.cfg`` and
@@ -345,6 +363,11 @@ def quiet_liblsl(verbose: bool) -> None:
     these, point ``LSLAPICFG`` at a file that sets the level to fatal-only; a user's
     own file is left in charge. Must run before :mod:`pylsl` is imported; the
     variable is inherited by child processes.
+
+    Parameters
+    ----------
+    verbose : bool
+        Leave liblsl's log as it is.
     """
     if verbose or "pylsl" in sys.modules or _user_lsl_config():
         return
@@ -378,7 +401,13 @@ def _reason(exc: BaseException) -> str:
 
 
 def main(argv=None) -> int:
-    """Run the command line; return the exit code."""
+    """Run the command line; return the exit code.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments; default ``sys.argv[1:]``.
+    """
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

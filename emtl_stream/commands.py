@@ -44,7 +44,7 @@ def _client(args, cfg=None, timeout_s=None):
 
 
 def _check_ok(command: str, reply: dict, client=None) -> dict:
-    """The reply of an accepted request; a refusal becomes a one-line failure (exit 1).
+    """Return the reply of an accepted request; a refusal becomes a one-line failure (exit 1).
 
     With ``client``, a refusal for want of a stream also says why the daemon has none
     (its ``last_error``: a rate or channel mismatch, no matching stream).
@@ -68,7 +68,13 @@ class RequestRefused(RuntimeError):
 
 # --------------------------------------------------------------------------- demo
 def demo(args) -> int:
-    """``emtl-stream demo``; ``--plot`` checks for matplotlib before anything runs."""
+    """``emtl-stream demo``; ``--plot`` checks for matplotlib before anything runs.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed subcommand arguments (as every command handler here).
+    """
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -82,7 +88,13 @@ def demo(args) -> int:
 
 # --------------------------------------------------------------------------- the daemon
 def run_daemon(args) -> int:
-    """``emtl-stream run``: lock the state dir, start the daemon, say what it is doing."""
+    """``emtl-stream run``: lock the state dir, start the daemon, say what it is doing.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed subcommand arguments.
+    """
     import signal
     import threading
 
@@ -129,8 +141,10 @@ def run_daemon(args) -> int:
 
 
 def _start_quietly(daemon) -> None:
-    """``daemon.start()``; its failure is reported once, by the command line (the
-    daemon also logs it, which would print the same reason twice)."""
+    """Run ``daemon.start()``, its failure reported once, by the command line.
+
+    The daemon also logs it, which would print the same reason twice.
+    """
     import logging
 
     from .logs import logger
@@ -205,7 +219,13 @@ def _watch_stream(daemon, cfg, stop) -> None:
 
 # --------------------------------------------------------------------------- replay, record
 def replay(args) -> int:
-    """``emtl-stream replay FILE|--synthetic [--rate X] [--shift S] [--loop] [--name NAME]``."""
+    """``emtl-stream replay FILE|--synthetic [--rate X] [--shift S] [--loop] [--name NAME]``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed subcommand arguments.
+    """
     from .sim.replay import run_replay
 
     if (args.file is None) == (not args.synthetic):
@@ -228,7 +248,7 @@ def replay(args) -> int:
 
 
 def _load(path):
-    """A recording; unreadable or malformed files are configuration errors (exit 2)."""
+    """Read a recording; unreadable or malformed files are configuration errors (exit 2)."""
     from .io.recordings import load_recording
 
     try:
@@ -240,7 +260,13 @@ def _load(path):
 
 
 def record(args) -> int:
-    """``emtl-stream record OUT --seconds S``: EMG + Markers to a labelled recording."""
+    """``emtl-stream record OUT --seconds S``: EMG + Markers to a labelled recording.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed subcommand arguments.
+    """
     from .io.record import record_streams
 
     cfg = _config(args)
@@ -288,7 +314,13 @@ def record(args) -> int:
 
 # --------------------------------------------------------------------------- train
 def train(args) -> int:
-    """``emtl-stream train FILE... --out MODEL`` or ``train --live``."""
+    """``emtl-stream train FILE... --out MODEL`` or ``train --live``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed subcommand arguments.
+    """
     if args.live:
         if args.files:
             raise ConfigError("train --live takes no files: it records on the daemon's stream")
@@ -375,8 +407,11 @@ def _training_windows(path, cfg, reps, spec):
 
 
 def _load_burst(path, cfg):
-    """A daemon's saved burst (features ``X`` and string ``labels``), or ``None`` when
-    ``path`` is not one. Its JSON sidecar must say which features of which stream."""
+    """Read a daemon's saved burst (features ``X`` and string ``labels``).
+
+    Returns ``None`` when ``path`` is not one. Its JSON sidecar must say which
+    features of which stream.
+    """
     from .io.store import load_npz
     from .pipeline.features import FeatureExtractor
 
@@ -479,8 +514,11 @@ def _split(text):
 
 # --------------------------------------------------------------------------- prompted sessions
 class _Progress:
-    """Prompt display: on a terminal one line redrawn at most every 0.1 s; otherwise a
-    plain line per prompt change (the daemon publishes prompts far more often)."""
+    """Prompt display for the command line.
+
+    On a terminal one line redrawn at most every 0.1 s; otherwise a plain line per
+    prompt change (the daemon publishes prompts far more often).
+    """
 
     MIN_REDRAW_S = 0.1
 
@@ -542,7 +580,13 @@ def _follow_session(command: str, sub, duration_s: float) -> dict:
 
 
 def recalibrate(args) -> int:
-    """``emtl-stream recalibrate``: prompts with a countdown; 0 once the new H is live."""
+    """``emtl-stream recalibrate``: prompts with a countdown; 0 once the new H is live.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed subcommand arguments.
+    """
     no_labels = bool(getattr(args, "no_labels", False))
     if no_labels and (args.classes or args.seconds is not None or args.repetitions is not None):
         raise ConfigError("--no-labels takes no --classes, --seconds or --repetitions "
@@ -575,7 +619,13 @@ def recalibrate(args) -> int:
 
 # --------------------------------------------------------------------------- client verbs
 def status(args) -> int:
-    """``emtl-stream status``."""
+    """``emtl-stream status``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed subcommand arguments.
+    """
     reply = _client(args).status()
     if args.json or not reply.get("ok"):
         print(json.dumps(reply, indent=2))
@@ -595,7 +645,13 @@ def status(args) -> int:
 
 
 def rollback(args) -> int:
-    """``emtl-stream rollback [VERSION]``."""
+    """``emtl-stream rollback [VERSION]``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed subcommand arguments.
+    """
     client = _client(args)
     if args.version is None:
         st = _check_ok("rollback", client.status())
@@ -611,7 +667,13 @@ def rollback(args) -> int:
 
 
 def label(args) -> int:
-    """``emtl-stream label CLASS|none``."""
+    """``emtl-stream label CLASS|none``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed subcommand arguments.
+    """
     name = None if args.label.lower() in ("none", "stop") else args.label
     reply = _check_ok("label", _client(args).label(name))
     print(f"labelling windows as {name}" if name else "labelling stopped",
@@ -620,7 +682,13 @@ def label(args) -> int:
 
 
 def fit(args) -> int:
-    """``emtl-stream fit``: fit H on the labelled windows, wait for the result."""
+    """``emtl-stream fit``: fit H on the labelled windows, wait for the result.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed subcommand arguments.
+    """
     client = _client(args)
     with client.subscribe(("event",)) as sub:
         time.sleep(0.3)
@@ -631,7 +699,13 @@ def fit(args) -> int:
 
 
 def cancel(args) -> int:
-    """``emtl-stream cancel``."""
+    """``emtl-stream cancel``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed subcommand arguments.
+    """
     reply = _check_ok("cancel", _client(args).cancel())
     print("calibration cancelled" if reply.get("cancelled") else "nothing to cancel",
           f"(state {reply.get('state')})")
@@ -639,14 +713,26 @@ def cancel(args) -> int:
 
 
 def save(args) -> int:
-    """``emtl-stream save``."""
+    """``emtl-stream save``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed subcommand arguments.
+    """
     reply = _check_ok("save", _client(args).save())
     print(f"saved: map {reply.get('model')} live, state in {reply.get('state_dir')}")
     return 0
 
 
 def shutdown(args) -> int:
-    """``emtl-stream shutdown``."""
+    """``emtl-stream shutdown``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed subcommand arguments.
+    """
     _check_ok("shutdown", _client(args).shutdown())
     print("daemon stopping")
     return 0
@@ -657,6 +743,11 @@ def subscribe(args) -> int:
 
     Without a daemon this fails after ``--timeout`` (default 5 s); with ``--timeout``
     given, silence that long after the last message also ends it (exit 1).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed subcommand arguments.
     """
     client = _client(args, timeout_s=args.timeout or 5.0)
     n = 0
@@ -675,7 +766,13 @@ def subscribe(args) -> int:
 
 
 def warmup(args) -> int:
-    """``emtl-stream warmup``: compile or load every kernel; prints the times."""
+    """``emtl-stream warmup``: compile or load every kernel; prints the times.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed subcommand arguments.
+    """
     from .daemon.warmup import clear_cache, warm_up_for
 
     if getattr(args, "clear_cache", False):
@@ -686,7 +783,13 @@ def warmup(args) -> int:
 
 
 def bench(args) -> int:
-    """``emtl-stream bench``: run the benchmark scripts in tools/ (repository checkout)."""
+    """``emtl-stream bench``: run the benchmark scripts in tools/ (repository checkout).
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed subcommand arguments.
+    """
     import subprocess
 
     tools = Path(__file__).resolve().parents[1] / "tools"

@@ -39,7 +39,7 @@ ENV_PREFIX = "EMTL_"
 
 
 def _opt(default, *, choices=None, minimum=None, maximum=None, positive=False, length=None):
-    """A dataclass field whose metadata carries its validation rule."""
+    """Make a dataclass field whose metadata carries its validation rule."""
     meta = {"choices": choices, "minimum": minimum, "maximum": maximum, "positive": positive,
             "length": length}
     if isinstance(default, list):
@@ -234,9 +234,14 @@ class Config:
                 for name, cls in SECTIONS.items()}
 
     def replace(self, **sections: Mapping[str, Any]) -> "Config":
-        """A copy with some keys changed: ``cfg.replace(zmq={"pub": "tcp://..."})``.
+        """Return a copy with some keys changed: ``cfg.replace(zmq={"pub": "tcp://..."})``.
 
         Values are validated exactly as in a file.
+
+        Parameters
+        ----------
+        **sections : mapping
+            ``section=`` a mapping of the keys to change.
         """
         data = self.to_dict()
         for sec, values in sections.items():
@@ -316,7 +321,13 @@ def _coerce(section: str, f: dataclasses.Field, value, where: str):
 
 
 def eval_type(name: str):
-    """Map the string annotations of this module (``from __future__ import annotations``)."""
+    """Map the string annotations of this module (``from __future__ import annotations``).
+
+    Parameters
+    ----------
+    name : str
+        A type annotation as written.
+    """
     return {"str": str, "int": int, "float": float, "bool": bool}.get(name, name)
 
 
@@ -326,6 +337,13 @@ def _field_map(cls) -> dict[str, dataclasses.Field]:
 
 def from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Config:
     """Build a :class:`Config` from ``{section: {key: value}}``; missing keys get defaults.
+
+    Parameters
+    ----------
+    data : mapping
+        ``{section: {key: value}}``.
+    source : str
+        Where the data came from, for error messages.
 
     Raises
     ------
@@ -398,8 +416,11 @@ ENV_OTHER = {
 
 
 def env_names() -> dict[str, tuple[str, str]]:
-    """Every config key's environment variable: ``{"EMTL_TRANSFER_REG": ("transfer",
-    "reg"), ...}``, derived from the section dataclasses."""
+    """Map every config key's environment variable to its section and key.
+
+    Derived from the section dataclasses: ``{"EMTL_TRANSFER_REG": ("transfer",
+    "reg"), ...}``.
+    """
     return {f"{ENV_PREFIX}{sec.upper()}_{f.name.upper()}": (sec, f.name)
             for sec, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 

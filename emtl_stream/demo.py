@@ -179,7 +179,13 @@ def _plot(result: dict, path: str) -> None:
 
 
 def main(args) -> int:
-    """CLI entry: prints the table; exit 0 when recalibration recovered the accuracy."""
+    """CLI entry: prints the table; exit 0 when recalibration recovered the accuracy.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``emtl-stream demo`` arguments.
+    """
     r = run_demo(args.seconds_per_class, args.shift, args.seed, args.plot)
     print()
     print("| phase | accuracy |")
@@ -188,7 +194,8 @@ def main(args) -> int:
     print(f"| after {args.shift:g}-electrode shift | {r['shifted']:.3f} |")
     print(f"| after recalibration | {r['recalibrated']:.3f} |")
     print()
-    print(f"burst {r['burst_s']:.1f} s ({args.seconds_per_class:g} s x {len(r['classes'])} classes), "
+    print(f"burst {r['burst_s']:.1f} s ({args.seconds_per_class:g} s x "
+          f"{len(r['classes'])} classes), "
           f"transfer-EM fit {1e3 * r['fit_s']:.0f} ms ({r['n_iter']} iterations, ring roll "
           f"{r['roll']}), demo took {r['elapsed_s']:.0f} s")
     if args.plot:

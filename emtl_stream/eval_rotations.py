@@ -92,28 +92,31 @@ class RotationGrid:
 
 
 def _subject_features(path: Path, settings, rotations, gains):
+    from .io.recordings import load_ciil_session
     from .pipeline.features import FeatureExtractor
-    from .pipeline.offline import featurize
+    from .pipeline.offline import ciil_features
 
     ex = FeatureExtractor(settings.feature_names, n_channels=8, fs=200.0)
-    with np.load(path, allow_pickle=False) as z:
-        emg, fs = z["emg"], float(z["fs"])
-        seg_start, seg_len = z["seg_start"], z["seg_len"]
-        seg_class, seg_rep = z["seg_class"], z["seg_rep"]
-    feats = {}
+    session = load_ciil_session(path)
+    feats, meta = {}, None
     for key in [(0.0, 1.0)] + [(float(r), float(g)) for r in rotations for g in gains]:
         if key not in feats:
-            X, si, off = featurize(rotate_ring(emg, *key), fs, ex, settings.window_ms,
-                                   settings.step_ms, seg_start, seg_len)
-            feats[key] = X
-    window = int(round(settings.window_ms * fs / 1000.0))
-    meta = {"y": seg_class[si].astype(np.int64), "rep": seg_rep[si].astype(np.int64),
-            "offset_s": (off + window) / fs}
+            d = ciil_features(dict(session, emg=rotate_ring(session["emg"], *key)), ex,
+                              settings.window_ms, settings.step_ms)
+            feats[key] = d["X"]
+            meta = meta or {k: d[k] for k in ("y", "rep", "offset_s")}
     return feats, meta
 
 
 def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
     """All grid points of one subject.
+
+    Parameters
+    ----------
+    baseline : Path
+        The subject's baseline recording (the shifted one is not used).
+    grid : RotationGrid
+        What to run.
 
     Returns
     -------
@@ -191,7 +194,18 @@ def _summarise(rows: list[dict], grid: RotationGrid, methods) -> dict:
 
 def evaluate_rotations(data_dir, grid: RotationGrid | None = None, subjects=None,
                        progress=None) -> dict:
-    """The real-EMG rotation grid over every subject in ``data_dir``.
+    """Return the real-EMG rotation grid over every subject in ``data_dir``.
+
+    Parameters
+    ----------
+    data_dir : str or Path
+        Folder of the CIIL electrode-shift recordings.
+    grid : RotationGrid, optional
+        What to run; default: the daemon's settings on the default grid.
+    subjects : iterable of int, optional
+        Subjects to run; default all found.
+    progress : callable, optional
+        Called as ``progress(subject, row)`` after each subject.
 
     Returns
     -------
@@ -249,6 +263,17 @@ class SyntheticProtocol:
 def synthetic_session(arm, seconds: float, extractor, window_ms, step_ms):
     """Features and labels of ``seconds`` per class (classes in order) from ``arm``.
 
+    Parameters
+    ----------
+    arm : SyntheticArmband
+        The armband.
+    seconds : float
+        Signal per class.
+    extractor : FeatureExtractor
+        The features.
+    window_ms, step_ms : float
+        Window length and hop.
+
     Returns
     -------
     X : ndarray of shape (N, n_features)
@@ -257,6 +282,7 @@ def synthetic_session(arm, seconds: float, extractor, window_ms, step_ms):
         End of each window since the start of its class segment (s).
     """
     from .pipeline.offline import featurize
+    from .pipeline.windowing import ms_to_samples
 
     n = int(round(seconds * arm.fs))
     n_cls = len(arm.class_names)
@@ -269,12 +295,18 @@ def synthetic_session(arm, seconds: float, extractor, window_ms, step_ms):
     emg = np.concatenate(segs)
     X, si, off = featurize(emg, arm.fs, extractor, window_ms, step_ms,
                            np.arange(n_cls) * n, np.full(n_cls, n))
-    window = int(round(window_ms * arm.fs / 1000.0))
+    window = ms_to_samples(window_ms, arm.fs, "window_ms")
     return X, si.astype(np.int64), (off + window) / arm.fs
 
 
 def evaluate_synthetic(proto: SyntheticProtocol | None = None) -> dict:
-    """Mean accuracies (over seeds) per (shift, gain) on the synthetic armband."""
+    """Mean accuracies (over seeds) per (shift, gain) on the synthetic armband.
+
+    Parameters
+    ----------
+    proto : SyntheticProtocol, optional
+        What to run; default :class:`SyntheticProtocol`'s defaults.
+    """
     from .evaluate import _accuracy
     from .model.baselines import ShrinkageLDA
     from .model.gmm import LabelledGMM
@@ -334,7 +366,19 @@ _LABELS = {"no_adapt": "no adaptation", "transfer": "transfer EM ({b:g} s burst)
 
 
 def to_markdown(summary: dict, methods, burst_s: float = BURST_S, ratio: bool = True) -> str:
-    """One row per (rotation, gain), one column per method: accuracy (ratio to within)."""
+    """One row per (rotation, gain), one column per method: accuracy (ratio to within).
+
+    Parameters
+    ----------
+    summary : dict
+        A ``"mean"`` summary of :func:`evaluate_rotations` (or the synthetic one).
+    methods : sequence of str
+        Columns, in order.
+    burst_s : float
+        Burst length, shown in the column headers.
+    ratio : bool
+        Also show each accuracy's ratio to within-session.
+    """
     head = [_LABELS[m].format(b=burst_s) for m in methods]
     lines = [f"Within-session {summary['within']:.3f}; cells: mean accuracy "
              "(mean ratio to within-session).", "",
@@ -372,7 +416,13 @@ def _jsonable(result):
 
 
 def main_rotations(args) -> int:
-    """CLI entry: ``emtl-stream evaluate DATA_DIR --rotations [--synthetic] [--json F]``."""
+    """CLI entry: ``emtl-stream evaluate DATA_DIR --rotations [--synthetic] [--json F]``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``emtl-stream evaluate`` arguments.
+    """
     from .config import load_config
     from .evaluate import EvalSettings, write_report
 
@@ -398,6 +448,15 @@ def time_fits(ns=(25, 40, 200), repeats=15, seed=0) -> str:
     source), target = the source rotated by 1.5 spacings at gain 0.7 on the first two
     feature types; labelled and unlabelled bursts of N windows. One untimed warm-up per
     cell, then ``repeats`` alternating runs of both modes.
+
+    Parameters
+    ----------
+    ns : sequence of int
+        Burst sizes N (windows).
+    repeats : int
+        Timed runs per mode and cell.
+    seed : int
+        Seed of the problem.
     """
     from .model.source import SourceComponents
     from .model.transfer import TransferEM, ring_rotation_matrix

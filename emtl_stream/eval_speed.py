@@ -1,4 +1,4 @@
-"""``emtl-stream evaluate DATA_DIR --speed``: does proportional speed survive an electrode shift?
+"""``emtl-stream evaluate DATA_DIR --speed``: proportional speed across an electrode shift.
 
 Per subject of the CIIL electrode-shift recordings (Campbell et al., J. NeuroEng.
 Rehabil. 21:70, 2024), with the daemon's features, source model and transfer settings
@@ -191,7 +191,21 @@ def speed_subject(baseline: Path, shifted: Path, settings, speed_config=None,
 
 
 def speed_dir(data_dir, settings=None, speed_config=None, subjects=None, progress=None) -> dict:
-    """:func:`speed_subject` for every subject; ``{"subjects": {id: row}, "mean": row}``."""
+    """:func:`speed_subject` for every subject; ``{"subjects": {id: row}, "mean": row}``.
+
+    Parameters
+    ----------
+    data_dir : str or Path
+        Folder of the CIIL electrode-shift recordings.
+    settings : EvalSettings, optional
+        Default: the daemon's (``EvalSettings.from_config``).
+    speed_config : SpeedConfig, optional
+        Default: the daemon's ``[speed]`` section.
+    subjects : iterable of int, optional
+        Subjects to run; default all found.
+    progress : callable, optional
+        Called as ``progress(subject, row)`` after each subject.
+    """
     from .config import load_config
     from .evaluate import EvalSettings, require_subjects
 
@@ -217,7 +231,13 @@ def _conditions(result) -> list[str]:
 
 
 def to_markdown(result) -> str:
-    """Per-subject correlation / MAE table and the mean row, as Markdown."""
+    """Per-subject correlation / MAE table and the mean row, as Markdown.
+
+    Parameters
+    ----------
+    result : dict
+        A :func:`speed_dir` result.
+    """
     conds = _conditions(result)
     cols = [f"{m}/{c}" for c in conds for m in ("corr_true", "mae_true", "corr_pred", "mae_pred")]
     head = ["subject", "roll k", "ref acc"] + [c.replace("/", " ") for c in cols]
@@ -236,7 +256,13 @@ def to_markdown(result) -> str:
 
 
 def main(args) -> int:
-    """CLI entry of ``emtl-stream evaluate DATA_DIR --speed [--json F] [--markdown F]``."""
+    """CLI entry of ``emtl-stream evaluate DATA_DIR --speed [--json F] [--markdown F]``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``emtl-stream evaluate`` arguments.
+    """
     import sys
 
     from .config import load_config
@@ -343,7 +369,13 @@ def ramp_vs_hold(seeds=(0, 1, 2, 3, 4), seconds_per_class: float = 4.0, fs: floa
 
 
 def ramps_markdown(result) -> str:
-    """The :func:`ramp_vs_hold` result as a Markdown table."""
+    """Return the :func:`ramp_vs_hold` result as a Markdown table.
+
+    Parameters
+    ----------
+    result : dict
+        A :func:`ramp_vs_hold` result.
+    """
     lines = ["| training protocol | Spearman(speed, level) | MAE to linear target | "
              "usable levels | accuracy on graded holds |", "|---|---|---|---|---|"]
     for p, r in result.items():

@@ -1,5 +1,6 @@
-"""``emtl-stream evaluate DATA_DIR --unlabelled``: zero-label recalibration and shift detection
-on the CIIL electrode-shift recordings (Campbell et al. 2024; the shared EMG data set).
+"""``emtl-stream evaluate DATA_DIR --unlabelled``: zero-label recalibration, shift detection.
+
+Both on the CIIL electrode-shift recordings (Campbell et al. 2024; the shared EMG data set).
 
 Protocol, per subject (same features and source model as :mod:`emtl_stream.evaluate`:
 the daemon's defaults, source trained on baseline reps 0-2, ``within`` on reps 3-4,
@@ -64,13 +65,29 @@ def _source(X, y, settings):
 
 
 def balanced_set(shift: dict, step_s: float) -> np.ndarray:
-    """Indices of the balanced unlabelled set: shifted reps 0-1, ≤ BALANCED_SECONDS s."""
+    """Return the indices of the balanced unlabelled set: shifted reps 0-1, ≤ BALANCED_SECONDS s.
+
+    Parameters
+    ----------
+    shift : dict
+        The shifted session's features (:func:`emtl_stream.pipeline.offline.ciil_features`).
+    step_s : float
+        Window hop in seconds.
+    """
     idx = np.flatnonzero(np.isin(shift["rep"], CAL_REPS))
     return idx[: int(BALANCED_SECONDS / step_s)]
 
 
 def rest_set(shift: dict, rest_class: int) -> np.ndarray:
-    """Indices of the rest-dominated set (REST_SHARE rest), in stream order."""
+    """Return the indices of the rest-dominated set (REST_SHARE rest), in stream order.
+
+    Parameters
+    ----------
+    shift : dict
+        The shifted session's features.
+    rest_class : int
+        Index of the rest class.
+    """
     cal = np.isin(shift["rep"], CAL_REPS)
     rest = np.flatnonzero(cal & (shift["y"] == rest_class))
     segs = [s for s in np.unique(shift["seg_index"][cal])
@@ -88,7 +105,7 @@ def _ot_rows(Xs, ys, Xc, yc_burst, comp, Xt, yt) -> dict:
         return {}
     out = {}
     m = comp.n_features
-    I = np.eye(m)
+    eye = np.eye(m)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # A row scale keeps the Sinkhorn kernel well conditioned (costs in units of
@@ -100,17 +117,26 @@ def _ot_rows(Xs, ys, Xc, yc_burst, comp, Xt, yt) -> dict:
         }
         for name, make in methods.items():
             tr = make().fit(Xs=Xs, ys=ys, Xt=Xc)
-            out[name] = _acc(comp, I, None, tr.inverse_transform(Xt=Xt), yt)
+            out[name] = _acc(comp, eye, None, tr.inverse_transform(Xt=Xt), yt)
         semi = {"ot_emd_burst": lambda: ot.da.EMDTransport(),
                 "ot_sinkhorn_burst": lambda: ot.da.SinkhornTransport(reg_e=0.1, norm="median")}
         for name, make in semi.items():
             tr = make().fit(Xs=Xs, ys=ys, Xt=Xc, yt=yc_burst)
-            out[name] = _acc(comp, I, None, tr.inverse_transform(Xt=Xt), yt)
+            out[name] = _acc(comp, eye, None, tr.inverse_transform(Xt=Xt), yt)
     return out
 
 
 def zero_label_subject(base: dict, shift: dict, settings) -> dict:
-    """Zero-label and optimal-transport rows of one subject (see the module docstring)."""
+    """Zero-label and optimal-transport rows of one subject (see the module docstring).
+
+    Parameters
+    ----------
+    base, shift : dict
+        The subject's baseline and shifted features
+        (:func:`emtl_stream.pipeline.offline.ciil_features`).
+    settings : EvalSettings
+        What is evaluated.
+    """
     from .daemon.adapt import fit_unlabelled
     from .model.transfer import TransferEM
 
@@ -118,12 +144,12 @@ def zero_label_subject(base: dict, shift: dict, settings) -> dict:
     src = _source(base["X"][train], base["y"][train], settings)
     comp = src.to_components()
     m = comp.n_features
-    I = np.eye(m)
+    eye = np.eye(m)
     within = np.isin(base["rep"], (3, 4))
     test = np.isin(shift["rep"], TEST_REPS)
     Xt, yt = shift["X"][test], shift["y"][test]
-    out = {"within": _acc(comp, I, None, base["X"][within], base["y"][within]),
-           "no_adapt": _acc(comp, I, None, Xt, yt)}
+    out = {"within": _acc(comp, eye, None, base["X"][within], base["y"][within]),
+           "no_adapt": _acc(comp, eye, None, Xt, yt)}
     rest_class = int(np.flatnonzero(np.char.find(
         np.asarray(base["class_names"], dtype=str), "No_Motion") >= 0)[0])
     sets = {"zl": balanced_set(shift, settings.step_ms / 1000.0),
@@ -139,7 +165,7 @@ def zero_label_subject(base: dict, shift: dict, settings) -> dict:
             tem.fit(X, None)
         out[f"{name}_raw"] = _acc(comp, tem.H_, tem.b_, Xt, yt)
         t0 = time.perf_counter()
-        res = fit_unlabelled(comp, X, I, None, transfer_kwargs=settings.transfer,
+        res = fit_unlabelled(comp, X, eye, None, transfer_kwargs=settings.transfer,
                              ring_channels=settings.ring_channels)
         out[f"{name}_ms"] = 1e3 * (time.perf_counter() - t0)
         out[name] = _acc(comp, res.H, res.b, Xt, yt)
@@ -161,6 +187,13 @@ def detector_streams(base: dict, shift: dict, settings):
     shifted reps 0-1, its reference from those windows (as the daemon takes it after
     a swap), then shifted reps 2-7 (unshifted relative to that map; index = its length,
     so every event is a false alarm).
+
+    Parameters
+    ----------
+    base, shift : dict
+        The subject's baseline and shifted features.
+    settings : EvalSettings
+        What is evaluated.
     """
     from .daemon.shift import ShiftReference
     from .model.transfer import TransferEM
@@ -187,7 +220,26 @@ def detector_streams(base: dict, shift: dict, settings):
 
 
 def run_watch(comp, H, b, ref, X, step_s, ring_channels=None, **thresholds):
-    """Feed X in order to a ShiftWatch; its events ``[(index, event)]`` and µs per window."""
+    """Feed X in order to a ShiftWatch; its events ``[(index, event)]`` and µs per window.
+
+    Parameters
+    ----------
+    comp : Components
+        The source mixture.
+    H : ndarray of shape (n_features, n_features)
+    b : ndarray of shape (n_features,)
+        The live map.
+    ref : ShiftReference or None
+        The detector's reference.
+    X : ndarray of shape (n_windows, n_features)
+        The window stream, in order.
+    step_s : float
+        Seconds between windows.
+    ring_channels : int, optional
+        Switches the ring test on.
+    **thresholds
+        Further ShiftWatch settings.
+    """
     from .daemon.shift import ShiftWatch
     from .model.classify import MappedClassifier
 
@@ -211,6 +263,11 @@ def detector_configs(ring_channels):
     """Name the detector variants compared and their ShiftWatch settings.
 
     The default, the ring test alone, the likelihood+MMD rule, the single-test sweeps.
+
+    Parameters
+    ----------
+    ring_channels : int or None
+        Electrodes on the ring (None: no ring test).
     """
     off = 1e12  # a threshold no statistic reaches: that test is off
     configs = {"default": dict(ring_channels=ring_channels),
@@ -229,8 +286,16 @@ def detection_subject(base: dict, shift: dict, settings, only_default: bool = Fa
                       variants=None) -> dict:
     """Measure delays and false alarms of the detector variants on one subject.
 
-    ``only_default``: the default alone; ``variants``: these names of
-    :func:`detector_configs`.
+    Parameters
+    ----------
+    base, shift : dict
+        The subject's baseline and shifted features.
+    settings : EvalSettings
+        What is evaluated.
+    only_default : bool
+        The default rule alone.
+    variants : sequence of str, optional
+        These names of :func:`detector_configs` only.
     """
     step_s = settings.step_ms / 1000.0
     configs = detector_configs(settings.ring_channels)
@@ -282,6 +347,8 @@ def synthetic_false_alarms(hours: float, seeds: int = 8, progress=None) -> dict:
         Total unshifted stream length.
     seeds : int
         Armbands (each its own muscle layout).
+    progress : callable, optional
+        Called as ``progress(seed, false_alarms, hours)`` after each seed.
 
     Returns
     -------
@@ -334,14 +401,36 @@ def synthetic_false_alarms(hours: float, seeds: int = 8, progress=None) -> dict:
 
 
 def poisson_upper(k: int, hours: float, conf: float = 0.95) -> float:
-    """Bound a Poisson rate from above (one-sided) from k events in ``hours``."""
+    """Bound a Poisson rate from above (one-sided) from k events in ``hours``.
+
+    Parameters
+    ----------
+    k : int
+        Events seen.
+    hours : float
+        Observation time.
+    conf : float
+        Confidence of the bound.
+    """
     from scipy.stats import chi2
 
     return float(chi2.ppf(conf, 2 * (k + 1)) / 2.0 / hours)
 
 
 def evaluate_unlabelled_dir(data_dir, settings=None, subjects=None, progress=None) -> dict:
-    """All rows for every subject; returns ``{"subjects": {id: row}, "summary": {...}}``."""
+    """All rows for every subject; returns ``{"subjects": {id: row}, "summary": {...}}``.
+
+    Parameters
+    ----------
+    data_dir : str or Path
+        Folder of the CIIL electrode-shift recordings.
+    settings : EvalSettings, optional
+        Default: the daemon's (``EvalSettings.from_config``).
+    subjects : iterable of int, optional
+        Subjects to run; default all found.
+    progress : callable, optional
+        Called as ``progress(subject, row)`` after each subject.
+    """
     from .evaluate import EvalSettings, _load, require_subjects
 
     if settings is None:
@@ -363,7 +452,13 @@ def evaluate_unlabelled_dir(data_dir, settings=None, subjects=None, progress=Non
 
 
 def summarize(rows: dict) -> dict:
-    """Means of the accuracy rows and pooled detector rows."""
+    """Means of the accuracy rows and pooled detector rows.
+
+    Parameters
+    ----------
+    rows : dict
+        ``{subject: row}`` of :func:`zero_label_subject` and :func:`detection_subject`.
+    """
     first = next(iter(rows.values()))
     summ = {}
     for k, v in first.items():
@@ -401,7 +496,13 @@ ACC_COLS = ("within", "no_adapt", "zl_raw", "zl", "zl_ok", "zlrest_raw", "zlrest
 
 
 def to_markdown(result) -> str:
-    """Accuracy table (per subject and mean) and the detector table."""
+    """Accuracy table (per subject and mean) and the detector table.
+
+    Parameters
+    ----------
+    result : dict
+        An :func:`evaluate_unlabelled_dir` result.
+    """
     s = result["summary"]
     cols = [c for c in ACC_COLS if c in s]
     lines = ["| subject | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -428,7 +529,13 @@ def to_markdown(result) -> str:
 
 
 def main(args) -> int:
-    """CLI entry for ``emtl-stream evaluate DATA_DIR --unlabelled``."""
+    """CLI entry for ``emtl-stream evaluate DATA_DIR --unlabelled``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``emtl-stream evaluate`` arguments.
+    """
     import sys
 
     from .config import load_config

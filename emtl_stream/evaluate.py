@@ -40,8 +40,11 @@ N_PARTIAL_CLASSES = 3
 
 @dataclass
 class EvalSettings:
-    """What is evaluated. ``EvalSettings.from_config(load_config())`` gives the daemon's settings;
-    the bare dataclass defaults are an unstructured TransferEM on Hudgins features."""
+    """What is evaluated.
+
+    ``EvalSettings.from_config(load_config())`` gives the daemon's settings; the bare
+    dataclass defaults are an unstructured TransferEM on Hudgins features.
+    """
 
     feature_names: tuple = ("mav", "wl", "zc", "ssc")
     window_ms: float = 200.0
@@ -53,26 +56,36 @@ class EvalSettings:
 
     @classmethod
     def from_config(cls, config) -> "EvalSettings":
-        """Build from a :class:`emtl_stream.config.Config` (the daemon's settings)."""
-        from .daemon.bundle import transfer_kwargs
+        """Build from a :class:`emtl_stream.config.Config` (the daemon's settings).
 
+        Parameters
+        ----------
+        config : Config
+            The daemon's configuration.
+        """
+        from .daemon.bundle import transfer_settings
+
+        # The daemon's own policy: the roll search and the map structure as it runs them.
+        transfer, ring_channels = transfer_settings(config, n_channels=8)
         return cls(
             feature_names=tuple(config.features.names),
             window_ms=float(config.features.window_ms),
             step_ms=float(config.features.step_ms),
             covariance_type=config.model.covariance_type,
             n_components_per_class=int(config.model.n_components_per_class),
-            transfer=transfer_kwargs(config, n_channels=8),
-            ring_channels=8 if config.stream.ring else None,
+            transfer=transfer,
+            ring_channels=ring_channels,
         )
 
 
 def _load(path: Path, settings: EvalSettings) -> dict:
+    from .io.recordings import load_ciil_session
     from .pipeline.features import FeatureExtractor
-    from .pipeline.offline import load_ciil_features
+    from .pipeline.offline import ciil_features
 
     extractor = FeatureExtractor(settings.feature_names, n_channels=8, fs=200.0)
-    return load_ciil_features(path, extractor, settings.window_ms, settings.step_ms)
+    return ciil_features(load_ciil_session(path), extractor, settings.window_ms,
+                         settings.step_ms)
 
 
 def _accuracy(pred, y) -> float:
@@ -171,7 +184,15 @@ def evaluate_subject(baseline: Path, shifted: Path, settings: EvalSettings,
 
 
 def find_subjects(data_dir: Path, subjects=None) -> list[tuple[int, Path, Path]]:
-    """Pairs of (subject, baseline file, shifted file) present in ``data_dir``."""
+    """Pairs of (subject, baseline file, shifted file) present in ``data_dir``.
+
+    Parameters
+    ----------
+    data_dir : Path
+        Folder of the CIIL electrode-shift recordings.
+    subjects : iterable of int, optional
+        Only these subjects.
+    """
     pairs = []
     for b in sorted(Path(data_dir).glob("ciil_es_s*_baseline.npz")):
         sid = int(re.search(r"_s(\d+)_", b.name).group(1))
@@ -182,7 +203,15 @@ def find_subjects(data_dir: Path, subjects=None) -> list[tuple[int, Path, Path]]
 
 
 def require_subjects(data_dir, subjects=None) -> list:
-    """:func:`find_subjects`, or FileNotFoundError naming the folder when it finds none."""
+    """:func:`find_subjects`, or FileNotFoundError naming the folder when it finds none.
+
+    Parameters
+    ----------
+    data_dir : str or Path
+        Folder of the CIIL electrode-shift recordings.
+    subjects : iterable of int, optional
+        Only these subjects.
+    """
     pairs = find_subjects(Path(data_dir), subjects)
     if not pairs:
         raise FileNotFoundError(f"no ciil_es_sNN_baseline.npz/shifted.npz pairs in {data_dir}")
@@ -210,7 +239,21 @@ def write_report(text: str, result, args) -> None:
 
 def evaluate_dir(data_dir, settings: EvalSettings | None = None, subjects=None,
                  reference: bool = False, progress=None) -> dict:
-    """Evaluate every subject in ``data_dir``; returns ``{"subjects": {id: row}, "mean": row}``."""
+    """Evaluate every subject in ``data_dir``; returns ``{"subjects": {id: row}, "mean": row}``.
+
+    Parameters
+    ----------
+    data_dir : str or Path
+        Folder of the CIIL electrode-shift recordings.
+    settings : EvalSettings, optional
+        Default: the daemon's (``EvalSettings.from_config``).
+    subjects : iterable of int, optional
+        Subjects to run; default all found.
+    reference : bool
+        Also run the reference package (if importable).
+    progress : callable, optional
+        Called as ``progress(subject, row)`` after each subject.
+    """
     if settings is None:
         from .config import load_config
 
@@ -245,12 +288,19 @@ def _fmt(v) -> str:
 
 
 def to_markdown(result) -> str:
-    """Per-subject and mean accuracies as a Markdown table."""
+    """Per-subject and mean accuracies as a Markdown table.
+
+    Parameters
+    ----------
+    result : dict
+        An :func:`evaluate_dir` result.
+    """
     cols = _columns(result)
     lines = ["| subject | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for sid, row in sorted(result["subjects"].items()):
         lines.append(f"| {sid} | " + " | ".join(f"{_fmt(row.get(c))}" for c in cols) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{_fmt(result['mean'][c])}**" for c in cols) + " |")
+    means = " | ".join(f"**{_fmt(result['mean'][c])}**" for c in cols)
+    lines.append(f"| **mean** | {means} |")
     fit = [f"{T:g} s: {result['mean'][f'fit_ms@{T:g}']:.1f} ms" for T in BURST_SECONDS]
     lines.append("")
     lines.append("Mean transfer-EM fit time per burst: " + ", ".join(fit) + ".")
@@ -263,7 +313,13 @@ def to_markdown(result) -> str:
 
 
 def main(args) -> int:
-    """CLI entry: ``emtl-stream evaluate DATA_DIR [--json F] [--markdown F]``."""
+    """CLI entry: ``emtl-stream evaluate DATA_DIR [--json F] [--markdown F]``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``emtl-stream evaluate`` arguments.
+    """
     import sys
 
     if getattr(args, "speed", False):

@@ -37,7 +37,13 @@ def set_log_level(level: str | int) -> None:
 
 
 def add_file_handler(path: str) -> logging.Handler:
-    """Also write the package log to ``path``; returns the handler."""
+    """Also write the package log to ``path``; returns the handler.
+
+    Parameters
+    ----------
+    path : str
+        The log file (appended to).
+    """
     handler = logging.FileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)

@@ -32,6 +32,16 @@ def _propagate_package_log():
 
 
 @pytest.fixture
+def ctx():
+    """A private ZeroMQ context, destroyed (linger 0) after the test."""
+    import zmq
+
+    c = zmq.Context()
+    yield c
+    c.destroy(linger=0)
+
+
+@pytest.fixture
 def rng():
     """A seeded generator; tests that want several seeds parametrize their own."""
     return np.random.default_rng(12345)

@@ -10,8 +10,31 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CHECKER = ROOT / "tools" / "check_docstrings.py"
 
-#: Packages held to the rule; widen this list as more packages are brought in line.
-CHECKED = ["emtl_stream/kernels", "emtl_stream/model", "emtl_stream/pipeline"]
+#: What the docstring check and ruff's D/E501 rules cover, one entry per line: every
+#: subpackage and the top-level modules, except those in UNCHECKED.
+CHECKED = [
+    "emtl_stream/*.py",
+    "emtl_stream/daemon",
+    "emtl_stream/io",
+    "emtl_stream/kernels",
+    "emtl_stream/model",
+    "emtl_stream/pipeline",
+    "emtl_stream/sim",
+    "emtl_stream/ui",
+]
+#: Subpackages not yet in line; move an entry to CHECKED once it passes.
+UNCHECKED: list[str] = []
+
+
+def _paths(entry: str) -> list[Path]:
+    return sorted(ROOT.glob(entry)) if "*" in entry else [ROOT / entry]
+
+
+def test_every_subpackage_is_checked_or_listed_as_not_yet():
+    inits = (ROOT / "emtl_stream").glob("*/__init__.py")
+    subpackages = {f"emtl_stream/{p.parent.name}" for p in inits}
+    assert subpackages == (set(CHECKED) | set(UNCHECKED)) - {"emtl_stream/*.py"}
+    assert not set(CHECKED) & set(UNCHECKED)
 
 
 def _checker():
@@ -24,7 +47,7 @@ def _checker():
 
 @pytest.mark.parametrize("package", CHECKED)
 def test_public_functions_document_every_parameter(package):
-    found = _checker().check_paths([ROOT / package])
+    found = _checker().check_paths(_paths(package))
     assert not found, "\n".join(map(str, found))
 
 
@@ -139,7 +162,7 @@ def test_checker_accepts_numpy_conventions_and_exits_0(tmp_path):
 
 @pytest.mark.parametrize("package", CHECKED)
 def test_ruff_docstring_and_line_rules_pass(package):
-    """ruff with the project's rules (pydocstyle numpy convention, E501) finds nothing."""
+    """The project's ruff rules (pydocstyle numpy convention, E501) find nothing."""
     proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise",
-                           str(ROOT / package)], capture_output=True, text=True, cwd=ROOT)
+                           *map(str, _paths(package))], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr

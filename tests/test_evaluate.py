@@ -78,3 +78,42 @@ def test_evaluate_dir_averages_and_renders(emg_dir):
 def test_evaluate_dir_without_data_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no ciil_es"):
         evaluate_dir(tmp_path)
+
+
+@pytest.mark.parametrize("ring", ["true", "false"])
+@pytest.mark.parametrize("ring_search", ["true", "false"])
+@pytest.mark.parametrize("rotation", ["roll", "continuous"])
+def test_evaluate_and_the_daemon_derive_the_same_transfer_settings(ring, ring_search, rotation,
+                                                                  monkeypatch):
+    """One config: the evaluation, a recalibration and the warm-up run one roll-search policy."""
+    from emtl_stream.config import load_config
+    from emtl_stream.daemon import jobs, warmup
+
+    env = {"EMTL_STREAM_RING": ring, "EMTL_TRANSFER_RING_SEARCH": ring_search,
+           "EMTL_TRANSFER_ROTATION_SEARCH": rotation, "EMTL_TRANSFER_REG": "0.25",
+           "EMTL_TRANSFER_SHRINK_TO": "current"}
+    cfg = load_config(None, env=env)
+    on = ring == "true" and ring_search == "true"  # the documented rule, written out
+    H = np.eye(32)  # 8 channels x 4 features
+    daemon_kw, daemon_ring = jobs.transfer_settings(cfg, 8, H)
+    ev = EvalSettings.from_config(cfg)
+    assert ev.ring_channels == daemon_ring == (8 if on else None)
+    assert ev.transfer["structure"] == daemon_kw["structure"] == ("channel" if on else "dense")
+    assert ev.transfer.get("rotation_search") == daemon_kw.get("rotation_search") == (
+        "continuous" if on and rotation == "continuous" else None)
+    # the one difference: offline there is no live map to shrink towards
+    np.testing.assert_array_equal(daemon_kw.pop("shrink_to"), H)
+    assert ev.transfer.pop("shrink_to") == "identity"
+    assert ev.transfer == daemon_kw and daemon_kw["reg"] == 0.25
+    seen = {}
+    monkeypatch.setattr(warmup, "warm_up", lambda *a: seen.setdefault("args", a))
+    warmup.warm_up_for(cfg)
+    assert seen["args"][-1] is on and seen["args"][-2]["structure"] == ev.transfer["structure"]
+
+
+def test_no_roll_search_when_the_features_are_not_whole_channel_blocks():
+    from emtl_stream.config import load_config
+    from emtl_stream.daemon import jobs
+
+    kw, ring = jobs.transfer_settings(load_config(None, env={}), 8, np.eye(30))
+    assert ring is None and kw["structure"] == "dense"

@@ -303,11 +303,11 @@ def _daemon_main(argv) -> int:
     from emtl_stream.daemon import service, warmup
 
     def small_warm_up_for(config, bundle=None):
-        from emtl_stream.daemon.bundle import transfer_kwargs
+        from emtl_stream.daemon.bundle import transfer_settings
 
         names = bundle.features.get("names", FEATURES) if bundle else FEATURES
-        return warmup.warm_up(8, 1000.0, names, WINDOW_MS, transfer_kwargs(config, 8),
-                              bool(config.stream.ring and config.transfer.ring_search))
+        kw, ring = transfer_settings(config, 8)
+        return warmup.warm_up(8, 1000.0, names, WINDOW_MS, kw, ring is not None)
 
     warmup.warm_up_for = small_warm_up_for
     return service.run(load_config(argv[0]))

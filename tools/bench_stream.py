@@ -37,9 +37,10 @@ import numpy as np
 
 from emtl_stream.io.lsl_inlet import EMGInlet
 from emtl_stream.io.recordings import Recording
-from emtl_stream.sim.replay import Replayer
 from emtl_stream.pipeline.features import FeatureExtractor, FeaturePipeline
 from emtl_stream.pipeline.filters import StreamingFilter
+from emtl_stream.pipeline.windowing import ms_to_samples
+from emtl_stream.sim.replay import Replayer
 from emtl_stream.sim.synthetic import SyntheticArmband
 
 CONFIGS = [(8, 200.0), (16, 1000.0), (64, 2000.0), (320, 2048.0)]
@@ -122,7 +123,7 @@ def offline_run(n_ch: int, fs: float, seconds: float, chunk_ms: float = 10.0) ->
     x = SyntheticArmband(n_ch, fs, seed=1).generate(int(seconds * fs), 1).astype(np.float64)
     ts = np.arange(len(x)) / fs
     pipe = make_pipeline(n_ch, fs)
-    c = max(1, int(round(chunk_ms * fs / 1000)))
+    c = ms_to_samples(chunk_ms, fs, "chunk_ms")
     steps = []
     t_all = time.perf_counter()
     for a in range(0, len(x), c):

@@ -19,7 +19,7 @@ may share one entry (``fi, fa : ndarray``).
 
 Usage::
 
-    python tools/check_docstrings.py emtl_stream/kernels emtl_stream/pipeline
+    python tools/check_docstrings.py emtl_stream/daemon emtl_stream/io
     python tools/check_docstrings.py            # the whole package
 
 Prints one line per finding (``path:line: name: what``) and exits 1 when there is

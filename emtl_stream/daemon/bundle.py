@@ -68,13 +68,13 @@ class SourceBundle:
         return [str(c) for c in self.components.classes]
 
     def make_extractor(self):
-        """A fresh :class:`~emtl_stream.pipeline.features.FeatureExtractor` for live features."""
+        """Make a fresh :class:`~emtl_stream.pipeline.features.FeatureExtractor` (live)."""
         from ..pipeline.features import FeatureExtractor
 
         return FeatureExtractor.from_dict(self.features)
 
     def make_filter(self, n_channels: int, fs: float, fallback: dict | None = None):
-        """The streaming filter the training windows went through, or None for none.
+        """Return the streaming filter the training windows went through, or None for none.
 
         Parameters
         ----------
@@ -92,7 +92,13 @@ class SourceBundle:
         return make_filter(self.filter if self.filter is not None else fallback, n_channels, fs)
 
     def save(self, path) -> Path:
-        """Write atomically to ``path`` (temp file, fsync, rename, folder fsync); returns it."""
+        """Write atomically to ``path`` (temp file, fsync, rename, folder fsync); returns it.
+
+        Parameters
+        ----------
+        path : str or Path
+            Destination ``.npz``.
+        """
         path = Path(path)
         header = {
             "format": BUNDLE_FORMAT,
@@ -113,7 +119,13 @@ class SourceBundle:
 
     @classmethod
     def load(cls, path) -> "SourceBundle":
-        """Read a bundle written by :meth:`save`; ``ModelError`` naming the path if invalid."""
+        """Read a bundle written by :meth:`save`; ``ModelError`` naming the path if invalid.
+
+        Parameters
+        ----------
+        path : str or Path
+            A ``.npz`` written by :meth:`save`.
+        """
         path = Path(path)
         z = read_model_npz(path, _WHAT)
         try:
@@ -136,7 +148,7 @@ DEFAULT_FILTER_ORDER = 4  # StreamingFilter's default Butterworth order
 
 
 def filter_spec(bandpass=None, notch=None, order: int = DEFAULT_FILTER_ORDER) -> dict:
-    """A validated, JSON-able filter description for :class:`SourceBundle`.
+    """Build a validated, JSON-able filter description for :class:`SourceBundle`.
 
     Parameters
     ----------
@@ -169,8 +181,22 @@ def filter_spec(bandpass=None, notch=None, order: int = DEFAULT_FILTER_ORDER) ->
 
 
 def make_filter(spec: dict | None, n_channels: int, fs: float):
-    """The :class:`~emtl_stream.pipeline.filters.StreamingFilter` of a :func:`filter_spec`
-    (None for ``spec=None`` or a spec that filters nothing)."""
+    """Build the :class:`~emtl_stream.pipeline.filters.StreamingFilter` of a filter spec.
+
+    Parameters
+    ----------
+    spec : dict or None
+        A :func:`filter_spec` result.
+    n_channels : int
+        Electrodes of the stream.
+    fs : float
+        Sampling rate (Hz).
+
+    Returns
+    -------
+    StreamingFilter or None
+        ``None`` for ``spec=None`` or a spec that filters nothing.
+    """
     if spec is None:
         return None
     spec = filter_spec(spec.get("bandpass"), spec.get("notch"),
@@ -184,7 +210,13 @@ def make_filter(spec: dict | None, n_channels: int, fs: float):
 
 
 def filter_spec_from_config(features) -> dict:
-    """:func:`filter_spec` of a ``[features]`` section (``bandpass``, ``notch``)."""
+    """:func:`filter_spec` of a ``[features]`` section (``bandpass``, ``notch``).
+
+    Parameters
+    ----------
+    features : FeaturesConfig
+        The ``[features]`` config section.
+    """
     return filter_spec(list(features.bandpass) or None, features.notch or None)
 
 
@@ -198,6 +230,13 @@ def fit_source_model(X, y, kind: str = "lgmm", covariance_type: str = "tied",
     y : array-like of shape (n_windows,)
         Class names.
     kind : {"lgmm", "gmlvq", "lgmlvq"}
+        A labelled Gaussian mixture, or (localised) generalised matrix LVQ.
+    covariance_type : str
+        ``LabelledGMM`` only: one of ``[model] covariance_type``'s choices (``"tied"``, ...).
+    n_components_per_class : int
+        Mixture components (or prototypes) per class.
+    random_state : int
+        Seed of the initialisation.
     """
     if kind == "lgmm":
         from ..model.gmm import LabelledGMM
@@ -218,6 +257,23 @@ def make_bundle(model, extractor, window_ms: float, step_ms: float, n_channels: 
 
     ``filter_spec`` (from :func:`filter_spec`) records the filter the training windows
     went through; pass ``filter_spec()`` for "unfiltered". None leaves it unrecorded.
+
+    Parameters
+    ----------
+    model : LabelledGMM, GMLVQ or LGMLVQ
+        A fitted source model (it has ``to_components()``).
+    extractor : FeatureExtractor
+        The extractor the training features came from.
+    window_ms, step_ms : float
+        Window length and hop of the training features.
+    n_channels : int
+        Electrodes of the training stream.
+    fs : float
+        Sampling rate of the training stream (Hz).
+    filter_spec : dict, optional
+        See above.
+    **meta
+        Stored in the bundle's metadata (``created`` and ``model_type`` are filled in).
     """
     meta.setdefault("created", time.time())
     meta.setdefault("model_type", type(model).__name__)
@@ -290,21 +346,92 @@ def train_bundle(X, y, extractor, window_ms: float, step_ms: float, n_channels: 
     return bundle, model, note
 
 
-def transfer_kwargs(config, n_channels: int) -> dict:
-    """TransferEM keyword arguments from the ``[transfer]`` config section.
+def ring_search_channels(config, n_channels: int, n_features: int | None = None) -> int | None:
+    """Decide whether transfer EM searches channel rolls, and over how many electrodes.
 
-    ``ring_channels`` is set separately by the caller from ``[stream] ring``;
-    without a ring search the map is unstructured (``structure="dense"``).
-    ``shrink_to="current"`` (recalibrate towards the live H) is resolved by the
-    daemon; offline it means the identity.
+    The one owner of the roll-search policy: the daemon's recalibrations, its
+    warm-up and the offline evaluations all ask here (through
+    :func:`transfer_settings`), so an evaluation runs what the daemon runs.
+
+    Parameters
+    ----------
+    config : Config
+        Reads ``[stream] ring`` (the electrodes form a ring) and ``[transfer]
+        ring_search`` (start EM from every roll).
+    n_channels : int
+        Electrodes of the source model's stream.
+    n_features : int, optional
+        Features per window. A roll moves whole channel blocks, so the search needs
+        ``n_features`` divisible by ``n_channels``; ``None``: assumed so.
+
+    Returns
+    -------
+    int or None
+        ``n_channels`` when the search is on, ``None`` when it is off.
     """
+    if not (config.stream.ring and config.transfer.ring_search):
+        return None
+    if n_features is not None and int(n_features) % int(n_channels):
+        return None
+    return int(n_channels)
+
+
+def transfer_settings(config, n_channels: int, *, n_features: int | None = None,
+                      H_live=None) -> tuple[dict, int | None]:
+    """TransferEM keyword arguments and ``ring_channels`` from one configuration.
+
+    Without a roll search the map is unstructured (``structure="dense"``): the
+    channel structure needs the electrode layout, which only the ring supplies.
+    ``[transfer] shrink_to = "current"`` shrinks towards ``H_live``; without one
+    (offline, warm-up) it means the identity.
+
+    Parameters
+    ----------
+    config : Config
+        The ``[stream]`` and ``[transfer]`` sections are read.
+    n_channels : int
+        Electrodes of the source model's stream.
+    n_features : int, optional
+        Features per window (see :func:`ring_search_channels`).
+    H_live : ndarray of shape (m, m), optional
+        The live map, the shrink target of ``shrink_to = "current"``.
+
+    Returns
+    -------
+    kwargs : dict
+        Keyword arguments of :class:`~emtl_stream.model.transfer.TransferEM`.
+    ring_channels : int or None
+        Its ``ring_channels`` argument, from :func:`ring_search_channels`.
+    """
+    if n_features is None and H_live is not None:
+        n_features = np.shape(H_live)[1]
+    ring = ring_search_channels(config, n_channels, n_features)
     t = config.transfer
-    shrink = t.shrink_to if t.shrink_to in ("identity", "zero") else "identity"
-    # The channel structure needs the electrode layout, which only a ring search supplies.
-    ring = bool(config.stream.ring and t.ring_search)
+    if t.shrink_to == "current" and H_live is not None:
+        shrink = np.array(H_live, dtype=np.float64)
+    else:
+        shrink = t.shrink_to if t.shrink_to in ("identity", "zero") else "identity"
     kw = dict(kind=t.kind, bias=bool(t.bias), reg=float(t.reg), reg_scale=t.reg_scale,
               shrink_to=shrink, max_iter=int(t.max_iter), tol=float(t.tol),
               structure=t.structure if ring else "dense")
     if ring and t.rotation_search != "roll":  # only passed when asked: the default is unchanged
         kw["rotation_search"] = t.rotation_search
-    return kw
+    return kw, ring
+
+
+def transfer_kwargs(config, n_channels: int) -> dict:
+    """TransferEM keyword arguments alone: :func:`transfer_settings` without a live map.
+
+    Parameters
+    ----------
+    config : Config
+        The ``[stream]`` and ``[transfer]`` sections are read.
+    n_channels : int
+        Electrodes of the source model's stream.
+
+    Returns
+    -------
+    dict
+        Keyword arguments of :class:`~emtl_stream.model.transfer.TransferEM`.
+    """
+    return transfer_settings(config, n_channels)[0]

@@ -72,7 +72,13 @@ class Step:
         return self.start_s + self.lead_in_s
 
     def remaining_s(self, t: float) -> float:
-        """Seconds of this prompt left at time ``t``."""
+        """Seconds of this prompt left at time ``t``.
+
+        Parameters
+        ----------
+        t : float
+            Seconds since the start of the schedule.
+        """
         return max(0.0, self.end_s - t)
 
 
@@ -138,7 +144,13 @@ class PromptSchedule:
         return len(self.steps)
 
     def at(self, t: float) -> Step | None:
-        """The step shown at time ``t`` (seconds from the start); ``None`` outside."""
+        """Return the step shown at time ``t`` (seconds from the start); ``None`` outside.
+
+        Parameters
+        ----------
+        t : float
+            Seconds since the start of the schedule.
+        """
         if t < 0 or t >= self.duration_s:
             return None
         # Few steps (tens): a linear scan is clearer than bisect and fast enough at 20 Hz.
@@ -152,6 +164,13 @@ class PromptSchedule:
 
         A window is recorded when it lies entirely inside the recorded part (after the
         lead-in) of one class step.
+
+        Parameters
+        ----------
+        t : float
+            End of the window, in seconds since the start of the schedule.
+        window_s : float
+            Window length in seconds.
         """
         start = t - window_s
         for step in self.steps:
@@ -162,7 +181,13 @@ class PromptSchedule:
         return None
 
     def expected_windows(self, window_s: float, step_s: float) -> int:
-        """Windows one class yields per repetition (0 if the window is longer than the burst)."""
+        """Windows one class yields per repetition (0 if the window is longer than the burst).
+
+        Parameters
+        ----------
+        window_s, step_s : float
+            Window length and hop in seconds.
+        """
         if window_s > self.seconds_per_class + _EPS:
             return 0
         return int(math.floor((self.seconds_per_class - window_s) / step_s + _EPS)) + 1
@@ -248,7 +273,7 @@ class BurstCollector:
         return True
 
     def counts(self) -> dict[str, int]:
-        """Accepted windows per class, in first-seen order."""
+        """Count the accepted windows per class, in first-seen order."""
         out: dict[str, int] = {}
         for lab in self._labels:
             out[lab] = out.get(lab, 0) + 1

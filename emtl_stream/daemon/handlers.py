@@ -31,13 +31,32 @@ def _require_stream(daemon, what: str) -> None:
 
 
 def cmd_status(daemon) -> dict:
-    """``status``: state, model, stream, counters."""
+    """``status``: state, model, stream, counters.
+
+    Parameters
+    ----------
+    daemon : Daemon
+        The daemon the request is for (every handler takes it first).
+    """
     return daemon.status()
 
 
 def cmd_recalibrate(daemon, classes=None, seconds_per_class=None, repetitions=None,
                     labels=None) -> dict:
-    """``recalibrate``: a prompted burst, or with ``labels: false`` a zero-label one."""
+    """``recalibrate``: a prompted burst, or with ``labels: false`` a zero-label one.
+
+    Parameters
+    ----------
+    daemon : Daemon
+    classes : list of str, optional
+        Classes to prompt; default: the configured ones, else every class of the model.
+    seconds_per_class : float, optional
+        Recorded seconds per class step; default from ``[calibration]``.
+    repetitions : int, optional
+        Passes over the classes; default from ``[calibration]``.
+    labels : bool, optional
+        ``False``: a zero-label recalibration instead of a prompted burst.
+    """
     if daemon.live is None:
         raise CalibrationError("no source model yet: train one first (train command)")
     _require_idle(daemon, "recalibrate")
@@ -64,7 +83,18 @@ def cmd_recalibrate(daemon, classes=None, seconds_per_class=None, repetitions=No
 
 
 def cmd_train(daemon, classes=None, seconds_per_class=None, repetitions=None) -> dict:
-    """``train``: a prompted burst that trains a new source model."""
+    """``train``: a prompted burst that trains a new source model.
+
+    Parameters
+    ----------
+    daemon : Daemon
+    classes : list of str, optional
+        Classes to prompt; default: the configured ones.
+    seconds_per_class : float, optional
+        Recorded seconds per class step; default ``[calibration] train_seconds_per_class``.
+    repetitions : int, optional
+        Passes over the classes; default from ``[calibration]``.
+    """
     _require_idle(daemon, "train")
     _require_stream(daemon, "training")
     classes = list(classes or daemon.config.model.classes
@@ -80,12 +110,28 @@ def cmd_train(daemon, classes=None, seconds_per_class=None, repetitions=None) ->
 
 
 def cmd_label(daemon, label=None) -> dict:
-    """``label``: windows from now on belong to ``label`` (null: to none)."""
+    """``label``: windows from now on belong to ``label`` (null: to none).
+
+    Parameters
+    ----------
+    daemon : Daemon
+    label : str or None
+        A class of the model, or ``None`` to stop labelling.
+    """
     return label_windows(daemon, label, None)
 
 
 def label_windows(daemon, label, since) -> dict:
-    """Label windows starting at LSL time ``since`` (default now); a Markers stream uses it."""
+    """Label windows starting at LSL time ``since`` (default now); a Markers stream uses it.
+
+    Parameters
+    ----------
+    daemon : Daemon
+    label : str or None
+        A class of the model, or ``None`` to stop labelling.
+    since : float or None
+        LSL time from which windows get ``label``; ``None``: now.
+    """
     bundle = daemon.bundle
     if label is not None and bundle is not None and label not in bundle.classes:
         raise CalibrationError(f"unknown class {label!r}; the model knows {bundle.classes}")
@@ -104,7 +150,14 @@ def label_windows(daemon, label, since) -> dict:
 
 
 def cmd_fit(daemon, min_windows=None) -> dict:
-    """``fit``: fit H on the manually labelled windows."""
+    """``fit``: fit H on the manually labelled windows.
+
+    Parameters
+    ----------
+    daemon : Daemon
+    min_windows : int, optional
+        Fewest labelled windows the fit accepts; default from ``[calibration]``.
+    """
     s = daemon.session
     if s is None or s.purpose != "manual":
         raise CalibrationError("nothing to fit: label windows first with the label command")
@@ -119,13 +172,25 @@ def cmd_fit(daemon, min_windows=None) -> dict:
 
 
 def cmd_cancel(daemon) -> dict:
-    """``cancel``: stop the session or the running fit; the live map stays."""
+    """``cancel``: stop the session or the running fit; the live map stays.
+
+    Parameters
+    ----------
+    daemon : Daemon
+    """
     cancelled = daemon.cancel()
     return {"state": daemon.fsm.state.value, "cancelled": cancelled}
 
 
 def cmd_rollback(daemon, version=None) -> dict:
-    """``rollback``: put an earlier map (default: the previous one) live."""
+    """``rollback``: put an earlier map (default: the previous one) live.
+
+    Parameters
+    ----------
+    daemon : Daemon
+    version : int, optional
+        The map version to put live.
+    """
     _require_idle(daemon, "roll back")
     if daemon.live is None:
         raise CalibrationError("no source model yet: nothing to roll back")
@@ -156,13 +221,23 @@ def cmd_rollback(daemon, version=None) -> dict:
 
 
 def cmd_save(daemon) -> dict:
-    """``save``: make sure the live pointer names the live map."""
+    """``save``: make sure the live pointer names the live map.
+
+    Parameters
+    ----------
+    daemon : Daemon
+    """
     daemon.store.set_live(daemon.version)
     return {"model": daemon.version, "state_dir": str(daemon.store.root)}
 
 
 def cmd_shutdown(daemon) -> dict:
-    """``shutdown``: stop the daemon after this reply."""
+    """``shutdown``: stop the daemon after this reply.
+
+    Parameters
+    ----------
+    daemon : Daemon
+    """
     daemon.request_stop()
     return {"state": "stopping"}
 
@@ -182,7 +257,14 @@ HANDLERS = {
 
 
 def handle_request(daemon, req) -> dict:
-    """Dispatch one validated request to its handler."""
+    """Dispatch one validated request to its handler.
+
+    Parameters
+    ----------
+    daemon : Daemon
+    req : dict
+        A request decoded and validated by :mod:`emtl_stream.io.protocol`.
+    """
     handler = HANDLERS.get(req.cmd)
     if handler is None:  # protocol.py already refuses unknown commands
         raise ValueError(f"unknown command {req.cmd!r}")

@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import CalibrationError, FitCancelled
 from ..logs import logger
-from .bundle import train_bundle, transfer_kwargs
+from .bundle import train_bundle
+from .bundle import transfer_settings as bundle_transfer_settings
 
 __all__ = ["FitCancelled", "train_job", "train_settings", "transfer_job", "transfer_settings",
            "unlabelled_transfer_job"]
@@ -31,22 +32,27 @@ def _check_cancel(cancel: threading.Event | None) -> None:
 def transfer_settings(config, n_channels: int, H_live) -> tuple[dict, int | None]:
     """TransferEM keyword arguments and ``ring_channels`` for a recalibration.
 
-    Called in the loop thread; the result is passed to the job.
+    Called in the loop thread; the result is passed to the job. The settings are
+    :func:`~emtl_stream.daemon.bundle.transfer_settings` with the live map, the
+    same function the offline evaluations call.
 
     Parameters
     ----------
     config : Config
+        The daemon's configuration.
     n_channels : int
         Electrodes of the source model's stream.
-    H_live : ndarray of shape (m, n)
+    H_live : ndarray of shape (m, m)
         The live map (the shrink target when ``[transfer] shrink_to = "current"``).
+
+    Returns
+    -------
+    kwargs : dict
+        Keyword arguments of :class:`~emtl_stream.model.transfer.TransferEM`.
+    ring_channels : int or None
+        Electrodes of the roll search, or ``None`` when it is off.
     """
-    kw = transfer_kwargs(config, n_channels)
-    if config.transfer.shrink_to == "current":
-        kw["shrink_to"] = np.array(H_live, dtype=np.float64)
-    ring = n_channels if (config.stream.ring and config.transfer.ring_search
-                          and H_live.shape[1] % n_channels == 0) else None
-    return kw, ring
+    return bundle_transfer_settings(config, n_channels, H_live=H_live)
 
 
 def _finite_map(H, b) -> bool:

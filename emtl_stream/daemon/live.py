@@ -61,7 +61,21 @@ class LiveModel:
 
     @classmethod
     def build(cls, bundle, H, b, version: int, fingerprint: str | None = None) -> "LiveModel":
-        """Make the classifier for ``H``, ``b`` (read-only copies) and wrap everything."""
+        """Make the classifier for ``H``, ``b`` (read-only copies) and wrap everything.
+
+        Parameters
+        ----------
+        bundle : SourceBundle
+            The source model.
+        H : ndarray of shape (m, m)
+            The map.
+        b : ndarray of shape (m,)
+            The offset.
+        version : int
+            The map's version in the state store.
+        fingerprint : str, optional
+            The source model's fingerprint; default computed from ``bundle``.
+        """
         from ..model.classify import MappedClassifier
 
         H = np.array(H, dtype=np.float64)
@@ -78,5 +92,15 @@ class LiveModel:
         return list(self.bundle.classes)
 
     def with_map(self, H, b, version: int) -> "LiveModel":
-        """The same source model with another map (for a swap or a rollback)."""
+        """Return the same source model with another map (for a swap or a rollback).
+
+        Parameters
+        ----------
+        H : ndarray of shape (m, m)
+            The new map.
+        b : ndarray of shape (m,)
+            The new offset.
+        version : int
+            The new map's version in the state store.
+        """
         return LiveModel.build(self.bundle, H, b, version, self.fingerprint)

@@ -146,6 +146,13 @@ class Daemon:
         A persisted live map is resumed only if it was fitted for this source model
         (same fingerprint); otherwise it is refused with a ``map_refused`` event and
         the identity map goes live.
+
+        Parameters
+        ----------
+        bundle : SourceBundle
+            The new source model.
+        persist : bool
+            Also write it to the state folder (a freshly trained model).
         """
         if persist or self.store.source_path() is None:
             self.store.save_source(bundle)
@@ -185,7 +192,19 @@ class Daemon:
             return None
 
     def swap_map(self, H, b, version: int, reference: ShiftReference | None = None) -> None:
-        """Put a new map live (one assignment) and restart voting and the shift watch."""
+        """Put a new map live (one assignment) and restart voting and the shift watch.
+
+        Parameters
+        ----------
+        H : ndarray of shape (m, m)
+            The new map.
+        b : ndarray of shape (m,)
+            The new offset.
+        version : int
+            Its version in the state store.
+        reference : ShiftReference, optional
+            The shift watch's reference for the new map; ``None``: learnt live.
+        """
         self.live = self.live.with_map(H, b, version)
         self.post.reset_votes()
         self.watch.reset(reference)
@@ -194,7 +213,13 @@ class Daemon:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, timeout: float = 60.0) -> "Daemon":
-        """Warm up kernels, bind sockets, start the loop thread; returns when serving."""
+        """Warm up kernels, bind sockets, start the loop thread; returns when serving.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the loop to serve.
+        """
         self._thread = threading.Thread(target=self.serve, name="emtl-daemon", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -204,7 +229,13 @@ class Daemon:
         return self
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Ask the loop to stop and wait for it."""
+        """Ask the loop to stop and wait for it.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the loop thread.
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
@@ -510,7 +541,15 @@ class Daemon:
             self.event("state", state=new.value, **fields)
 
     def begin_prompted(self, purpose: str, schedule) -> dict:
-        """Start a prompted session (the schedule is already validated)."""
+        """Start a prompted session (the schedule is already validated).
+
+        Parameters
+        ----------
+        purpose : {"recalibrate", "train"}
+            What the burst is for.
+        schedule : PromptSchedule
+            The prompts.
+        """
         window_s = self.pipeline.window_s
         session = Session(purpose, float(self.clock()), window_s, schedule=schedule)
         self._transition("start_prompting")
@@ -521,7 +560,15 @@ class Daemon:
         return {"state": "calibrating", "duration_s": schedule.duration_s}
 
     def begin_unlabelled(self, seconds: float, trigger: str = "request") -> dict:
-        """Start collecting unlabelled windows for a zero-label recalibration."""
+        """Start collecting unlabelled windows for a zero-label recalibration.
+
+        Parameters
+        ----------
+        seconds : float
+            How long to collect.
+        trigger : {"request", "shift_suspected"}
+            Who asked (reported in the events).
+        """
         if self.live is None:
             raise CalibrationError("no source model yet: train one first (train command)")
         if self.session is not None or self.fit is not None:
@@ -614,7 +661,15 @@ class Daemon:
         self.worker.submit(fit_kind, burst, purpose, fn, *args, **kwargs)
 
     def calibration_failed(self, reason: str, **fields) -> dict:
-        """Announce a failed calibration; the live map stays."""
+        """Announce a failed calibration; the live map stays.
+
+        Parameters
+        ----------
+        reason : str
+            Why, for the event and the log.
+        **fields
+            Extra fields of the ``calibration_failed`` event.
+        """
         self.last_error = reason
         if self.fsm.can("fail"):
             self._transition("fail")
@@ -622,7 +677,13 @@ class Daemon:
         return {"state": self.fsm.state.value, "error": reason}
 
     def abort_session(self, reason: str) -> None:
-        """Drop the running session (e.g. the stream was lost)."""
+        """Drop the running session (e.g. the stream was lost).
+
+        Parameters
+        ----------
+        reason : str
+            Why, for the log.
+        """
         self.session = None
         self.calibration_failed(reason)
 
@@ -717,12 +778,28 @@ class Daemon:
 
     # ------------------------------------------------------------------ events
     def event(self, kind: str, **fields) -> None:
-        """Publish one ``event`` (logged too; :class:`.events.Events`)."""
+        """Publish one ``event`` (logged too; :class:`.events.Events`).
+
+        Parameters
+        ----------
+        kind : str
+            The event's ``kind``.
+        **fields
+            Its other fields.
+        """
         self.events.emit(kind, **fields)
 
 
 def run(config, bundle=None) -> int:
-    """Run the daemon in the foreground; SIGINT/SIGTERM stop it cleanly. Returns an exit code."""
+    """Run the daemon in the foreground; SIGINT/SIGTERM stop it cleanly. Returns an exit code.
+
+    Parameters
+    ----------
+    config : Config
+        The daemon's configuration.
+    bundle : SourceBundle, optional
+        A source model to start with; default: the one in the state folder, if any.
+    """
     import signal
 
     daemon = Daemon(config, bundle=bundle)

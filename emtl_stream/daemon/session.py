@@ -53,6 +53,19 @@ def check_session_request(classes, seconds_per_class, repetitions, lead_in_s: fl
     Nothing is allocated in proportion to the requested numbers before they are
     checked against :data:`MAX_SECONDS_PER_CLASS`, :data:`MAX_REPETITIONS` and
     :data:`MAX_SESSION_S`.
+
+    Parameters
+    ----------
+    classes : list of str
+        Classes to prompt, in order.
+    seconds_per_class : float
+        Recorded seconds per class step.
+    repetitions : int
+        Passes over the classes.
+    lead_in_s : float
+        Seconds shown before the recording of each step starts.
+    rest_s : float
+        Rest between class steps.
     """
     try:
         seconds = float(seconds_per_class)
@@ -140,12 +153,26 @@ class Session:
         return self.seconds if self.purpose == "unlabelled" else math.inf
 
     def set_label(self, label: str | None, since: float) -> None:
-        """Manual session: windows starting at or after ``since`` get ``label`` (None: none)."""
+        """Manual session: windows starting at or after ``since`` get ``label`` (None: none).
+
+        Parameters
+        ----------
+        label : str or None
+            A class, or ``None`` for no label.
+        since : float
+            LSL time of the first labelled window start.
+        """
         self.manual_label = label
         self.label_since = float(since)
 
     def label_for(self, t_last: float) -> str | None:
-        """The one window-labelling rule: the class of the window ending at ``t_last``."""
+        """Apply the one window-labelling rule: the class of the window ending at ``t_last``.
+
+        Parameters
+        ----------
+        t_last : float
+            LSL time of the window's last sample.
+        """
         if self.purpose == "manual":
             if self.manual_label is None or t_last - self.window_s < self.label_since:
                 return None
@@ -155,7 +182,17 @@ class Session:
         return None
 
     def add_window(self, x, t_last: float, raw=None) -> bool:
-        """Offer one window; returns True if it was kept."""
+        """Offer one window; returns True if it was kept.
+
+        Parameters
+        ----------
+        x : ndarray of shape (n_features,)
+            The window's feature vector.
+        t_last : float
+            LSL time of the window's last sample.
+        raw : ndarray of shape (window, n_channels), optional
+            The raw samples, kept with the burst when given.
+        """
         if self.purpose == "unlabelled":
             if t_last < self.t0 or t_last > self.t0 + self.seconds:
                 return False
@@ -219,8 +256,16 @@ class Session:
                       step.index + 1, len(self.schedule.steps), new), False
 
     def recording_at(self, now: float) -> bool:
-        """True while windows are being recorded (manual/unlabelled: always; prompted:
-        inside the recorded part of a class step, not in a lead-in or a rest)."""
+        """Return True while windows are being recorded.
+
+        Manual and unlabelled sessions: always. Prompted: inside the recorded part
+        of a class step, not in a lead-in or a rest.
+
+        Parameters
+        ----------
+        now : float
+            Seconds on the session's clock.
+        """
         if not self.prompted:
             return True
         step = self.schedule.at(now - self.t0)

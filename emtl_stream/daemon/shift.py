@@ -172,15 +172,21 @@ class MixtureMMD:
         B = np.zeros((K, K))
         for s2 in self._s2:
             for k in range(K):
-                for l in range(K):
-                    A = S[k] + S[l] + s2 * np.eye(m)
-                    d = self._nu[k] - self._nu[l]
-                    logc = -0.5 * np.linalg.slogdet(np.eye(m) + (S[k] + S[l]) / s2)[1]
-                    B[k, l] += math.exp(logc - 0.5 * d @ np.linalg.solve(A, d))
+                for j in range(K):
+                    A = S[k] + S[j] + s2 * np.eye(m)
+                    d = self._nu[k] - self._nu[j]
+                    logc = -0.5 * np.linalg.slogdet(np.eye(m) + (S[k] + S[j]) / s2)[1]
+                    B[k, j] += math.exp(logc - 0.5 * d @ np.linalg.solve(A, d))
         self._B = B / len(self._s2)
 
     def whiten(self, Z: np.ndarray) -> np.ndarray:
-        """Mapped features (N, m) to the whitened space, shape (N, m)."""
+        """Map features (N, m) to the whitened space, shape (N, m).
+
+        Parameters
+        ----------
+        Z : ndarray of shape (N, m)
+            Mapped features.
+        """
         return np.asarray(Z, dtype=np.float64) @ self._L
 
     def _terms(self, Y: np.ndarray):
@@ -279,7 +285,13 @@ class ShiftReference:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ShiftReference":
-        """Inverse of :meth:`to_dict`; a malformed dict raises ValueError naming the field."""
+        """Inverse of :meth:`to_dict`; a malformed dict raises ValueError naming the field.
+
+        Parameters
+        ----------
+        d : dict
+            A :meth:`to_dict` result.
+        """
         if not isinstance(d, dict):
             raise ValueError(f"shift reference must be a dict, got {type(d).__name__}.")
 
@@ -306,7 +318,7 @@ class ShiftReference:
     @classmethod
     def from_windows(cls, components, H, b, X_heldout, source: str = "heldout",
                      ) -> "ShiftReference":
-        """Reference from windows the map fits but was not fitted on, in stream order.
+        """Build the reference from windows the map fits but was not fitted on, in stream order.
 
         Parameters
         ----------
@@ -351,11 +363,27 @@ class ShiftReference:
     # thresholds, in one place so the events and the docs agree
     def ll_threshold(self, n_features: int, spreads: float = LL_SPREADS,
                      nats_per_feature: float = LL_NATS_PER_FEATURE) -> float:
-        """Running-median log-likelihood below which the likelihood test fires."""
+        """Running-median log-likelihood below which the likelihood test fires.
+
+        Parameters
+        ----------
+        n_features : int
+            Features per window.
+        spreads : float
+            Robust spreads below the reference median.
+        nats_per_feature : float
+            Floor of the margin, in nats per feature.
+        """
         return self.ll_median - max(spreads * self.ll_spread, nats_per_feature * n_features)
 
     def mmd_threshold(self, spreads: float = MMD_SPREADS) -> float | None:
-        """Best-mix MMD² above which the distribution test fires (None: no MMD reference)."""
+        """Best-mix MMD² above which the distribution test fires (None: no MMD reference).
+
+        Parameters
+        ----------
+        spreads : float
+            Robust spreads above the reference median.
+        """
         if self.mmd_median is None:
             return None
         return max(self.mmd_median + spreads * self.mmd_spread, MMD_FLOOR)
@@ -438,7 +466,13 @@ class ShiftWatch:
         self.reset(reference)
 
     def reset(self, reference: ShiftReference | None = None) -> None:
-        """Start over (after every swap) with ``reference`` (None: learn it live)."""
+        """Start over (after every swap) with ``reference`` (None: learn it live).
+
+        Parameters
+        ----------
+        reference : ShiftReference, optional
+            The new reference.
+        """
         self.reference = reference
         self._ll.clear()
         self._z.clear()

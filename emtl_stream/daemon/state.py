@@ -125,11 +125,23 @@ class StateMachine:
         return self._has_model
 
     def allowed(self, state: State | None = None) -> list[str]:
-        """Events allowed in ``state`` (default: the current one), sorted."""
+        """Events allowed in ``state`` (default: the current one), sorted.
+
+        Parameters
+        ----------
+        state : State, optional
+            The state to ask about.
+        """
         return sorted(TRANSITIONS[self._state if state is None else State(state)])
 
     def can(self, event: str) -> bool:
-        """Whether ``event`` is allowed now."""
+        """Whether ``event`` is allowed now.
+
+        Parameters
+        ----------
+        event : str
+            An event of the transition table.
+        """
         return event in TRANSITIONS[self._state]
 
     def _resolve(self, target: State | str, event: str) -> State:
@@ -139,6 +151,11 @@ class StateMachine:
 
     def transition(self, event: str) -> State:
         """Apply ``event``; return the new state.
+
+        Parameters
+        ----------
+        event : str
+            An event of the transition table.
 
         Raises
         ------
@@ -169,7 +186,15 @@ class StateMachine:
         return new
 
     def force(self, state: State, reason: str = "forced") -> State:
-        """Set the state without the table (shutdown paths, recovery); logged."""
+        """Set the state without the table (shutdown paths, recovery); logged.
+
+        Parameters
+        ----------
+        state : State
+            The new state.
+        reason : str
+            Why, for the log.
+        """
         with self._lock:
             old, self._state = self._state, State(state)
             if self._state == State.STREAMING:

@@ -36,7 +36,7 @@ def _kernel_dir() -> Path:
 
 
 def cache_dirs() -> list[Path]:
-    """The folders numba reads this package's cached kernels from (existing or not).
+    """Return the folders numba reads this package's cached kernels from (existing or not).
 
     Mirrors numba's cache locators: with ``NUMBA_CACHE_DIR`` set only the folder
     under it is used; otherwise the ``__pycache__`` beside the kernel sources, or the
@@ -180,10 +180,11 @@ def _warm_up(n_channels, fs, feature_names, window_ms, transfer_kwargs, ring) ->
     from ..model.classify import MappedClassifier
     from ..model.transfer import TransferEM
     from ..pipeline.features import FeatureExtractor
+    from ..pipeline.windowing import ms_to_samples
 
     t0 = time.perf_counter()
     extractor = FeatureExtractor(tuple(feature_names), n_channels=n_channels, fs=fs)
-    n = max(int(round(window_ms * fs / 1000.0)), extractor.min_samples, 8)
+    n = max(ms_to_samples(window_ms, fs, "window_ms"), extractor.min_samples, 8)
     window = rng.normal(size=(n, n_channels))
     x = extractor.transform(window)
     extractor.transform_batch(window[None].repeat(2, axis=0))
@@ -220,13 +221,23 @@ def _warm_up(n_channels, fs, feature_names, window_ms, transfer_kwargs, ring) ->
 
 
 def warm_up_for(config, bundle=None) -> dict:
-    """:func:`warm_up` with the daemon's configuration (and source model, if any)."""
-    from .bundle import transfer_kwargs
+    """:func:`warm_up` with the daemon's configuration (and source model, if any).
 
-    ring = bool(config.stream.ring and config.transfer.ring_search)
+    Parameters
+    ----------
+    config : Config
+        The daemon's configuration.
+    bundle : SourceBundle, optional
+        The source model: its stream shape and features; default from ``[stream]``.
+    """
+    from .bundle import transfer_settings
+
     if bundle is not None:
+        kw, ring = transfer_settings(config, bundle.n_channels,
+                                     n_features=bundle.components.n_features)
         return warm_up(bundle.n_channels, bundle.fs, bundle.features.get("names", ("mav",)),
-                       bundle.window_ms, transfer_kwargs(config, bundle.n_channels), ring)
+                       bundle.window_ms, kw, ring is not None)
     channels = config.stream.channels or 8
+    kw, ring = transfer_settings(config, channels)
     return warm_up(channels, config.stream.rate or 200.0, config.features.names,
-                   config.features.window_ms, transfer_kwargs(config, channels), ring)
+                   config.features.window_ms, kw, ring is not None)

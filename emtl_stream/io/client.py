@@ -19,7 +19,7 @@ import zmq
 from ..errors import ProtocolError
 from ..logs import logger
 from . import protocol
-from .zmq_pub import _read_key
+from .zmq_pub import read_curve_key
 
 
 @dataclass(frozen=True)
@@ -42,20 +42,32 @@ class CurveClient:
 
     @classmethod
     def from_config(cls, zmq_config) -> "CurveClient | None":
-        """From a ``[zmq]`` config section; ``None`` when the server has no CURVE key."""
+        """From a ``[zmq]`` config section; ``None`` when the server has no CURVE key.
+
+        Parameters
+        ----------
+        zmq_config : ZmqConfig
+            The ``[zmq]`` config section.
+        """
         if not zmq_config.curve_server_public:
             return None
         return cls(zmq_config.curve_server_public, zmq_config.curve_client_public or None,
                    zmq_config.curve_client_secret or None)
 
     def apply(self, sock: zmq.Socket) -> None:
-        """Set the CURVE options on ``sock`` (before ``connect``)."""
+        """Set the CURVE options on ``sock`` (before ``connect``).
+
+        Parameters
+        ----------
+        sock : zmq.Socket
+            A socket not yet connected.
+        """
         if self.public and self.secret:
-            public = _read_key(self.public, "public", "curve client public")
-            secret = _read_key(self.secret, "secret", "curve client secret")
+            public = read_curve_key(self.public, "public", "curve client public")
+            secret = read_curve_key(self.secret, "secret", "curve client secret")
         else:
             public, secret = zmq.curve_keypair()
-        sock.curve_serverkey = _read_key(self.server_public, "public", "curve server_public")
+        sock.curve_serverkey = read_curve_key(self.server_public, "public", "curve server_public")
         sock.curve_publickey = public
         sock.curve_secretkey = secret
 
@@ -66,6 +78,21 @@ class Subscription:
     Created by :meth:`Client.subscribe`. Use as a context manager so the socket closes.
     Iterating raises ``TimeoutError`` when nothing arrives within ``timeout_s``;
     :meth:`recv` returns ``None`` instead. Malformed frames are logged and skipped.
+
+    Parameters
+    ----------
+    ctx : zmq.Context
+        The context the SUB socket is made in.
+    address : str
+        The daemon's PUB address.
+    topics : iterable of str or None
+        Topics to receive (``None``: all).
+    conflate : bool
+        Keep only the newest message (``ZMQ_CONFLATE``).
+    timeout_s : float
+        Default wait of :meth:`recv` and of iteration, in seconds.
+    curve : CurveClient or None
+        CURVE keys when the daemon has them configured.
     """
 
     def __init__(self, ctx: zmq.Context, address: str, topics: Iterable[str] | None,
@@ -92,7 +119,13 @@ class Subscription:
         self._sock = sock
 
     def recv(self, timeout_s: float | None = None) -> tuple[str, dict] | None:
-        """Next ``(topic, message)``, or ``None`` after ``timeout_s`` (default: the client's)."""
+        """Next ``(topic, message)``, or ``None`` after ``timeout_s`` (default: the client's).
+
+        Parameters
+        ----------
+        timeout_s : float, optional
+            Seconds to wait; ``0`` returns at once.
+        """
         if self._sock is None:
             raise RuntimeError("subscription is closed")
         timeout = self.timeout_s if timeout_s is None else float(timeout_s)
@@ -194,6 +227,13 @@ class Client:
     def request(self, cmd: str, **fields) -> dict:
         """Send ``{"v": 1, "cmd": cmd, **fields}``; return the reply dict.
 
+        Parameters
+        ----------
+        cmd : str
+            The command (``status``, ``recalibrate``, ...).
+        **fields
+            The command's fields, sent as given.
+
         Raises
         ------
         TimeoutError
@@ -270,11 +310,23 @@ class Client:
             seconds_per_class=seconds_per_class, repetitions=repetitions))
 
     def label(self, name: str | None) -> dict:
-        """Label the windows from now on as ``name`` (``None``: stop labelling)."""
+        """Label the windows from now on as ``name`` (``None``: stop labelling).
+
+        Parameters
+        ----------
+        name : str or None
+            A class of the daemon's model.
+        """
         return self.request("label", label=name)
 
     def fit(self, min_windows: int | None = None) -> dict:
-        """Fit H from the manually labelled windows."""
+        """Fit H from the manually labelled windows.
+
+        Parameters
+        ----------
+        min_windows : int, optional
+            Fewest labelled windows the fit accepts; default: the daemon's.
+        """
         return self.request("fit", **self._given(min_windows=min_windows))
 
     def cancel(self) -> dict:
@@ -282,7 +334,13 @@ class Client:
         return self.request("cancel")
 
     def rollback(self, version: int | None = None) -> dict:
-        """Make an earlier map live (default: the one before the live one)."""
+        """Make an earlier map live (default: the one before the live one).
+
+        Parameters
+        ----------
+        version : int, optional
+            The map version to put live.
+        """
         return self.request("rollback", **self._given(version=version))
 
     def save(self) -> dict:

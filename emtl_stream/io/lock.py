@@ -18,7 +18,15 @@ LOCK_NAME = "daemon.lock"
 
 
 class StateDirLocked(ConfigError):
-    """Another live process holds the state folder; ``pid`` is its pid (or ``None``)."""
+    """Another live process holds the state folder; ``pid`` is its pid (or ``None``).
+
+    Parameters
+    ----------
+    message : str
+        What is locked and by whom.
+    pid : int or None
+        The holder's pid, when known.
+    """
 
     def __init__(self, message: str, pid: int | None):
         super().__init__(message)

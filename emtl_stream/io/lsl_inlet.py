@@ -72,7 +72,17 @@ def _quote(value: str, what: str) -> str:
 
 
 def build_query(name=None, stype=None, source_id=None) -> str:
-    """XPath predicate selecting streams by the given properties (``""``: any stream)."""
+    """XPath predicate selecting streams by the given properties (``""``: any stream).
+
+    Parameters
+    ----------
+    name : str, optional
+        Stream name.
+    stype : str, optional
+        Stream type (``"EMG"``, ``"Markers"``).
+    source_id : str, optional
+        Stream source id.
+    """
     parts = []
     for key, value in (("name", name), ("type", stype), ("source_id", source_id)):
         if value:

@@ -17,7 +17,7 @@ _FORMATS = {"float32": (pylsl.cf_float32, np.float32), "double64": (pylsl.cf_dou
 
 
 def local_clock() -> float:
-    """The local LSL clock in seconds: the timeline outlets stamp samples on.
+    """Read the local LSL clock in seconds: the timeline outlets stamp samples on.
 
     Returns
     -------
@@ -92,7 +92,13 @@ class EMGOutlet:
         return self._outlet.have_consumers()
 
     def wait_for_consumers(self, timeout: float) -> bool:
-        """Block until an inlet connects or ``timeout`` seconds pass."""
+        """Block until an inlet connects or ``timeout`` seconds pass.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait at most.
+        """
         return self._outlet.wait_for_consumers(timeout)
 
     def close(self) -> None:
@@ -118,7 +124,15 @@ class MarkerOutlet:
         self._outlet = pylsl.StreamOutlet(info)
 
     def push(self, label: str, ts: float | None = None) -> None:
-        """Push one marker ``label`` at LSL time ``ts`` (default: now)."""
+        """Push one marker ``label`` at LSL time ``ts`` (default: now).
+
+        Parameters
+        ----------
+        label : str
+            The marker text.
+        ts : float, optional
+            LSL timestamp of the marker.
+        """
         self._outlet.push_sample([str(label)], 0.0 if ts is None else float(ts))
 
     def have_consumers(self) -> bool:

@@ -65,7 +65,13 @@ def _json_default(obj):
 
 
 def dumps(obj: Any) -> bytes:
-    """Compact UTF-8 JSON; ``ProtocolError`` on NaN/inf or unserialisable values."""
+    """Compact UTF-8 JSON; ``ProtocolError`` on NaN/inf or unserialisable values.
+
+    Parameters
+    ----------
+    obj : object
+        A JSON-able value; numpy scalars and arrays are accepted.
+    """
     try:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
                           default=_json_default).encode("utf-8")
@@ -108,6 +114,11 @@ def json_depth(text: str) -> int:
     Linear in ``len(text)`` and without recursion, so it can run on any input before
     ``json.loads``. Malformed text (an unterminated string) may over-count; that only
     turns one refusal into another.
+
+    Parameters
+    ----------
+    text : str
+        JSON text, well-formed or not.
     """
     bare = _JSON_STRING.sub("", text).encode("utf-8", "replace")
     if not bare:
@@ -124,8 +135,23 @@ def _finite_float(literal: str) -> float:
 
 
 def loads(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Strict JSON: rejects NaN/Infinity, out-of-range numbers, duplicate keys and
-    nesting deeper than ``max_depth`` (all ``ValueError``; never ``RecursionError``)."""
+    """Parse strict JSON.
+
+    Rejects NaN/Infinity, out-of-range numbers, duplicate keys and nesting deeper
+    than ``max_depth`` (all ``ValueError``; never ``RecursionError``).
+
+    Parameters
+    ----------
+    data : bytes or str
+        UTF-8 JSON text.
+    max_depth : int
+        Deepest nesting of arrays and objects accepted.
+
+    Returns
+    -------
+    object
+        The decoded value.
+    """
     text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
     depth = json_depth(text)
     if depth > max_depth:
@@ -168,7 +194,13 @@ def encode_pub(topic: str, obj: Mapping[str, Any]) -> bytes:
 
 
 def decode_pub(frame: bytes) -> tuple[str, dict]:
-    """Inverse of :func:`encode_pub`: ``(topic, obj)``; ``ProtocolError`` if malformed."""
+    """Inverse of :func:`encode_pub`: ``(topic, obj)``; ``ProtocolError`` if malformed.
+
+    Parameters
+    ----------
+    frame : bytes
+        One published frame, ``b"<topic> <json>"``.
+    """
     if not isinstance(frame, (bytes, bytearray, memoryview)):
         raise ProtocolError(f"a published frame must be bytes, got {type(frame).__name__}.")
     topic, sep, body = bytes(frame).partition(b" ")
@@ -221,7 +253,7 @@ def _with_extra(msg: dict, extra: Mapping[str, Any], builder: str) -> dict:
 
 def pred_msg(*, seq: int, t: float, t_pub: float, label: str, index: int, proba,
              confidence: float, rejected: bool, model: int | None, **extra) -> dict:
-    """A ``pred`` message (one per window).
+    """Build a ``pred`` message (one per window).
 
     Parameters
     ----------
@@ -254,14 +286,28 @@ def pred_msg(*, seq: int, t: float, t_pub: float, label: str, index: int, proba,
 
 
 def feat_msg(*, seq: int, t: float, x, model: int | None, **extra) -> dict:
-    """A ``feat`` message: the mapped feature vector ``H x (+ b)`` of window ``seq``."""
+    """Build a ``feat`` message: the mapped feature vector ``H x (+ b)`` of window ``seq``.
+
+    Parameters
+    ----------
+    seq : int
+        Window sequence number (the same as the window's ``pred``).
+    t : float
+        LSL timestamp of the window's last sample.
+    x : array-like of shape (m,)
+        The mapped feature vector.
+    model : int or None
+        Version of the live map H.
+    **extra
+        Additional fields (must not clash with the required ones).
+    """
     msg = {"v": PROTOCOL_VERSION, "seq": _int(seq, "seq"), "t": _finite(t, "t"),
            "x": _float_list(x, "x"), "model": None if model is None else _int(model, "model")}
     return _with_extra(msg, extra, "feat_msg")
 
 
 def event_msg(kind: str, *, t_pub: float, **fields) -> dict:
-    """An ``event`` message.
+    """Build an ``event`` message.
 
     Parameters
     ----------
@@ -287,7 +333,7 @@ def event_msg(kind: str, *, t_pub: float, **fields) -> dict:
 
 
 def prompt_msg(*, cls: str, remaining_s: float, step: int, of: int, **extra) -> dict:
-    """A ``prompt`` message: what the user should do now.
+    """Build a ``prompt`` message: what the user should do now.
 
     Parameters
     ----------
@@ -297,6 +343,8 @@ def prompt_msg(*, cls: str, remaining_s: float, step: int, of: int, **extra) -> 
         Seconds left in this step.
     step, of : int
         1-based step number and total number of steps.
+    **extra
+        Additional fields (must not clash with the required ones).
     """
     step, of = _int(step, "step", 1), _int(of, "of", 1)
     if step > of:
@@ -328,7 +376,7 @@ MAX_VERSION = 2**31 - 1
 
 
 def _show(value) -> str:
-    """A short rendering of a client's value for an error message (never 64 kB of digits)."""
+    """Render a client's value briefly for an error message (never 64 kB of digits)."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
         return f"an integer of {value.bit_length()} bits"
     text = repr(value)
@@ -560,26 +608,52 @@ def parse_request(data: bytes, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> Re
 
 
 def encode_request(cmd: str, **fields) -> bytes:
-    """Client side: ``{"v": 1, "cmd": cmd, **fields}`` as bytes (no validation of fields)."""
+    """Client side: ``{"v": 1, "cmd": cmd, **fields}`` as bytes (no validation of fields).
+
+    Parameters
+    ----------
+    cmd : str
+        The command.
+    **fields
+        Its fields.
+    """
     if "v" in fields or "cmd" in fields:
         raise ProtocolError("'v' and 'cmd' are set by encode_request.")
     return dumps({"v": PROTOCOL_VERSION, "cmd": cmd, **fields})
 
 
 def reply_ok(**fields) -> bytes:
-    """``{"v": 1, "ok": true, **fields}`` as bytes."""
+    """``{"v": 1, "ok": true, **fields}`` as bytes.
+
+    Parameters
+    ----------
+    **fields
+        The reply's fields.
+    """
     if "v" in fields or "ok" in fields:
         raise ProtocolError("'v' and 'ok' are set by reply_ok.")
     return dumps({"v": PROTOCOL_VERSION, "ok": True, **fields})
 
 
 def reply_error(reason: str) -> bytes:
-    """``{"v": 1, "ok": false, "error": reason}`` as bytes."""
+    """``{"v": 1, "ok": false, "error": reason}`` as bytes.
+
+    Parameters
+    ----------
+    reason : str
+        Why the request failed, for the client.
+    """
     return dumps({"v": PROTOCOL_VERSION, "ok": False, "error": str(reason) or "error"})
 
 
 def parse_reply(data: bytes) -> dict:
-    """Client side: decode a reply; ``ProtocolError`` unless it is a v1 object with ``ok``."""
+    """Client side: decode a reply; ``ProtocolError`` unless it is a v1 object with ``ok``.
+
+    Parameters
+    ----------
+    data : bytes
+        One reply frame.
+    """
     try:
         obj = loads(bytes(data).decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:

@@ -63,7 +63,7 @@ def markers_to_labels(markers, stamps: np.ndarray):
 
 
 def markers_in_force_from(markers, t0: float) -> list[tuple[str, float]]:
-    """The markers that label samples from ``t0`` on, in time order.
+    """Return the markers that label samples from ``t0`` on, in time order.
 
     The marker in force at ``t0`` is kept although it is stamped before it: it
     labels the first samples. (It rarely shares the first sample's timestamp

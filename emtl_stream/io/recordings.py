@@ -68,7 +68,13 @@ class Recording:
         return int(self.emg.shape[0])
 
     def validate(self, where: str = "recording") -> None:
-        """Check shapes and types; ``ValueError`` naming ``where`` and the problem."""
+        """Check shapes and types; ``ValueError`` naming ``where`` and the problem.
+
+        Parameters
+        ----------
+        where : str
+            Prefix of the error message (the file, for a loaded recording).
+        """
         emg = np.asarray(self.emg)
         if emg.ndim != 2 or emg.shape[1] < 1:
             raise ValueError(f"{where}: emg must be 2-D (n_samples, n_channels), got shape "
@@ -118,7 +124,13 @@ class Recording:
         return h.hexdigest()[:12]
 
     def class_name(self, index: int):
-        """Name of class ``index`` (``None`` for ``-1``; the index as text without names)."""
+        """Name of class ``index`` (``None`` for ``-1``; the index as text without names).
+
+        Parameters
+        ----------
+        index : int
+            A label value.
+        """
         if index < 0:
             return None
         if self.class_names is None:
@@ -159,6 +171,53 @@ def load_recording(path, *, fs: float | None = None) -> Recording:
     if suffix == ".xdf":
         return _load_xdf(path)
     return _load_csv(path, fs)
+
+
+#: What a CIIL electrode-shift session file holds (see the data README).
+CIIL_KEYS = ("emg", "fs", "seg_start", "seg_len", "seg_class", "seg_rep", "seg_block",
+             "class_names", "subject", "condition")
+
+
+def load_ciil_session(path) -> dict:
+    """Read the arrays of one shared CIIL electrode-shift ``.npz`` session.
+
+    Parameters
+    ----------
+    path : str or Path
+        A ``ciil_es_sNN_{baseline,shifted}.npz`` file (see the data README).
+
+    Returns
+    -------
+    dict
+        Every key of :data:`CIIL_KEYS`: ``emg`` (n_samples, n_channels), ``fs``
+        (float), ``seg_start``/``seg_len``/``seg_class``/``seg_rep``/``seg_block``
+        (n_segments,) int, ``class_names`` (list of str), ``subject`` (int),
+        ``condition`` (str); plus ``name``, the file's name.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    ValueError
+        The file is not a readable ``.npz`` or lacks one of those arrays.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"session {path} does not exist.")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in CIIL_KEYS if k in z.files}
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise ValueError(f"session {path} is not a readable .npz file: {exc}") from exc
+    missing = [k for k in CIIL_KEYS if k not in out]
+    if missing:
+        raise ValueError(f"session {path} lacks {', '.join(missing)}; a CIIL "
+                         f"electrode-shift file holds {', '.join(CIIL_KEYS)}.")
+    out["fs"] = float(out["fs"])
+    out["class_names"] = [str(c) for c in out["class_names"]]
+    out["subject"], out["condition"] = int(out["subject"]), str(out["condition"])
+    out["name"] = path.name
+    return out
 
 
 def _make(path, **fields) -> Recording:
@@ -255,8 +314,11 @@ def _xdf_channel_labels(info: dict, n: int):
 
 
 def _markers_to_labels(stream: dict, stamps: np.ndarray):
-    """Per-sample labels from a marker stream: each marker holds until the next;
-    samples before the first marker are ``-1``. Class order = first appearance."""
+    """Derive per-sample labels from a marker stream.
+
+    Each marker holds until the next; samples before the first marker are ``-1``.
+    Class order = first appearance.
+    """
     values = [str(v[0]) for v in stream["time_series"]]
     times = np.asarray(stream["time_stamps"], dtype=np.float64)
     order = np.argsort(times, kind="stable")
@@ -307,7 +369,8 @@ def _load_csv(path: Path, fs: float | None) -> Recording:
         try:
             fs = float(comments["fs"])
         except ValueError:
-            raise ValueError(f"recording {path}: '# fs={comments['fs']}' is not a number.") from None
+            raise ValueError(f"recording {path}: '# fs={comments['fs']}' is not a "
+                             "number.") from None
     if fs is None:
         raise ValueError(f"recording {path}: no sampling rate; add a '# fs=1000' line or pass "
                          "fs=... to load_recording.")
@@ -382,10 +445,21 @@ def save_recording(path, rec: Recording) -> None:
 
 
 def save_csv(path, rec: Recording, timestamps: np.ndarray | None = None) -> None:
-    """Write ``rec`` as ``.csv`` (``# fs=`` and ``# class_names=`` comments, a header
-    of channel names, optional ``timestamp`` and ``label`` columns), atomically.
+    """Write ``rec`` as ``.csv``, atomically.
+
+    The file holds ``# fs=`` and ``# class_names=`` comments, a header of channel
+    names, and optional ``timestamp`` and ``label`` columns.
 
     Values are written with ``repr`` precision, so a float64 round trip is exact.
+
+    Parameters
+    ----------
+    path : str or Path
+        Destination ``.csv``.
+    rec : Recording
+        The recording.
+    timestamps : ndarray of shape (n_samples,), optional
+        Per-sample timestamps, written as a ``timestamp`` column.
     """
     rec.validate()
     names = rec.channel_names or [f"EMG{i + 1}" for i in range(rec.n_channels)]

@@ -64,7 +64,15 @@ def _json_bytes(obj: Mapping[str, Any], what: str) -> bytes:
 
 
 def atomic_write_json(path, obj: Mapping[str, Any]) -> Path:
-    """Atomically write a JSON object (finite numbers only)."""
+    """Atomically write a JSON object (finite numbers only).
+
+    Parameters
+    ----------
+    path : str or Path
+        Destination file.
+    obj : mapping
+        The JSON object.
+    """
     data = _json_bytes(obj, Path(path).name)
     return atomic_write_bytes(path, data)
 
@@ -85,13 +93,27 @@ def _check_arrays(arrays: Mapping[str, Any], what: str) -> dict[str, np.ndarray]
 
 
 def atomic_write_npz(path, arrays: Mapping[str, Any]) -> Path:
-    """Atomically write arrays to an uncompressed ``.npz`` (no object arrays)."""
+    """Atomically write arrays to an uncompressed ``.npz`` (no object arrays).
+
+    Parameters
+    ----------
+    path : str or Path
+        Destination ``.npz``.
+    arrays : mapping of str to array-like
+        The arrays, by name.
+    """
     arrays = _check_arrays(arrays, Path(path).name)
     return atomic_write(path, lambda fh: np.savez(fh, **arrays))
 
 
 def load_npz(path) -> dict[str, np.ndarray]:
-    """All arrays of an ``.npz``, read with ``allow_pickle=False``."""
+    """All arrays of an ``.npz``, read with ``allow_pickle=False``.
+
+    Parameters
+    ----------
+    path : str or Path
+        An ``.npz`` file.
+    """
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
 
@@ -190,7 +212,13 @@ class StateStore:
         return version
 
     def load_map(self, version: int) -> tuple[np.ndarray, np.ndarray, dict]:
-        """``(H, b, meta)`` of a complete map; ``FileNotFoundError`` naming the version."""
+        """``(H, b, meta)`` of a complete map; ``FileNotFoundError`` naming the version.
+
+        Parameters
+        ----------
+        version : int
+            The map version.
+        """
         npz, js = self._map_paths(int(version))
         if not js.exists():
             known = [m["version"] for m in self.list_maps()]
@@ -211,7 +239,13 @@ class StateStore:
         return out
 
     def set_live(self, version: int | None) -> None:
-        """Point ``live.json`` at a complete map version (``None`` clears the pointer)."""
+        """Point ``live.json`` at a complete map version (``None`` clears the pointer).
+
+        Parameters
+        ----------
+        version : int or None
+            The map version.
+        """
         with self._lock:
             if version is not None:
                 version = int(version)
@@ -221,7 +255,7 @@ class StateStore:
             atomic_write_json(self.root / "live.json", {"version": version, "set": time.time()})
 
     def live_version(self) -> int | None:
-        """The live map version, or ``None`` (no pointer, or it names a missing map)."""
+        """Return the live map version, or ``None`` (no pointer, or it names a missing map)."""
         path = self.root / "live.json"
         if not path.exists():
             return None
@@ -262,7 +296,13 @@ class StateStore:
         return burst_id
 
     def load_burst(self, burst_id: int) -> tuple[dict[str, np.ndarray], dict]:
-        """``(arrays, meta)`` of a complete burst; ``FileNotFoundError`` naming the id."""
+        """``(arrays, meta)`` of a complete burst; ``FileNotFoundError`` naming the id.
+
+        Parameters
+        ----------
+        burst_id : int
+            The burst's id.
+        """
         npz, js = self._burst_paths(int(burst_id))
         if not js.exists():
             raise FileNotFoundError(f"burst {burst_id} does not exist in {self.bursts_dir}.")

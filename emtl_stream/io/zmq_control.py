@@ -93,7 +93,7 @@ class ControlServer:
 
     # ------------------------------------------------------------------ one request
     def _answer(self, body: bytes) -> bytes:
-        """The reply to one request body (never raises)."""
+        """Return the reply to one request body (never raises)."""
         try:
             request = protocol.parse_request(body, self.max_message_bytes)
         except ProtocolError as exc:
@@ -160,6 +160,13 @@ class ControlServer:
     def poll_once(self, timeout_ms: int = 0, max_requests: int = 16) -> int:
         """Wait up to ``timeout_ms`` for requests; answer those queued (at most ``max_requests``).
 
+        Parameters
+        ----------
+        timeout_ms : int
+            Milliseconds to wait for the first request.
+        max_requests : int
+            Most requests answered in one call (the loop's other work waits meanwhile).
+
         Returns
         -------
         int
@@ -182,7 +189,13 @@ class ControlServer:
 
     # ------------------------------------------------------------------ thread variant
     def start(self, poll_ms: int = 50) -> "ControlServer":
-        """Serve in a background thread until :meth:`stop`; returns self."""
+        """Serve in a background thread until :meth:`stop`; returns self.
+
+        Parameters
+        ----------
+        poll_ms : int
+            Poll timeout of the thread's loop, in milliseconds.
+        """
         if self._thread is not None:
             raise RuntimeError("control server already started")
         self._stop.clear()
@@ -205,7 +218,13 @@ class ControlServer:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the thread started by :meth:`start` (no-op otherwise)."""
+        """Stop the thread started by :meth:`start` (no-op otherwise).
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the thread.
+        """
         thread = self._thread
         if thread is None:
             return

@@ -31,9 +31,14 @@ _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
 
 
 def is_local_address(address: str) -> bool:
-    """True for ``ipc://``/``inproc://`` and for ``tcp://`` on a loopback host.
+    """Return True for ``ipc://``/``inproc://`` and for ``tcp://`` on a loopback host.
 
     ``tcp://*:5556``, ``tcp://0.0.0.0:5556`` and interface names count as remote.
+
+    Parameters
+    ----------
+    address : str
+        A ZeroMQ endpoint.
     """
     scheme, _, rest = address.partition("://")
     if scheme in ("ipc", "inproc"):
@@ -46,7 +51,19 @@ def is_local_address(address: str) -> bool:
 
 def check_bind_address(address: str, *, allow_remote: bool, curve: "CurveConfig | None",
                        what: str) -> None:
-    """Raise ``ValueError`` naming ``what`` when a non-local bind is not explicitly allowed."""
+    """Raise ``ValueError`` naming ``what`` when a non-local bind is not explicitly allowed.
+
+    Parameters
+    ----------
+    address : str
+        The endpoint to bind.
+    allow_remote : bool
+        ``[zmq] allow_remote``: the network is trusted.
+    curve : CurveConfig or None
+        CURVE keys; with them a remote bind is allowed.
+    what : str
+        Which socket, for the message (``"pub"``, ``"control"``).
+    """
     if not isinstance(address, str) or "://" not in address:
         raise ValueError(f"{what} address must look like 'tcp://127.0.0.1:5556', got {address!r}.")
     if is_local_address(address) or allow_remote or curve is not None:
@@ -59,8 +76,33 @@ def check_bind_address(address: str, *, allow_remote: bool, curve: "CurveConfig 
 
 
 # --------------------------------------------------------------------------- CURVE
-def _read_key(value: str | bytes, which: str, name: str) -> bytes:
-    """A Z85 key given directly (40 chars) or read from a zmq.auth certificate file."""
+def read_curve_key(value: str | bytes, which: str, name: str) -> bytes:
+    """Read a CURVE key given directly (40 Z85 characters) or from a certificate file.
+
+    Shared by the server side (:class:`CurveConfig`) and the client side
+    (:class:`~emtl_stream.io.client.CurveClient`).
+
+    Parameters
+    ----------
+    value : str or bytes
+        The Z85 key itself, or the path of a ``zmq.auth`` certificate
+        (``.key`` for a public key, ``.key_secret`` for a secret one).
+    which : {"public", "secret"}
+        Which key of a certificate file to return.
+    name : str
+        The setting's name, for the error message.
+
+    Returns
+    -------
+    bytes
+        The Z85-encoded key (40 bytes).
+
+    Raises
+    ------
+    ValueError
+        ``value`` is neither a 40-character key nor an existing file, or the
+        certificate holds no ``which`` key.
+    """
     if isinstance(value, bytes):
         value = value.decode("ascii")
     if len(value) == 40 and not os.path.exists(value):
@@ -98,7 +140,13 @@ class CurveConfig:
 
     @classmethod
     def from_config(cls, zmq_config) -> "CurveConfig | None":
-        """From a ``[zmq]`` config section; ``None`` when no server key is configured."""
+        """From a ``[zmq]`` config section; ``None`` when no server key is configured.
+
+        Parameters
+        ----------
+        zmq_config : ZmqConfig
+            The ``[zmq]`` config section.
+        """
         if not zmq_config.curve_server_secret:
             return None
         return cls(zmq_config.curve_server_secret, zmq_config.curve_server_public,
@@ -106,8 +154,8 @@ class CurveConfig:
 
     def keys(self) -> tuple[bytes, bytes]:
         """``(public, secret)`` as Z85 bytes."""
-        return (_read_key(self.server_public, "public", "curve server_public"),
-                _read_key(self.server_secret, "secret", "curve server_secret"))
+        return (read_curve_key(self.server_public, "public", "curve server_public"),
+                read_curve_key(self.server_secret, "secret", "curve server_secret"))
 
 
 class _AuthRegistry:
@@ -157,6 +205,13 @@ def apply_curve_server(sock: zmq.Socket, curve: CurveConfig) -> bool:
 
     Must be called before ``bind``. Release the reference with
     :func:`release_curve_server` when the socket closes.
+
+    Parameters
+    ----------
+    sock : zmq.Socket
+        A socket not yet bound.
+    curve : CurveConfig
+        The server keys (and the authorised-clients folder, if any).
     """
     if not zmq.has("curve"):
         raise RuntimeError("this libzmq has no CURVE support; install pyzmq wheels or "
@@ -172,7 +227,13 @@ def apply_curve_server(sock: zmq.Socket, curve: CurveConfig) -> bool:
 
 
 def release_curve_server(ctx: zmq.Context) -> None:
-    """Drop one authenticator reference taken by :func:`apply_curve_server`."""
+    """Drop one authenticator reference taken by :func:`apply_curve_server`.
+
+    Parameters
+    ----------
+    ctx : zmq.Context
+        The context of the socket that took the reference.
+    """
     _AUTH.release(ctx)
 
 
@@ -262,6 +323,13 @@ class Publisher:
     def publish(self, topic: str, obj: Mapping[str, Any]) -> None:
         """Encode and send one message (never blocks).
 
+        Parameters
+        ----------
+        topic : str
+            One of :data:`emtl_stream.io.protocol.TOPICS`.
+        obj : mapping
+            The message.
+
         Raises
         ------
         ProtocolError
@@ -281,7 +349,13 @@ class Publisher:
             self.n_sent += 1
 
     def close(self, linger: int = 0) -> None:
-        """Close the socket (idempotent). ``linger`` ms to flush queued messages."""
+        """Close the socket (idempotent). ``linger`` ms to flush queued messages.
+
+        Parameters
+        ----------
+        linger : int
+            Milliseconds to flush queued messages.
+        """
         with self._lock:
             if self._sock is None:
                 return

@@ -4,12 +4,12 @@
 filter run chunk by chunk), cuts windows with the same sample counts as
 :class:`~emtl_stream.pipeline.features.FeaturePipeline` and computes features with
 the same kernel, so a window cut here and the same window cut live give the same
-feature vector.
+feature vector. Arrays in, arrays out: reading files is :mod:`emtl_stream.io`'s.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -121,17 +121,22 @@ def featurize(emg, fs: float, extractor: FeatureExtractor, window_ms: float, ste
     return X, seg_index, offset
 
 
-def load_ciil_features(path, extractor: FeatureExtractor, window_ms: float = 200.0,
-                       step_ms: float = 50.0) -> dict:
-    """Features of one shared CIIL electrode-shift ``.npz`` recording.
+def ciil_features(session: Mapping, extractor: FeatureExtractor, window_ms: float = 200.0,
+                  step_ms: float = 50.0) -> dict:
+    """Features of one CIIL electrode-shift session, with each window's labels.
 
     Parameters
     ----------
-    path : str or Path
-        A ``ciil_es_sNN_{baseline,shifted}.npz`` file (see the data README).
+    session : mapping
+        The session's arrays, as :func:`emtl_stream.io.recordings.load_ciil_session`
+        reads them from a ``ciil_es_sNN_{baseline,shifted}.npz`` file: ``emg`` of
+        shape (n_samples, n_channels), ``fs``, ``seg_start``/``seg_len``/``seg_class``/
+        ``seg_rep``/``seg_block`` of shape (n_segments,), ``class_names``, ``subject``,
+        ``condition`` and, for error messages, ``name``.
     extractor : FeatureExtractor
-        Must match the file's channel count and rate (8 channels, 200 Hz).
+        Must match the session's channel count and rate (8 channels, 200 Hz).
     window_ms, step_ms : float
+        Window length and hop.
 
     Returns
     -------
@@ -141,27 +146,23 @@ def load_ciil_features(path, extractor: FeatureExtractor, window_ms: float = 200
         ``offset_s`` (n_windows,) time of the window's end since its segment's start
         (s), ``class_names`` (list of str), ``subject`` (int), ``condition`` (str).
     """
-    path = Path(path)
-    with np.load(path, allow_pickle=False) as z:
-        emg = z["emg"]
-        fs = float(z["fs"])
-        seg_start, seg_len = z["seg_start"], z["seg_len"]
-        seg_class, seg_rep, seg_block = z["seg_class"], z["seg_rep"], z["seg_block"]
-        class_names = [str(c) for c in z["class_names"]]
-        subject, condition = int(z["subject"]), str(z["condition"])
-    if emg.shape[1] != extractor.n_channels or fs != extractor.fs:
-        raise ValueError(f"{path.name} has {emg.shape[1]} channels at {fs} Hz; the extractor "
-                         f"expects {extractor.n_channels} at {extractor.fs} Hz.")
-    X, seg_index, offset = featurize(emg, fs, extractor, window_ms, step_ms, seg_start, seg_len)
+    emg = np.asarray(session["emg"])
+    fs = float(session["fs"])
+    if emg.ndim != 2 or emg.shape[1] != extractor.n_channels or fs != extractor.fs:
+        raise ValueError(f"{session.get('name', 'the session')} has "
+                         f"{emg.shape[1] if emg.ndim == 2 else '?'} channels at {fs} Hz; the "
+                         f"extractor expects {extractor.n_channels} at {extractor.fs} Hz.")
+    X, seg_index, offset = featurize(emg, fs, extractor, window_ms, step_ms,
+                                     session["seg_start"], session["seg_len"])
     window = ms_to_samples(window_ms, fs, "window_ms")
     return {
         "X": X,
-        "y": seg_class[seg_index].astype(np.int64),
-        "rep": seg_rep[seg_index].astype(np.int64),
-        "block": seg_block[seg_index].astype(np.int64),
+        "y": np.asarray(session["seg_class"])[seg_index].astype(np.int64),
+        "rep": np.asarray(session["seg_rep"])[seg_index].astype(np.int64),
+        "block": np.asarray(session["seg_block"])[seg_index].astype(np.int64),
         "seg_index": seg_index,
         "offset_s": (offset + window) / fs,
-        "class_names": class_names,
-        "subject": subject,
-        "condition": condition,
+        "class_names": [str(c) for c in session["class_names"]],
+        "subject": int(session["subject"]),
+        "condition": str(session["condition"]),
     }

@@ -8,8 +8,11 @@ from .._checks import ensure_float, ensure_int
 def ms_to_samples(ms: float, fs: float, name: str = "window_ms") -> int:
     """Convert ``ms`` milliseconds at ``fs`` Hz to a sample count (rounded, at least 1).
 
-    The one conversion from a duration to a sample count: the live pipeline and
-    the offline featuriser both use it, so they cut the same windows.
+    The one conversion from a duration to a sample count: the live pipeline, the
+    offline featuriser, the warm-up, the replayer's chunks and the evaluations all
+    use it, so they cut the same windows. ``ms * fs / 1000`` is rounded to the
+    nearest integer, halves to even (Python's :func:`round`): 12.5 ms at 200 Hz
+    (2.5 samples) is 2 samples, 17.5 ms (3.5) is 4.
 
     Parameters
     ----------
@@ -23,7 +26,7 @@ def ms_to_samples(ms: float, fs: float, name: str = "window_ms") -> int:
     Returns
     -------
     int
-        ``round(ms * fs / 1000)``.
+        ``round(ms * fs / 1000)``, at least 1.
 
     Raises
     ------

@@ -29,6 +29,7 @@ from ..io.client import Client
 from ..io.lsl_outlet import EMGOutlet, MarkerOutlet, local_clock
 from ..io.recordings import Recording, load_recording
 from ..logs import logger
+from ..pipeline.windowing import ms_to_samples
 from .synthetic import SyntheticArmband
 
 
@@ -100,8 +101,7 @@ class Replayer:
         self.rate = rate
         self.fast = rate == 0 or math.isinf(rate)
         self.loop = bool(loop)
-        self.chunk = max(1, int(round(ensure_float(chunk_ms, "chunk_ms", minimum=0.0,
-                                                   strict_min=True) * self.fs / 1000.0)))
+        self.chunk = ms_to_samples(chunk_ms, self.fs, "chunk_ms")
         self.markers = bool(markers)
         self.follow_prompts = follow_prompts
         self.counter_channel = bool(counter_channel)
@@ -141,7 +141,13 @@ class Replayer:
 
     # ------------------------------------------------------------------ control
     def set_shift(self, k: float) -> None:
-        """Rotate by ``k`` electrodes from now on (recording: integer ``k`` only)."""
+        """Rotate by ``k`` electrodes from now on (recording: integer ``k`` only).
+
+        Parameters
+        ----------
+        k : float
+            Electrode spacings.
+        """
         k = ensure_float(k, "shift")
         if self.synthetic:
             self.source.set_shift(k)
@@ -151,14 +157,26 @@ class Replayer:
         self._shift = k
 
     def set_class(self, name) -> None:
-        """Synthetic: perform class ``name`` from the next chunk on."""
+        """Synthetic: perform class ``name`` from the next chunk on.
+
+        Parameters
+        ----------
+        name : str or int
+            A class of the synthetic armband, or its index.
+        """
         if not self.synthetic:
             raise ValueError("set_class needs a SyntheticArmband source.")
         self.source.class_index(name)
         self._class = name if isinstance(name, str) else self.class_names[int(name)]
 
     def start(self, timeout: float = 10.0) -> "Replayer":
-        """Open the outlets in a new thread and start streaming; returns self."""
+        """Open the outlets in a new thread and start streaming; returns self.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the outlets to open.
+        """
         if self._thread is not None:
             raise RuntimeError("Replayer already started.")
         self._thread = threading.Thread(target=self._run, name=f"replay-{self.name}",
@@ -171,13 +189,25 @@ class Replayer:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop streaming and close the outlets."""
+        """Stop streaming and close the outlets.
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the thread.
+        """
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
     def join(self, timeout: float | None = None) -> bool:
-        """Wait for the end of a finite replay; True if it ended."""
+        """Wait for the end of a finite replay; True if it ended.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds to wait; ``None``: until it ends.
+        """
         return self.done.wait(timeout)
 
     # ------------------------------------------------------------------ ground truth
@@ -185,13 +215,24 @@ class Replayer:
         """Class performed at LSL timestamp ``t`` (``None`` before the start).
 
         ``t`` is rounded to the nearest sample of the replay's timeline.
+
+        Parameters
+        ----------
+        t : float
+            An LSL timestamp.
         """
         with self._lock:
             i = bisect.bisect_right(self._times, t + self._half) - 1
             return self._classes[i] if i >= 0 else None
 
     def labels_at(self, ts) -> list:
-        """:meth:`label_at` for each timestamp in ``ts``."""
+        """:meth:`label_at` for each timestamp in ``ts``.
+
+        Parameters
+        ----------
+        ts : array-like of shape (n,)
+            LSL timestamps.
+        """
         with self._lock:
             idx = np.searchsorted(np.asarray(self._times), np.asarray(ts, float) + self._half,
                                   side="right") - 1
@@ -202,6 +243,11 @@ class Replayer:
 
         The first pair is the class already performed at ``t0`` (with its own
         start time), followed by every change up to ``t1``.
+
+        Parameters
+        ----------
+        t0, t1 : float
+            LSL timestamps, ``t0 <= t1``.
         """
         with self._lock:
             i0 = max(bisect.bisect_right(self._times, t0 + self._half) - 1, 0)
@@ -363,12 +409,18 @@ class Replayer:
 
 
 def outlet_dtype(channel_format: str):
-    """numpy dtype of an outlet channel format."""
+    """Numpy dtype of an outlet channel format.
+
+    Parameters
+    ----------
+    channel_format : {"float32", "double64"}
+        The outlet's channel format.
+    """
     return np.float64 if channel_format == "double64" else np.float32
 
 
 def _prompt_subscriber(address: str):
-    """A subscription to the ``prompt`` topic of the daemon publishing on ``address``."""
+    """Subscribe to the ``prompt`` topic of the daemon publishing on ``address``."""
     return Client(pub=address).subscribe(["prompt"])
 
 
@@ -383,6 +435,35 @@ def run_replay(path_or_none, *, rate: float = 1.0, shift: float = 0.0, loop: boo
     ``source_id`` defaults to one derived from the name and the source. ``announce``
     (a callable taking one line of text) is told what is being streamed; default: the
     log at INFO.
+
+    Parameters
+    ----------
+    path_or_none : str or Path or None
+        The recording; ``None`` with ``synthetic``.
+    rate : float
+        Speed factor; ``0`` or ``inf``: as fast as possible.
+    shift : float
+        Roll by this many electrodes (a recording: whole electrodes only).
+    loop : bool
+        Recording: start again at the end.
+    name : str
+        LSL stream name.
+    synthetic : bool
+        Stream the synthetic armband instead of a recording.
+    n_channels : int
+        Synthetic: electrodes.
+    fs : float
+        Synthetic: sampling rate (Hz).
+    seconds : float
+        Stop after this much signal; ``0``: no limit.
+    follow_prompts : str, optional
+        See above.
+    seed : int
+        Synthetic: the armband's seed.
+    source_id : str, optional
+        See above.
+    announce : callable, optional
+        See above.
 
     Returns
     -------
@@ -429,5 +510,11 @@ def run_replay(path_or_none, *, rate: float = 1.0, shift: float = 0.0, loop: boo
 
 
 def unique_source_id(prefix: str = "emtl") -> str:
-    """A fresh ``source_id`` (tests, throw-away streams)."""
+    """Make a fresh ``source_id`` (tests, throw-away streams).
+
+    Parameters
+    ----------
+    prefix : str
+        Start of the id.
+    """
     return f"{prefix}-{uuid.uuid4().hex}"

@@ -69,6 +69,11 @@ _CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; 
 def parse_address(address: str) -> tuple[str, int]:
     """Split ``"host:port"`` (``"[::1]:port"`` for IPv6) into ``(host, port)``.
 
+    Parameters
+    ----------
+    address : str
+        ``host:port`` of the page.
+
     Raises
     ------
     ConfigError
@@ -91,6 +96,13 @@ def check_ui_bind(address: str, allow_remote: bool) -> tuple[str, int]:
     The same policy as the daemon's sockets (:func:`~emtl_stream.io.zmq_pub.is_local_address`):
     the page has no login and its buttons steer the daemon, so it stays on loopback
     unless the operator says the network is trusted.
+
+    Parameters
+    ----------
+    address : str
+        ``host:port`` of the page (``[ui] address``).
+    allow_remote : bool
+        ``[ui] allow_remote``: the network is trusted.
     """
     host, port = parse_address(address)
     wrapped = f"[{host}]" if ":" in host else host
@@ -158,7 +170,13 @@ def recalibrate_fields(body: dict) -> dict:
 
 
 def rollback_fields(body: dict) -> dict:
-    """Check a ``/api/rollback`` body: optional ``version`` (integer 0..2**31-1)."""
+    """Check a ``/api/rollback`` body: optional ``version`` (integer 0..2**31-1).
+
+    Parameters
+    ----------
+    body : dict
+        The request's JSON body.
+    """
     unknown = sorted(set(body) - {"version"})
     if unknown:
         raise _BadRequest(HTTPStatus.BAD_REQUEST, f"unknown field(s) {unknown}.")
@@ -168,7 +186,13 @@ def rollback_fields(body: dict) -> dict:
 
 
 def cancel_fields(body: dict) -> dict:
-    """Check a ``/api/cancel`` body: no fields."""
+    """Check a ``/api/cancel`` body: no fields.
+
+    Parameters
+    ----------
+    body : dict
+        The request's JSON body.
+    """
     if body:
         raise _BadRequest(HTTPStatus.BAD_REQUEST, f"unknown field(s) {sorted(body)}.")
     return {}
@@ -229,7 +253,17 @@ class UiServer:
     @classmethod
     def from_config(cls, config, address: str | None = None, control: str | None = None,
                     pub: str | None = None) -> "UiServer":
-        """A server for the daemon that ``config`` describes (``[zmq]``, ``[ui]``)."""
+        """Make a server for the daemon that ``config`` describes (``[zmq]``, ``[ui]``).
+
+        Parameters
+        ----------
+        config : Config
+            The daemon's configuration.
+        address : str, optional
+            ``host:port`` of the page; default ``[ui] address``.
+        control, pub : str, optional
+            The daemon's control and PUB addresses; default from ``[zmq]``.
+        """
         return cls(control or config.zmq.control, pub or config.zmq.pub,
                    address or config.ui.address, allow_remote=config.ui.allow_remote,
                    curve=CurveClient.from_config(config.zmq),
@@ -262,7 +296,13 @@ class UiServer:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop serving; open page connections are closed (the page reconnects later)."""
+        """Stop serving; open page connections are closed (the page reconnects later).
+
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the server's threads.
+        """
         self._stop.set()
         with self.view.cond:
             self.view.cond.notify_all()
@@ -317,6 +357,13 @@ class UiServer:
 
         A daemon reply (``ok`` true or false) is returned as is with 200; a request the
         ui refuses gets 400 and ``{"ok": false, "error": ...}``; an unreachable daemon 502.
+
+        Parameters
+        ----------
+        name : str
+            The button's command (``recalibrate``, ``rollback``, ``cancel``, ...).
+        body : dict
+            The request's JSON body.
         """
         fields = _COMMANDS[name](body)
         try:
@@ -480,7 +527,13 @@ def _refuse_constant(name: str):
 
 
 def main(args) -> int:
-    """``emtl-stream ui``: serve the page until SIGINT/SIGTERM; returns the exit code."""
+    """``emtl-stream ui``: serve the page until SIGINT/SIGTERM; returns the exit code.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``emtl-stream ui`` arguments.
+    """
     import signal
 
     from ..config import load_config

@@ -42,7 +42,7 @@ RATE_WINDOW_S = 2.0
 
 
 def next_class_after(step: int, of: int, classes: list[str], repetitions: int) -> str | None:
-    """The class prompted after step ``step`` (1-based), or ``None`` if unknown or none.
+    """Return the class prompted after step ``step`` (1-based), or ``None`` if unknown or none.
 
     The daemon prompts ``classes`` ``repetitions`` times in order, with a rest prompt
     between two class prompts when rests are configured (docs/protocol.md: rest prompts
@@ -78,6 +78,17 @@ def step_kind(step: int, of: int, name: str, classes: list[str], repetitions: in
     The wire name ``"rest"`` is ambiguous when a class is also called ``rest`` (the
     synthetic armband's no-motion class); with a known schedule the step's position
     decides, otherwise the name does.
+
+    Parameters
+    ----------
+    step, of : int
+        1-based step number and total number of steps.
+    name : str
+        The prompt's wire class name.
+    classes : list of str
+        The session's classes, in prompt order (empty: unknown).
+    repetitions : int
+        Passes over the classes.
     """
     n = len(classes) * max(int(repetitions), 1)
     if n > 1 and of == 2 * n - 1:
@@ -188,12 +199,26 @@ class ViewState:
 
     # ------------------------------------------------------------------ reading
     def snapshot(self, since: int = 0) -> tuple[int, dict]:
-        """``(seq, {part: value})`` of the parts changed after ``since`` (0: all)."""
+        """``(seq, {part: value})`` of the parts changed after ``since`` (0: all).
+
+        Parameters
+        ----------
+        since : int
+            A sequence number from an earlier call.
+        """
         with self.cond:
             return self.seq, {p: self._parts[p] for p in PARTS if self._versions[p] > since}
 
     def wait(self, since: int, timeout: float) -> int:
-        """Block until something changed after ``since`` or ``timeout`` s passed; the seq."""
+        """Block until something changed after ``since`` or ``timeout`` s passed; the seq.
+
+        Parameters
+        ----------
+        since : int
+            A sequence number from an earlier call.
+        timeout : float
+            Seconds to wait at most.
+        """
         with self.cond:
             self.cond.wait_for(lambda: self.seq > since, timeout)
             return self.seq
@@ -214,7 +239,13 @@ class ViewState:
         self._touch("alerts")
 
     def on_unreachable(self, error: str) -> None:
-        """The daemon did not answer a status request (``error`` says why)."""
+        """Record that the daemon did not answer a status request (``error`` says why).
+
+        Parameters
+        ----------
+        error : str
+            Why the request failed.
+        """
         with self.cond:
             link = dict(self._parts["link"])
             link.update(daemon=False, error=error)
@@ -226,7 +257,13 @@ class ViewState:
             self.cond.notify_all()
 
     def on_status(self, reply: dict) -> None:
-        """A ``status`` reply (``ok: true``) arrived."""
+        """Take in a ``status`` reply (``ok: true``).
+
+        Parameters
+        ----------
+        reply : dict
+            The reply.
+        """
         with self.cond:
             status = {k: v for k, v in reply.items() if k not in ("v", "ok")}
             link = dict(self._parts["link"])
@@ -263,7 +300,15 @@ class ViewState:
                 self.cond.notify_all()
 
     def on_message(self, topic: str, msg: dict) -> None:
-        """A published message from the daemon."""
+        """Take in a published message from the daemon.
+
+        Parameters
+        ----------
+        topic : str
+            The message's topic.
+        msg : dict
+            The decoded message.
+        """
         with self.cond:
             handler = getattr(self, f"_on_{topic}", None)
             if handler is not None:

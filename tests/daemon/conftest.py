@@ -116,6 +116,16 @@ def wait_for(sub, pred, timeout_s: float, seen: list | None = None):
     pytest.fail(f"no matching message within {timeout_s} s")
 
 
+def wait_joined(sub, timeout_s: float = 10.0, seen: list | None = None) -> dict:
+    """Return the first prediction ``sub`` receives (it must subscribe to ``pred``).
+
+    ZeroMQ drops what a PUB socket sends before a SUB has joined. A streaming daemon
+    publishes a prediction every window, so the first one received proves that the
+    subscription is in place: a wait that no sleep can guarantee.
+    """
+    return wait_for(sub, lambda topic, m: topic == "pred", timeout_s, seen)
+
+
 def wait_event(sub, kinds, timeout_s: float, seen: list | None = None) -> dict:
     """Wait for an ``event`` of one of ``kinds`` (a str or a tuple)."""
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zmq
 from daemon.conftest import (FS, accuracy, armband, collect, daemon_config, unique_id,
-                             wait_event, wait_for)
+                             wait_event, wait_for, wait_joined)
 
 from emtl_stream.io.client import Client
 from emtl_stream.io.lsl_inlet import local_clock
@@ -103,10 +103,10 @@ def test_nan_samples_raise_bad_input_and_predictions_continue(tmp_path, source, 
     start_daemon(config, bundle=source[0])
     client = Client(config.zmq.control, config.zmq.pub, timeout_s=5.0)
     with client.subscribe(("pred", "event")) as sub:
-        time.sleep(0.3)  # subscription joined before the stream appears
         # 1 s clean, 1 s with NaN on one electrode, then clean again (looped)
         player = start_player(sid, _nan_recording(4.0, 1.0, 2.0), loop=True)
         seen = []
+        wait_joined(sub, 10.0, seen)  # a prediction of the clean second: subscribed in time
         ev = wait_event(sub, "bad_input", 10.0, seen)
         assert "NaN" in ev["reason"] and ev["skipped_total"] >= 1, ev
         t_bad = ev["t_pub"]
@@ -218,8 +218,8 @@ def test_cancel_during_calibration_keeps_the_old_map(live):
 
 # --------------------------------------------------------------------------- 11
 def test_too_few_manual_windows_fail_and_the_old_map_stays(live):
-    with live.client.subscribe(("event",)) as sub:
-        time.sleep(0.3)
+    with live.client.subscribe(("event", "pred")) as sub:
+        wait_joined(sub)
         assert live.client.label("rest")["ok"] is True
         reply = live.client.fit()  # at most a window or two labelled
         ev = wait_event(sub, ("calibration_failed", "calibration_done"), 5.0)

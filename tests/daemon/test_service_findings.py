@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pylsl
 from daemon.conftest import (FS, N_CHANNELS, armband, collect, daemon_config, make_source,
-                             unique_id, wait_event, wait_for)
+                             unique_id, wait_event, wait_for, wait_joined)
 
 from emtl_stream.daemon.service import Daemon
 from emtl_stream.daemon.state import State
@@ -53,8 +53,8 @@ def test_label_null_while_idle_stays_idle(live):
 
 
 def test_every_state_is_announced_and_prompts_are_rate_limited(live):
-    with live.client.subscribe(("event", "prompt")) as sub:
-        time.sleep(0.2)
+    with live.client.subscribe(("event", "prompt", "pred")) as sub:
+        wait_joined(sub)
         assert live.client.recalibrate()["ok"] is True
         assert live.client.status()["state"] == "prompting"  # lead-in: nothing recorded yet
         seen = []

@@ -18,13 +18,6 @@ from emtl_stream.io.zmq_control import ControlServer
 from emtl_stream.io.zmq_pub import CurveConfig, Publisher
 
 
-@pytest.fixture
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.destroy(linger=0)
-
-
 def echo(req):
     return {"cmd": req.cmd, "fields": req.fields}
 

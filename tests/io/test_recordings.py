@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from lsl_helpers import write_xdf
 
-from emtl_stream.io.recordings import Recording, load_recording, save_csv, save_recording
+from emtl_stream.io.recordings import (CIIL_KEYS, Recording, load_ciil_session, load_recording,
+                                       save_csv, save_recording)
 
 
 def _rec(rng, n=300, ch=4, fs=250.0):
@@ -32,6 +33,26 @@ def test_npz_round_trip_is_exact(tmp_path, rng):
     np.testing.assert_array_equal(back.meta["rep"], rec.meta["rep"])
     # the atomic writer leaves no temporary file behind
     assert sorted(os.listdir(tmp_path)) == ["r.npz"]
+
+
+def test_ciil_session_holds_the_files_arrays(emg_dir, tmp_path):
+    path = emg_dir / "ciil_es_s04_baseline.npz"
+    got = load_ciil_session(path)
+    with np.load(path, allow_pickle=False) as z:
+        for key in ("emg", "seg_start", "seg_len", "seg_class", "seg_rep", "seg_block"):
+            np.testing.assert_array_equal(got[key], z[key])
+        assert got["fs"] == float(z["fs"]) and got["subject"] == int(z["subject"])
+        assert got["class_names"] == [str(c) for c in z["class_names"]]
+        partial = {k: z[k] for k in CIIL_KEYS if k != "seg_rep"}
+    assert got["name"] == path.name and got["condition"] == "baseline"
+    np.savez(tmp_path / "partial.npz", **partial)
+    with pytest.raises(ValueError, match="partial.npz lacks seg_rep"):
+        load_ciil_session(tmp_path / "partial.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="junk.npz is not a readable .npz"):
+        load_ciil_session(tmp_path / "junk.npz")
+    with pytest.raises(FileNotFoundError, match="nothing.npz"):
+        load_ciil_session(tmp_path / "nothing.npz")
 
 
 def test_reads_the_shared_recordings_like_numpy(emg_dir):

@@ -18,13 +18,6 @@ from emtl_stream.io.zmq_pub import CurveConfig
 RECV_MS = 5000
 
 
-@pytest.fixture
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.destroy(linger=0)
-
-
 def handler(req: Request) -> dict:
     """Echoes the request; some commands misbehave on purpose."""
     if req.cmd == "fit":

@@ -15,13 +15,6 @@ from emtl_stream.io.zmq_pub import CurveConfig, Publisher, is_local_address
 RECV_MS = 5000
 
 
-@pytest.fixture
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.destroy(linger=0)
-
-
 def sub_socket(ctx, address, prefix=b"", conflate=False, curve=None):
     s = ctx.socket(zmq.SUB)
     s.linger = 0

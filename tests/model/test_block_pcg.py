@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from emtl_stream.model.transfer import TransferEM, channel_mask, ring_roll_matrix
-from test_transfer_structure import make_source
+from sources import make_source
 
 
 @pytest.mark.parametrize("structure", ["channel", "mask"])

@@ -13,7 +13,8 @@ from emtl_stream.model.transfer import (ROLL_PRUNE_KEEP, ROLL_PRUNE_MIN_CHANNELS
                                         ring_roll_matrix)
 from emtl_stream.pipeline.features import FeatureExtractor
 from emtl_stream.sim.synthetic import SyntheticArmband
-from test_transfer_structure import _hudgins, _lda, make_source
+from sources import lda_source, make_source
+from test_transfer_structure import _hudgins
 
 
 def _numpy_start_objective(src, X, y, H, b):
@@ -72,7 +73,7 @@ def test_pruned_search_picks_the_full_searchs_roll_on_real_emg(emg_dir):
     for subject in (1, 7, 13):
         Xb, yb, rb, _ = _hudgins(emg_dir, subject, "baseline")
         Xs, ys, rs, ts = _hudgins(emg_dir, subject, "shifted")
-        src = _lda(Xb[rb <= 2], yb[rb <= 2])
+        src = lda_source(Xb[rb <= 2], yb[rb <= 2])
         cal = (rs == 0) & (ts <= 0.5 + 1e-9)
         unl = (rs == 1) & (ts <= 2.0 + 1e-9)
         for X, y in ((Xs[cal], ys[cal]), (Xs[unl], None)):

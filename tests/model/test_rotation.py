@@ -8,24 +8,12 @@ import pytest
 from emtl_stream.errors import TransferConvergenceWarning
 from emtl_stream.eval_rotations import SyntheticProtocol, rotate_ring, synthetic_session
 from emtl_stream.model.gmm import LabelledGMM
-from emtl_stream.model.source import SourceComponents
 from emtl_stream.model.transfer import (TransferEM, ring_roll_matrix, ring_rotation_matrix,
                                         rotation_inverse)
 from emtl_stream.pipeline.features import FeatureExtractor
 from emtl_stream.sim.synthetic import SyntheticArmband
+from sources import make_source
 
-
-
-def make_source(rng, m, L, sep):
-    """A shared-precision source, one component per class."""
-    means = rng.normal(size=(L, m)) * sep
-    A = rng.normal(size=(m, m))
-    P = np.linalg.cholesky(A @ A.T / m + np.eye(m))
-    Ps = np.repeat(P[None], L, 0)
-    logdet = np.full(L, 2 * np.log(np.diag(P)).sum())
-    log_rho = np.where(np.eye(L) > 0, 0.0, -np.inf)
-    return SourceComponents(means, Ps, logdet, np.full(L, -np.log(L)), log_rho, np.arange(L),
-                            True)
 
 
 @pytest.mark.parametrize("rotation", [0.0, 0.25, 0.5, 1.0, 1.5, 2.75, -0.5, 7.9])

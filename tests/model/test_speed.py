@@ -10,7 +10,8 @@ import pytest
 from emtl_stream.model.speed import (BAD_NONFINITE, BAD_SILENT, SpeedCalibration,
                                      SpeedSmoother, calibrate_bundle_speed)
 from emtl_stream.pipeline.features import FeatureExtractor
-from emtl_stream.pipeline.offline import featurize, load_ciil_features, segment_windows
+from emtl_stream.io.recordings import load_ciil_session
+from emtl_stream.pipeline.offline import ciil_features, featurize, segment_windows
 from emtl_stream.sim.synthetic import SyntheticArmband
 from emtl_stream.sim.synthetic_ramps import level_session, ramp_session
 
@@ -28,7 +29,7 @@ def test_speed_of_a_recording_equals_plain_numpy(emg_dir):
     """Features by the kernel, speed by SpeedCalibration == MAV and percentiles by numpy."""
     path = emg_dir / "ciil_es_s00_baseline.npz"
     ext = FeatureExtractor(FEATURES, n_channels=8, fs=200.0)
-    d = load_ciil_features(path, ext, 200.0, 50.0)
+    d = ciil_features(load_ciil_session(path), ext, 200.0, 50.0)
     names = d["class_names"]
     y = np.asarray(names)[d["y"]]
     cal = _fit(d["X"], y, names, ext)
@@ -204,7 +205,7 @@ def test_silent_channel_gives_zero_and_flag(small_cal):
 
 def test_real_flat_channel_window_is_flagged_by_the_extractor_features(emg_dir):
     ext = FeatureExtractor(FEATURES, n_channels=8, fs=200.0)
-    d = load_ciil_features(emg_dir / "ciil_es_s01_baseline.npz", ext, 200.0, 50.0)
+    d = ciil_features(load_ciil_session(emg_dir / "ciil_es_s01_baseline.npz"), ext, 200.0, 50.0)
     names = d["class_names"]
     cal = _fit(d["X"], np.asarray(names)[d["y"]], names, ext)
     with np.load(emg_dir / "ciil_es_s01_baseline.npz", allow_pickle=False) as z:
@@ -243,7 +244,7 @@ def test_calibrate_bundle_speed_is_stored_in_bundle_meta(tmp_path, emg_dir):
     from emtl_stream.daemon.bundle import SourceBundle, fit_source_model, make_bundle
 
     ext = FeatureExtractor(FEATURES, n_channels=8, fs=200.0)
-    d = load_ciil_features(emg_dir / "ciil_es_s02_baseline.npz", ext, 200.0, 50.0)
+    d = ciil_features(load_ciil_session(emg_dir / "ciil_es_s02_baseline.npz"), ext, 200.0, 50.0)
     y = np.asarray(d["class_names"])[d["y"]]
     bundle = make_bundle(fit_source_model(d["X"], y), ext, 200.0, 50.0, 8, 200.0)
     bundle.meta["speed"] = calibrate_bundle_speed(bundle, d["X"], y)

@@ -9,41 +9,7 @@ from emtl_stream.errors import BurstTooShort, DegenerateBurst, TransferConvergen
 from emtl_stream.model.source import SourceComponents
 from emtl_stream.model.transfer import TransferEM, ring_roll_matrix
 from naive import transfer as nv
-
-
-def make_source(rng, m, L, per_class, shared, sep=3.0, classes=None):
-    K = L * per_class
-    means = rng.normal(size=(K, m)) * sep
-    if shared:
-        A = rng.normal(size=(m, m))
-        P = np.linalg.cholesky(A @ A.T / m + np.eye(m))
-        Ps = np.repeat(P[None], K, 0)
-    else:
-        Ps = []
-        for _ in range(K):
-            A = rng.normal(size=(m, m))
-            Ps.append(np.linalg.cholesky(A @ A.T / m + np.eye(m)))
-        Ps = np.array(Ps)
-    logdet = np.array([2 * np.log(np.diag(p)).sum() for p in Ps])
-    log_rho = np.full((L, K), -np.inf)
-    for k in range(K):
-        log_rho[k // per_class, k] = 0.0
-    cls = np.arange(L) if classes is None else np.asarray(classes)
-    return SourceComponents(means, Ps, logdet, np.full(K, -np.log(K)), log_rho, cls, shared)
-
-
-def sample(rng, src, N, noise=0.3):
-    K, per = src.n_components, src.n_components // len(src.classes)
-    comp = rng.integers(0, K, N)
-    Z = src.means[comp] + noise * rng.normal(size=(N, src.n_features))
-    return Z, comp // per
-
-
-def shifted(rng, src, N, strength=0.3, noise=0.3):
-    Z, y = sample(rng, src, N, noise)
-    m = src.n_features
-    B = np.eye(m) + strength * rng.normal(size=(m, m))
-    return Z @ np.linalg.inv(B).T, y, B  # X = B⁻¹ z: the ideal H is B
+from sources import lda_source, make_source, sample, shifted
 
 
 # ---------------------------------------------------------------- exactness
@@ -269,20 +235,6 @@ def _mav_wl(emg_dir, subject, condition):
     return np.array(X), np.array(y), np.array(rep), np.array(t)
 
 
-def _lda_source(X, y):
-    classes = np.unique(y)
-    means = np.array([X[y == c].mean(0) for c in classes])
-    R = X - means[np.searchsorted(classes, y)]
-    cov = R.T @ R / len(X) + 1e-6 * np.eye(X.shape[1]) * np.trace(R.T @ R) / len(X)
-    P = np.linalg.cholesky(np.linalg.inv(cov))
-    L = len(classes)
-    log_rho = np.full((L, L), -np.inf)
-    np.fill_diagonal(log_rho, 0.0)
-    return SourceComponents(means, np.repeat(P[None], L, 0),
-                            np.full(L, 2 * np.log(np.diag(P)).sum()), np.full(L, -np.log(L)),
-                            log_rho, classes, True)
-
-
 def test_real_emg_shift_recovered_from_half_a_second(emg_dir):
     gains = []
     for subject in (0, 5, 12):
@@ -290,7 +242,7 @@ def test_real_emg_shift_recovered_from_half_a_second(emg_dir):
         Xs, ys, rs, ts = _mav_wl(emg_dir, subject, "shifted")
         # log features: amplitude scaling becomes an offset; one scale pooled over channels
         Xb, Xs = np.log(Xb + 1.0), np.log(Xs + 1.0)
-        src = _lda_source(Xb, yb)
+        src = lda_source(Xb, yb)
         cal = (rs == 0) & (ts < 100)  # the first 0.5 s of each class in shifted rep 0
         test = rs >= 2
         from emtl_stream.model.classify import MappedClassifier

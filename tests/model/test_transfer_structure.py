@@ -10,31 +10,7 @@ from emtl_stream.model.classify import MappedClassifier
 from emtl_stream.model.source import SourceComponents
 from emtl_stream.model.transfer import TransferEM, channel_mask, ring_roll_matrix
 from naive import transfer as nv
-
-
-def make_source(rng, m, L, per_class, shared, sep=3.0):
-    K = L * per_class
-    means = rng.normal(size=(K, m)) * sep
-    Ps = []
-    for _ in range(1 if shared else K):
-        A = rng.normal(size=(m, m))
-        Ps.append(np.linalg.cholesky(A @ A.T / m + np.eye(m)))
-    Ps = np.repeat(np.array(Ps), K, 0) if shared else np.array(Ps)
-    logdet = np.array([2 * np.log(np.diag(p)).sum() for p in Ps])
-    log_rho = np.full((L, K), -np.inf)
-    for k in range(K):
-        log_rho[k // per_class, k] = 0.0
-    return SourceComponents(means, Ps, logdet, np.full(K, -np.log(K)), log_rho, np.arange(L),
-                            shared)
-
-
-def shifted(rng, src, N, strength=0.3, noise=0.3):
-    K, per = src.n_components, src.n_components // len(src.classes)
-    comp = rng.integers(0, K, N)
-    m = src.n_features
-    Z = src.means[comp] + noise * rng.normal(size=(N, m))
-    B = np.eye(m) + strength * rng.normal(size=(m, m))
-    return Z @ np.linalg.inv(B).T, comp // per
+from sources import lda_source, make_source, shifted
 
 
 def fit_quiet(src, X, y, **kw):
@@ -61,7 +37,7 @@ def test_masked_fit_equals_plain_numpy_em(rng, penalty, bias, solver, shared):
     C, f = 3, 2
     n = C * f
     src = make_source(rng, n, 3, 1 if shared else 2, shared)
-    X, y = shifted(rng, src, 40)
+    X, y, _ = shifted(rng, src, 40)
     y = y.astype(object)
     y[::4] = None  # semi-supervised, so responsibilities really change between iterations
     n_iter = 4
@@ -92,7 +68,7 @@ def test_masked_fit_equals_plain_numpy_em(rng, penalty, bias, solver, shared):
 def test_random_mask_equals_twin(rng, shared, bias):
     m, n = 4, 5
     src = make_source(rng, m, 3, 1, shared)
-    Z, y = shifted(rng, make_source(rng, m, 3, 1, shared), 30)
+    Z, y, _ = shifted(rng, make_source(rng, m, 3, 1, shared), 30)
     X = np.hstack([Z, rng.normal(size=(30, 1))])
     y = y.astype(object)
     y[::3] = None
@@ -113,7 +89,7 @@ def test_random_mask_equals_twin(rng, shared, bias):
 @pytest.mark.parametrize("bias", [False, True])
 def test_all_true_mask_equals_dense(rng, shared, bias):
     src = make_source(rng, 5, 3, 2, shared)
-    X, y = shifted(rng, src, 30)
+    X, y, _ = shifted(rng, src, 30)
     kw = dict(reg=0.5, bias=bias, max_iter=6, tol=0.0, penalty="precision")
     a = fit_quiet(src, X, y, **kw)
     b = fit_quiet(src, X, y, structure=np.ones((5, 5), bool), **kw)
@@ -130,7 +106,7 @@ def test_identity_penalty_lambda_is_the_prototype_trace_ratio(rng):
     C, f = 4, 2
     n = C * f
     src = make_source(rng, n, 4, 1, True)
-    X, y = shifted(rng, src, 25)
+    X, y, _ = shifted(rng, src, 25)
     te = TransferEM(src, structure="channel", ring_channels=C, reg=0.1).fit(X, y)
     assert te.penalty_ == "identity"
     mask = channel_mask(n, C)
@@ -150,7 +126,7 @@ def test_masked_objective_never_decreases(seed, shared):
     rng = np.random.default_rng(seed)
     C, f = 3, 2
     src = make_source(rng, C * f, 3, 3, shared, sep=1.5)
-    X, y = shifted(rng, src, 60, strength=0.5, noise=0.6)
+    X, y, _ = shifted(rng, src, 60, strength=0.5, noise=0.6)
     y = y.astype(object)
     y[rng.random(60) < 0.5] = None
     te = fit_quiet(src, X, y, structure="channel", ring_channels=C, reg=0.05, bias=True,
@@ -177,7 +153,7 @@ def test_masked_scale_invariance(rng, penalty, shared):
     C, f = 3, 2
     n = C * f
     src = make_source(rng, n, 3, 2, shared)
-    X, y = shifted(rng, src, 30)
+    X, y, _ = shifted(rng, src, 30)
     c = 23.0
     src_c = SourceComponents(src.means * c, src.prec_factor / c,
                              src.log_det_prec - 2 * n * np.log(c), src.log_weights,
@@ -194,7 +170,7 @@ def test_h_init_and_shrink_target_are_projected(rng):
     C, f = 3, 2
     n = C * f
     src = make_source(rng, n, 3, 1, True)
-    X, y = shifted(rng, src, 20)
+    X, y, _ = shifted(rng, src, 20)
     H0 = rng.normal(size=(n, n))
     te = fit_quiet(src, X, y, structure="channel", ring_channels=C, shrink_to=H0, max_iter=1)
     mask = channel_mask(n, C)
@@ -280,26 +256,12 @@ def _hudgins(emg_dir, subject, condition):
     return np.vstack(X), np.array(y), np.array(rep), np.array(t)
 
 
-def _lda(X, y):
-    classes = np.unique(y)
-    means = np.array([X[y == c].mean(0) for c in classes])
-    R = X - means[np.searchsorted(classes, y)]
-    cov = R.T @ R / len(X)
-    cov += 1e-6 * np.eye(X.shape[1]) * np.trace(cov) / X.shape[1]
-    P = np.linalg.cholesky(np.linalg.inv(cov))
-    L = len(classes)
-    log_rho = np.where(np.eye(L) > 0, 0.0, -np.inf)
-    return SourceComponents(means, np.repeat(P[None], L, 0),
-                            np.full(L, 2 * np.log(np.diag(P)).sum()), np.full(L, -np.log(L)),
-                            log_rho, classes, True)
-
-
 def test_real_emg_channel_structure_at_least_as_good_as_dense(emg_dir):
     acc_dense, acc_chan = [], []
     for subject in (1, 7, 13):
         Xb, yb, rb, _ = _hudgins(emg_dir, subject, "baseline")
         Xs, ys, rs, ts = _hudgins(emg_dir, subject, "shifted")
-        src = _lda(Xb[rb <= 2], yb[rb <= 2])
+        src = lda_source(Xb[rb <= 2], yb[rb <= 2])
         cal = (rs == 0) & (ts <= 0.5 + 1e-9)  # the first 0.5 s of each class, shifted rep 0
         test = rs >= 2
         dense = TransferEM(src, ring_channels=8, reg=1.0).fit(Xs[cal], ys[cal])

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from emtl_stream.pipeline.features import FeatureExtractor
-from emtl_stream.pipeline.offline import featurize, load_ciil_features, segment_windows
+from emtl_stream.io.recordings import load_ciil_session
+from emtl_stream.pipeline.offline import ciil_features, featurize, segment_windows
 from naive.features import mav_wl
 
 
@@ -41,10 +42,10 @@ def test_featurize_drops_nonfinite_windows(rng):
         featurize(emg, 100.0, ext, 200, 50)
 
 
-def test_load_ciil_features_follows_the_readme_recipe(emg_dir):
+def test_ciil_features_follow_the_readme_recipe(emg_dir):
     path = emg_dir / "ciil_es_s11_baseline.npz"  # has a 190-sample segment
     ext = FeatureExtractor(("mav", "wl"), 8, 200.0)
-    d = load_ciil_features(path, ext)
+    d = ciil_features(load_ciil_session(path), ext)
     with np.load(path, allow_pickle=False) as z:
         emg, label, rep = z["emg"], z["label"], z["rep"]
         X, y, r = [], [], []
@@ -69,4 +70,4 @@ def test_load_ciil_features_follows_the_readme_recipe(emg_dir):
     for s, yy, rr in zip(starts[::25], d["y"][::25], d["rep"][::25]):
         assert (label[s:s + 40] == yy).all() and (rep[s:s + 40] == rr).all()
     with pytest.raises(ValueError, match="extractor expects 4"):
-        load_ciil_features(path, FeatureExtractor(n_channels=4))
+        ciil_features(load_ciil_session(path), FeatureExtractor(n_channels=4))
