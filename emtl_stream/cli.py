@@ -214,6 +214,11 @@ def _recalibrate(p):
     p.add_argument("--no-labels", action="store_true",
                    help="zero-label: the daemon collects [adapt] seconds of live windows "
                         "without prompts and fits the map without labels")
+    p.add_argument("--ramp", action="store_true",
+                   help="proportional speed: prompt a slow ramp from rest to a strong "
+                        "contraction per movement and re-derive the speed calibration from "
+                        "it (the map H is kept; --seconds default [calibration] "
+                        "ramp_seconds_per_class)")
 
 
 @command("status", "emtl_stream.commands:status", "show the daemon's state")

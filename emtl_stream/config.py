@@ -110,6 +110,7 @@ class CalibrationConfig:
 
     seconds_per_class: float = _opt(1.0, positive=True)
     train_seconds_per_class: float = _opt(5.0, positive=True)
+    ramp_seconds_per_class: float = _opt(4.0, positive=True)
     repetitions: int = _opt(1, minimum=1)
     lead_in_s: float = _opt(0.5, minimum=0.0)
     rest_s: float = _opt(1.0, minimum=0.0)

@@ -36,8 +36,9 @@ def cmd_status(daemon) -> dict:
 
 
 def cmd_recalibrate(daemon, classes=None, seconds_per_class=None, repetitions=None,
-                    labels=None) -> dict:
-    """``recalibrate``: a prompted burst, or with ``labels: false`` a zero-label one."""
+                    labels=None, ramp=None) -> dict:
+    """``recalibrate``: a prompted burst, with ``labels: false`` a zero-label one, with
+    ``ramp: true`` a ramp session that re-derives the speed calibration."""
     if daemon.live is None:
         raise CalibrationError("no source model yet: train one first (train command)")
     _require_idle(daemon, "recalibrate")
@@ -53,6 +54,8 @@ def cmd_recalibrate(daemon, classes=None, seconds_per_class=None, repetitions=No
         return daemon.begin_unlabelled(seconds)
     known = daemon.live.classes
     cal = daemon.config.calibration
+    if ramp:
+        return _begin_ramp(daemon, classes, seconds_per_class, repetitions)
     classes = list(classes) if classes else list(cal.classes or known)
     unknown = [c for c in classes if c not in known]
     if unknown:
@@ -61,6 +64,42 @@ def cmd_recalibrate(daemon, classes=None, seconds_per_class=None, repetitions=No
         classes, cal.seconds_per_class if seconds_per_class is None else seconds_per_class,
         cal.repetitions if repetitions is None else repetitions, cal.lead_in_s, cal.rest_s)
     return daemon.begin_prompted("recalibrate", schedule)
+
+
+def _begin_ramp(daemon, classes, seconds_per_class, repetitions) -> dict:
+    """Validate a ramp session (classes that have a speed, a model that can carry one)."""
+    from ..model.speed import SpeedCalibration, rest_flags
+
+    bundle = daemon.live.bundle
+    known = daemon.live.classes
+    base = (bundle.meta or {}).get("speed")
+    try:
+        if base is not None:
+            rest = SpeedCalibration.from_dict(base).rest
+        else:
+            rest = rest_flags(known)
+            ext = daemon.extractor or bundle.make_extractor()
+            SpeedCalibration.check_features(ext.feature_names, bundle.n_channels,
+                                            daemon.config.speed.measure)
+    except ValueError as exc:
+        raise CalibrationError(f"this model cannot carry a proportional speed: {exc}") from None
+    moving = [c for c, r in zip(known, rest) if not r]
+    cal = daemon.config.calibration
+    classes = list(classes) if classes else [c for c in (cal.classes or known) if c in moving]
+    unknown = [c for c in classes if c not in known]
+    if unknown:
+        raise CalibrationError(f"unknown class(es) {unknown}; the model knows {known}")
+    resting = [c for c in classes if c not in moving]
+    if resting:
+        raise CalibrationError(f"{resting[0]!r} is the resting class, which has no speed; leave "
+                               f"it out of a ramp session (movements: {moving})")
+    if base is None and set(classes) != set(moving):
+        raise CalibrationError(f"the model has no speed calibration yet, so the first ramp "
+                               f"session must ramp every movement ({moving})")
+    schedule = check_session_request(
+        classes, cal.ramp_seconds_per_class if seconds_per_class is None else seconds_per_class,
+        cal.repetitions if repetitions is None else repetitions, cal.lead_in_s, cal.rest_s)
+    return daemon.begin_prompted("ramp", schedule)
 
 
 def cmd_train(daemon, classes=None, seconds_per_class=None, repetitions=None) -> dict:

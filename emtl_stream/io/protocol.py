@@ -446,6 +446,10 @@ COMMANDS: dict[str, dict[str, FieldSpec]] = {
         "labels": FieldSpec(_bool, kind="bool", bounds="true or false",
                             doc="fit with the prompts' labels (default true); false fits the "
                                 "map without labels"),
+        "ramp": FieldSpec(_bool, kind="bool", bounds="true or false",
+                          doc="prompt slow ramps from rest to a strong contraction and "
+                              "re-derive the proportional-speed calibration from them through "
+                              "the live map (default false); the map itself is kept"),
     },
     "train": dict(_SESSION),
     "label": {"label": FieldSpec(_label, required=True, kind="str or null",
@@ -465,7 +469,11 @@ COMMANDS: dict[str, dict[str, FieldSpec]] = {
 
 
 def _check_session(cmd: str, fields: dict) -> None:
-    """Cross-field bound: recorded time per class over the whole session."""
+    """Cross-field bounds: recorded time per class over the whole session; a ramp
+    session is prompted, so it cannot be a zero-label one."""
+    if fields.get("ramp") is True and fields.get("labels") is False:
+        raise ProtocolError(f"{cmd}: ramp and labels: false cannot be combined (a ramp session "
+                            "is prompted); send one of them.")
     seconds, reps = fields.get("seconds_per_class"), fields.get("repetitions")
     if seconds is not None and reps is not None and seconds * reps > MAX_RECORDED_S_PER_CLASS:
         raise ProtocolError(f"{cmd}: seconds_per_class x repetitions must be <= "

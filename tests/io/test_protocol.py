@@ -244,6 +244,11 @@ def test_error_table_in_docs_matches_the_code():
     (b'{"v": 1, "cmd": "recalibrate", "labels": null}', "recalibrate.labels must not be null"),
     (b'{"v": 1, "cmd": "recalibrate", "labels": 1}', "recalibrate.labels must be true or false"),
     (b'{"v": 1, "cmd": "train", "labels": true}', "unknown field(s) ['labels']"),
+    # a ramp session is prompted: typed, and never zero-label
+    (b'{"v": 1, "cmd": "recalibrate", "ramp": 1}', "recalibrate.ramp must be true or false"),
+    (b'{"v": 1, "cmd": "recalibrate", "ramp": true, "labels": false}',
+     "ramp and labels: false cannot be combined"),
+    (b'{"v": 1, "cmd": "train", "ramp": true}', "unknown field(s) ['ramp']"),
     (b'{"v": 1, "cmd": "recalibrate", "repetitions": true}', "must be an integer"),
 ])
 def test_hostile_requests_are_refused_naming_field_and_bound(data, reason):
