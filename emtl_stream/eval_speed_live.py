@@ -2,7 +2,7 @@
 
 ``python -m emtl_stream.eval_speed_live [--seeds 0,1,2] [--json F]``
 
-A synthetic user (:class:`~emtl_stream.pipeline.synthetic_ramps.PromptPerformer`)
+A synthetic user (:class:`~emtl_stream.sim.synthetic_ramps.PromptPerformer`)
 streams a synthetic armband over a real LSL outlet, on a continuous sample clock
 with explicit timestamps, and follows the daemon's ``prompt`` messages over ZeroMQ.
 Per seed:
@@ -252,8 +252,8 @@ def run_seed(seed: int, *, classes=None, levels=DEFAULT_LEVELS, hold_s: float = 
     from .model.speed import calibrate_bundle_speed
     from .pipeline.features import FeatureExtractor
     from .pipeline.offline import featurize
-    from .pipeline.synthetic import SyntheticArmband
-    from .pipeline.synthetic_ramps import PromptPerformer
+    from .sim.synthetic import SyntheticArmband
+    from .sim.synthetic_ramps import PromptPerformer
 
     arm = SyntheticArmband(n_channels=n_channels, fs=fs, seed=seed)
     ext = FeatureExtractor(("mav", "wl", "zc", "ssc"), n_channels=n_channels, fs=fs)
