@@ -65,6 +65,9 @@ class FollowingOutlet:
     """
 
     def __init__(self, performer, source_id: str, pub: str, name: str = "emtl-live-eval"):
+        from .io.client import Client
+
+        self.client = Client(pub=pub, timeout_s=5.0)  # subscriptions only, in the thread
         self.performer = performer
         self.source_id = source_id
         self.pub = pub
@@ -105,8 +108,6 @@ class FollowingOutlet:
             return float(local_clock())
 
     def _run(self) -> None:
-        import zmq
-
         from .io.lsl_inlet import local_clock
         from .io.lsl_outlet import EMGOutlet
 
@@ -114,10 +115,7 @@ class FollowingOutlet:
         sub = None
         try:
             outlet = EMGOutlet(self.name, arm.n_channels, arm.fs, self.source_id)
-            sub = zmq.Context.instance().socket(zmq.SUB)
-            sub.setsockopt(zmq.LINGER, 0)
-            sub.setsockopt(zmq.SUBSCRIBE, b"prompt ")
-            sub.connect(self.pub)
+            sub = self.client.subscribe(("prompt",))
         except BaseException as exc:  # reported by start()
             self.error = exc
             self._started.set()
@@ -127,14 +125,9 @@ class FollowingOutlet:
         base, sent = float(local_clock()), 0
         try:
             while not self._stop.is_set():
-                while True:
-                    try:
-                        frame = sub.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    msg = json.loads(frame.split(b" ", 1)[1])
+                while (got := sub.recv(timeout_s=0.0)) is not None:
                     with self.lock:
-                        self.performer.prompt(msg, float(local_clock()))
+                        self.performer.prompt(got[1], float(local_clock()))
                 due = int((local_clock() - base) * fs) - sent
                 if due > 0:
                     with self.lock:
@@ -143,8 +136,9 @@ class FollowingOutlet:
                     sent += due
                 self._stop.wait(0.005)
         finally:
-            sub.close(linger=0)
+            sub.close()
             outlet.close()
+            self.client.close()
 
 
 def score_holds(preds, segments, levels, settle_s: float = SETTLE_S) -> dict:
