@@ -839,7 +839,8 @@ class Daemon:
             "stale_windows": self.n_stale,
             "dropped": int(getattr(inlet, "n_lost_samples", 0) or 0)
             + int(getattr(self.pipeline, "n_skipped_nonfinite", 0) or 0),
-            "outage_s": float(getattr(inlet, "outage_s", 0.0) or 0.0),
+            # the outage in progress included (an operator asks while the stream is gone)
+            "outage_s": float(getattr(inlet, "total_outage_s", 0.0) or 0.0),
             "outages": int(getattr(inlet, "n_outages", 0) or 0),
             "uptime_s": time.monotonic() - self._started_at,
             "maps": [m["version"] for m in maps],

@@ -1,0 +1,30 @@
+"""Regression tests for findings of a black-box probe of the daemon (real LSL, real ZeroMQ).
+
+The outage in progress counted in ``status.outage_s``; a rollback to the live map is a
+no-op; refusal texts that say what is going on and what to do; refused requests logged
+quietly with a periodic summary; absurd finite samples treated like non-finite ones.
+"""
+
+from __future__ import annotations
+
+import time
+
+from daemon.conftest import wait_event, wait_for
+
+
+def test_status_outage_includes_the_outage_in_progress(live):
+    with live.client.subscribe(("pred", "event")) as sub:
+        wait_for(sub, lambda topic, m: topic == "pred", 5.0)
+        assert live.client.status()["outage_s"] == 0.0
+        live.player.stop()
+        wait_event(sub, "stream_lost", 10.0)
+        t0 = time.monotonic()
+        first = live.client.status()
+        time.sleep(0.5)  # the quantity under test is elapsed time itself
+        second = live.client.status()
+        waited = time.monotonic() - t0
+    assert first["stream"]["connected"] is False and second["stream"]["connected"] is False
+    assert first["outages"] == 1
+    # it grows while the stream stays gone, by the time that passed between the requests
+    assert 0.0 <= first["outage_s"] < second["outage_s"]
+    assert abs((second["outage_s"] - first["outage_s"]) - 0.5) < waited - 0.5 + 0.05
