@@ -621,6 +621,9 @@ def rollback(args) -> int:
             raise RequestRefused(f"map {st['model']} is the first map; there is none before it "
                                  f"to roll back to (maps: {maps})")
     reply = _check_ok("rollback", client.rollback(args.version))
+    if reply.get("changed") is False:
+        print(f"map {reply['model']} is already live; nothing changed")
+        return 0
     print(f"map {reply['model']} live (was {reply['previous']})")
     return 0
 

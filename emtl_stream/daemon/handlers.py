@@ -177,6 +177,9 @@ def cmd_rollback(daemon, version=None) -> dict:
         version = earlier[-1]
     if version not in maps:
         raise ValueError(f"no map version {version}; known versions {maps}")
+    if version == current:  # nothing to swap: no events, and the reply says so
+        return {"model": current, "previous": current, "changed": False,
+                "note": f"map {current} is already live; nothing changed"}
     H, b, meta = daemon.store.load_map(version)
     if H.shape != daemon.live.H.shape:
         raise ValueError(f"map {version} has shape {H.shape}; the live model needs "
@@ -191,7 +194,7 @@ def cmd_rollback(daemon, version=None) -> dict:
     daemon.swap_map(H, b, version, ShiftReference.from_dict(ref) if ref else None)
     daemon.event("rollback", model=version, previous=current)
     daemon.event("model_swapped", model=version, reason="rollback")
-    return {"model": version, "previous": current}
+    return {"model": version, "previous": current, "changed": True}
 
 
 def cmd_save(daemon) -> dict:

@@ -28,3 +28,20 @@ def test_status_outage_includes_the_outage_in_progress(live):
     # it grows while the stream stays gone, by the time that passed between the requests
     assert 0.0 <= first["outage_s"] < second["outage_s"]
     assert abs((second["outage_s"] - first["outage_s"]) - 0.5) < waited - 0.5 + 0.05
+
+
+def test_rollback_to_the_live_map_is_a_no_op_with_a_clear_reply(live):
+    from daemon.conftest import collect
+
+    with live.client.subscribe(("pred", "event")) as sub:
+        wait_for(sub, lambda topic, m: topic == "pred", 5.0)  # subscribed: events would arrive
+        before = live.client.status()["model"]
+        reply = live.client.rollback(before)
+        # a request after it: its reply proves the loop is past the rollback handler
+        assert live.client.status()["model"] == before
+        seen = collect(sub, 1.0)
+    assert reply["ok"] is True and reply["changed"] is False, reply
+    assert reply["model"] == reply["previous"] == before
+    assert "already live" in reply["note"]
+    assert not [m for t, m in seen if t == "event"
+                and m["kind"] in ("rollback", "model_swapped")], seen
