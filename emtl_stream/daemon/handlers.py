@@ -30,6 +30,18 @@ def _require_stream(daemon, what: str) -> None:
         raise StreamError(f"no EMG stream connected; {what} needs live data")
 
 
+def _running(daemon, s) -> str:
+    """What the running (non-manual) session is doing, in words, with the time left."""
+    left = max(0.0, s.t0 + s.duration_s - float(daemon.clock()))
+    if s.purpose == "unlabelled":
+        return (f"a zero-label recalibration is collecting live windows (about {left:.0f} s "
+                "left); it needs no labels and fits by itself")
+    kind = {"ramp": "ramp session", "train": "training session"}.get(s.purpose,
+                                                                     "prompted recalibration")
+    return (f"a {kind} is running (about {left:.0f} s left); its prompts label the windows "
+            "and it fits by itself when they end")
+
+
 def cmd_status(daemon) -> dict:
     """``status``: state, model, stream, counters."""
     return daemon.status()
@@ -137,7 +149,8 @@ def label_windows(daemon, label, since) -> dict:
             raise CalibrationError("no source model yet: train one first (train command)")
         s = daemon.begin_manual()
     elif s.purpose != "manual":
-        raise CalibrationError("a prompted calibration is running; labels come from its prompts")
+        raise CalibrationError(f"cannot label: {_running(daemon, s)}; wait for "
+                               "calibration_done, or send cancel first to label by hand")
     s.set_label(label, float(daemon.clock()) if since is None else float(since))
     return {"state": daemon.fsm.state.value, "label": label, "windows": s.n_windows}
 
@@ -145,7 +158,13 @@ def label_windows(daemon, label, since) -> dict:
 def cmd_fit(daemon, min_windows=None) -> dict:
     """``fit``: fit H on the manually labelled windows."""
     s = daemon.session
-    if s is None or s.purpose != "manual":
+    if s is not None and s.purpose != "manual":
+        raise CalibrationError(f"nothing to fit by hand: {_running(daemon, s)}; wait for "
+                               "calibration_done, or send cancel to stop it")
+    if s is None and daemon.fit is not None:
+        raise CalibrationError(f"a fit is already running (state {daemon.fsm.state.value}); "
+                               "wait for calibration_done, or send cancel to stop it")
+    if s is None:
         raise CalibrationError("nothing to fit: label windows first with the label command")
     if min_windows is not None and s.n_windows < int(min_windows):
         raise CalibrationError(f"only {s.n_windows} labelled windows, "

@@ -45,3 +45,23 @@ def test_rollback_to_the_live_map_is_a_no_op_with_a_clear_reply(live):
     assert "already live" in reply["note"]
     assert not [m for t, m in seen if t == "event"
                 and m["kind"] in ("rollback", "model_swapped")], seen
+
+
+def test_label_and_fit_refusals_say_what_is_running_and_what_to_do(live):
+    c = live.client
+    assert c.recalibrate(labels=False)["ok"] is True
+    for reply in (c.label("open"), c.fit()):
+        assert reply["ok"] is False
+        assert "zero-label recalibration is collecting" in reply["error"], reply
+        assert "needs no labels" in reply["error"] and "cancel" in reply["error"], reply
+        assert "prompted" not in reply["error"] and "label windows first" not in reply["error"]
+    assert c.request("cancel")["cancelled"] is True
+    assert c.recalibrate(seconds_per_class=5.0)["ok"] is True
+    for reply in (c.label("open"), c.fit()):
+        assert reply["ok"] is False
+        assert "prompted recalibration is running" in reply["error"], reply
+        assert "its prompts label the windows" in reply["error"] and "cancel" in reply["error"]
+        assert "label windows first" not in reply["error"]
+    assert c.request("cancel")["cancelled"] is True
+    idle = c.fit()  # nothing running at all: the old advice is the right one
+    assert idle["ok"] is False and "label windows first" in idle["error"]
