@@ -92,12 +92,19 @@ def _nonneg_float(text: str) -> float:
 
 
 def _version_number(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a map version (an integer)") from None
+    from .io.protocol import MAX_VERSION
+
+    shown = text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)"
+    digits = text.strip().lstrip("+-")
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"{shown!r} is not a map version (an integer)")
+    if len(digits) > len(str(MAX_VERSION)):  # checked before int(): no digit-limit error
+        raise argparse.ArgumentTypeError(f"map versions are at most {MAX_VERSION}, got {shown}")
+    v = int(text)
     if v < 1:
         raise argparse.ArgumentTypeError(f"map versions start at 1, got {v}")
+    if v > MAX_VERSION:
+        raise argparse.ArgumentTypeError(f"map versions are at most {MAX_VERSION}, got {v}")
     return v
 
 

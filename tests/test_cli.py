@@ -87,6 +87,11 @@ def test_help_and_usage_errors():
     assert proc.returncode == 2 and "not a ZeroMQ endpoint" in one_line(proc.stderr)
     proc = cli("recalibrate", "--classes", " , ")
     assert proc.returncode == 2 and "--classes needs" in one_line(proc.stderr)
+    for huge in ("99999999999999999999999", "2147483648", "9" * 5000):
+        proc = cli("rollback", huge)  # a usage error naming the documented bound
+        assert proc.returncode == 2, (huge[:30], proc.returncode, proc.stderr[-300:])
+        assert "map versions are at most 2147483647" in proc.stderr
+        assert "set_int_max_str_digits" not in proc.stderr and len(proc.stderr) < 600
 
 
 def test_status_without_a_daemon_fails_in_one_line():

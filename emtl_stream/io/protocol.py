@@ -123,16 +123,32 @@ def _finite_float(literal: str) -> float:
     return value
 
 
+#: Longest integer literal accepted, in digits (a sign not counted). Every integer field
+#: has a far smaller bound; this one is checked before the literal is converted, so a
+#: 5000-digit number gets the same one-line refusal as any other out-of-bound value.
+MAX_INT_DIGITS = 64
+
+
+def _bounded_int_literal(literal: str) -> int:
+    digits = len(literal.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {digits} digits, beyond every bound (integers have at "
+                         f"most {MAX_INT_DIGITS} digits; every field's bound is in "
+                         "docs/protocol.md)")
+    return int(literal)
+
+
 def loads(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Strict JSON: rejects NaN/Infinity, out-of-range numbers, duplicate keys and
-    nesting deeper than ``max_depth`` (all ``ValueError``; never ``RecursionError``)."""
+    """Strict JSON: rejects NaN/Infinity, out-of-range numbers (floats beyond the float
+    range, integers longer than :data:`MAX_INT_DIGITS`), duplicate keys and nesting deeper
+    than ``max_depth`` (all ``ValueError``; never ``RecursionError``)."""
     text = data.decode("utf-8") if isinstance(data, (bytes, bytearray)) else data
     depth = json_depth(text)
     if depth > max_depth:
         raise ValueError(f"JSON nested {depth} levels deep; at most {max_depth} allowed")
     try:
         return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
-                          object_pairs_hook=_no_duplicates)
+                          parse_int=_bounded_int_literal, object_pairs_hook=_no_duplicates)
     except RecursionError:  # unreachable after the depth scan; kept so no input escapes
         raise ValueError("JSON nested too deeply") from None
 
@@ -530,6 +546,8 @@ def parse_request(data: bytes, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> Re
     try:
         obj = loads(text, max_depth=MAX_REQUEST_DEPTH)
     except ValueError as exc:
+        if str(exc).startswith("an integer of"):  # valid JSON, but beyond every bound
+            raise ProtocolError(f"request holds {exc}.") from None
         raise ProtocolError(f"request is not valid JSON: {exc}.") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"request must be a JSON object like {{\"v\": {PROTOCOL_VERSION}, "

@@ -250,6 +250,10 @@ def test_error_table_in_docs_matches_the_code():
      "ramp and labels: false cannot be combined"),
     (b'{"v": 1, "cmd": "train", "ramp": true}', "unknown field(s) ['ramp']"),
     (b'{"v": 1, "cmd": "recalibrate", "repetitions": true}', "must be an integer"),
+    # a 5000-digit integer: the documented bound, not Python's digit-limit advice
+    (b'{"v": 1, "cmd": "rollback", "version": ' + b"9" * 5000 + b"}",
+     "request holds an integer of 5000 digits, beyond every bound (integers have at most 64"),
+    (b'{"v": 1, "cmd": "fit", "min_windows": -' + b"9" * 4400 + b"}", "4400 digits"),
 ])
 def test_hostile_requests_are_refused_naming_field_and_bound(data, reason):
     if reason is None:
