@@ -61,6 +61,7 @@ class StreamConfig:
     rate: float = _opt(0.0, minimum=0.0)
     ring: bool = _opt(True)
     labels_stream: str = _opt("")
+    max_abs_sample: float = _opt(1e9, minimum=0.0)
 
 
 @dataclass(frozen=True)

@@ -436,7 +436,8 @@ class Daemon:
                                          ssc_threshold=cfg.ssc_threshold)
             window_ms, step_ms = cfg.window_ms, cfg.step_ms
             filt = make_filter(from_config, desc.n_channels, desc.rate)
-        self.pipeline = FeaturePipeline(extractor, window_ms, step_ms, filter=filt)
+        self.pipeline = FeaturePipeline(extractor, window_ms, step_ms, filter=filt,
+                                        max_abs_sample=self.config.stream.max_abs_sample)
         self._bad_input_total = 0  # the new pipeline counts from zero
         self.extractor = extractor
 
@@ -489,8 +490,15 @@ class Daemon:
         if self._due("nonfinite"):
             total = self.pipeline.n_skipped_nonfinite
             since, self._bad_input_total = total - self._bad_input_total, total
-            self.event("bad_input", reason=f"{since} window(s) with NaN/inf samples skipped",
-                       skipped_total=total)
+            bound = self.pipeline.max_abs_sample
+            extra = {}
+            if self.pipeline.n_out_of_range:  # say which bound, once it played a part
+                extra = {"out_of_range_total": self.pipeline.n_out_of_range,
+                         "max_abs_sample": bound}
+            beyond = (f" or samples beyond ±{bound:g} ([stream] max_abs_sample)"
+                      if bound > 0 else "")
+            self.event("bad_input", reason=f"{since} window(s) with NaN/inf samples{beyond} "
+                       "skipped", skipped_total=total, **extra)
 
     def _announce_bad_speed(self, reason: str) -> None:
         if self._due("speed"):

@@ -65,3 +65,45 @@ def test_label_and_fit_refusals_say_what_is_running_and_what_to_do(live):
     assert c.request("cancel")["cancelled"] is True
     idle = c.fit()  # nothing running at all: the old advice is the right one
     assert idle["ok"] is False and "label windows first" in idle["error"]
+
+
+def test_samples_beyond_the_physical_bound_are_bad_input_not_confident_rest(
+        tmp_path, source, start_daemon):
+    """1e30 on every channel: skipped like NaN, with a bad_input event naming the bound."""
+    from daemon.conftest import FS, N_CHANNELS, armband, daemon_config
+    from lsl_helpers import ClockedOutlet, unique_id
+
+    from emtl_stream.io.client import Client
+
+    sid = unique_id("absurd")
+    config = daemon_config(tmp_path / "state", sid)
+    assert config.stream.max_abs_sample == 1e9  # the documented default
+    out = ClockedOutlet(sid, N_CHANNELS, FS)
+    start_daemon(config, bundle=source[0])
+    client = Client(config.zmq.control, config.zmq.pub, timeout_s=5.0)
+    arm = armband()
+    try:
+        with client.subscribe(("pred", "event")) as sub:
+            for _ in range(40):  # until the daemon predicts on our stream
+                if any(t == "pred" for t, _ in out.stream(arm, "rest", 0.5, sub)):
+                    break
+            else:
+                raise AssertionError("no prediction on the hand-made stream")
+
+            def absurd(block):
+                block[:] = 1e30  # finite, but no amplifier delivers this
+
+            t_bad = out.base + out.sent / out.fs
+            got = out.stream(arm, "rest", 1.5, sub, absurd)
+            back = out.stream(arm, "rest", 1.5, sub)
+        status = client.status()
+    finally:
+        client.close()
+    preds = [m for t, m in got if t == "pred"]
+    assert all(m["t"] < t_bad + 0.02 for m in preds), preds  # no confident rest from 1e30
+    events = [m for t, m in got if t == "event" and m["kind"] == "bad_input"]
+    assert events, got[-5:]
+    assert "beyond ±1e+09 ([stream] max_abs_sample)" in events[0]["reason"], events[0]
+    assert events[0]["out_of_range_total"] > 0 and events[0]["max_abs_sample"] == 1e9
+    assert any(t == "pred" and m["t"] > t_bad + 1.5 for t, m in back)  # recovers after it
+    assert status["dropped"] >= 20  # the skipped windows are counted

@@ -6,8 +6,9 @@ import dataclasses
 
 import numpy as np
 import pytest
-from daemon.conftest import (STEP_MS, WINDOW_MS, armband, collect, daemon_config, unique_id,
-                             wait_for)
+from daemon.conftest import (FS, N_CHANNELS, STEP_MS, WINDOW_MS, armband, collect,
+                             daemon_config, unique_id, wait_for)
+from lsl_helpers import ClockedOutlet
 
 from emtl_stream.config import load_config
 from emtl_stream.daemon import jobs
@@ -61,42 +62,6 @@ def test_train_job_bundle_carries_reference_speed_and_filter(source):
 
 
 # ---------------------------------------------------------------- bad input on a real outlet
-class _ClockedOutlet:
-    """A hand-made LSL outlet pushing on a continuous sample clock with explicit stamps."""
-
-    def __init__(self, source_id):
-        import pylsl
-
-        from daemon.conftest import FS, N_CHANNELS
-
-        self.fs = FS
-        self.outlet = pylsl.StreamOutlet(pylsl.StreamInfo("emtl-test", "EMG", N_CHANNELS, FS,
-                                                          "float32", source_id))
-        self.base, self.sent = None, 0
-
-    def stream(self, arm, cls, seconds, sub, edit=None):
-        """Push ``seconds`` of ``cls`` (``edit(block)`` may spoil it); messages received."""
-        import time
-
-        from emtl_stream.io.lsl_inlet import local_clock
-
-        if self.base is None:
-            self.base = local_clock()
-        seen = []
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            due = int((local_clock() - self.base) * self.fs) - self.sent
-            if due > 0:
-                block = arm.generate(due, cls).astype(np.float32)
-                if edit is not None:
-                    edit(block)
-                self.outlet.push_chunk(block.tolist(),
-                                       list(self.base + (self.sent + np.arange(due)) / self.fs))
-                self.sent += due
-            collect(sub, 0.01, seen)
-        return seen
-
-
 def _wire_is_finite(seen):
     from emtl_stream.io import protocol
 
@@ -113,7 +78,7 @@ def test_silent_electrode_and_nonfinite_samples_give_speed_0_and_bad_input(
                                                "speed": calibrate_bundle_speed(bundle, X, y)})
     sid = unique_id("badspeed")
     config = daemon_config(tmp_path / "state", sid)
-    out = _ClockedOutlet(sid)
+    out = ClockedOutlet(sid, N_CHANNELS, FS)
     start_daemon(config, bundle=bundle)
     client = Client(config.zmq.control, config.zmq.pub, timeout_s=5.0)
     arm = armband()
