@@ -31,7 +31,7 @@ def _require_stream(daemon, what: str) -> None:
 
 
 def _running(daemon, s) -> str:
-    """What the running (non-manual) session is doing, in words, with the time left."""
+    """Describe the running (non-manual) session in words, with the time left."""
     left = max(0.0, s.t0 + s.duration_s - float(daemon.clock()))
     if s.purpose == "unlabelled":
         return (f"a zero-label recalibration is collecting live windows (about {left:.0f} s "
@@ -49,8 +49,11 @@ def cmd_status(daemon) -> dict:
 
 def cmd_recalibrate(daemon, classes=None, seconds_per_class=None, repetitions=None,
                     labels=None, ramp=None) -> dict:
-    """``recalibrate``: a prompted burst, with ``labels: false`` a zero-label one, with
-    ``ramp: true`` a ramp session that re-derives the speed calibration."""
+    """``recalibrate``: a prompted burst, a zero-label one or a ramp session.
+
+    With ``labels: false`` the map is fitted without labels; with ``ramp: true`` the
+    prompts ask for slow ramps and the speed calibration is re-derived.
+    """
     if daemon.live is None:
         raise CalibrationError("no source model yet: train one first (train command)")
     _require_idle(daemon, "recalibrate")

@@ -95,7 +95,7 @@ class Prompt:
     ramp: bool = False
 
     def extra(self) -> dict:
-        """Optional ``prompt`` message fields: a ramp step says so and what to do."""
+        """Return the optional ``prompt`` fields: a ramp step says so and what to do."""
         if not self.ramp:
             return {}
         return {"ramp": True, "instruction": RAMP_INSTRUCTION.format(cls=self.cls)}

@@ -485,8 +485,10 @@ COMMANDS: dict[str, dict[str, FieldSpec]] = {
 
 
 def _check_session(cmd: str, fields: dict) -> None:
-    """Cross-field bounds: recorded time per class over the whole session; a ramp
-    session is prompted, so it cannot be a zero-label one."""
+    """Check cross-field bounds: recorded time per class over the whole session.
+
+    A ramp session is prompted, so it cannot also be a zero-label one.
+    """
     if fields.get("ramp") is True and fields.get("labels") is False:
         raise ProtocolError(f"{cmd}: ramp and labels: false cannot be combined (a ramp session "
                             "is prompted); send one of them.")
