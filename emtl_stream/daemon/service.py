@@ -794,7 +794,16 @@ class Daemon:
                 "speed_source": {"session": "ramp", "burst": burst_id, "map": self.version,
                                  "counts": result["counts"], "created": time.time()}}
         new = dataclasses.replace(bundle, meta=meta)
-        self.store.save_source(new)
+        try:
+            self.store.save_source(new)
+        except OSError as exc:  # not stored: keep serving the old calibration, say why
+            try:  # the store cleared its commit marker first: put the old model back
+                self.store.save_source(bundle)
+            except OSError:
+                logger.error("the source model could not be re-stored either", exc_info=True)
+            self.calibration_failed(f"the speed calibration could not be stored ({exc}); the "
+                                    "old one stays live", purpose="ramp")
+            return
         self.live = dataclasses.replace(self.live, bundle=new)
         self.speed = self._make_speed(new)
         self._transition("fit_done")

@@ -107,3 +107,26 @@ def test_samples_beyond_the_physical_bound_are_bad_input_not_confident_rest(
     assert events[0]["out_of_range_total"] > 0 and events[0]["max_abs_sample"] == 1e9
     assert any(t == "pred" and m["t"] > t_bad + 1.5 for t, m in back)  # recovers after it
     assert status["dropped"] >= 20  # the skipped windows are counted
+
+
+def test_a_ramp_calibration_that_cannot_be_stored_keeps_the_old_one(tmp_path, source):
+    """A real write failure (the source folder is a file): the old calibration stays live."""
+    import dataclasses
+
+    from daemon.conftest import daemon_config, unique_id
+
+    from emtl_stream.daemon.service import Daemon
+    from emtl_stream.model.speed import calibrate_bundle_speed
+
+    bundle, _, X, y = source
+    old = calibrate_bundle_speed(bundle, X, y)
+    d = Daemon(daemon_config(tmp_path / "state", unique_id("store")),
+               bundle=dataclasses.replace(bundle, meta={**bundle.meta, "speed": old}))
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    d.store.source_dir = blocker / "source"  # every write below it fails (ENOTDIR)
+    new = dict(old, low=[v + 1.0 for v in old["low"]], high=[v + 2.0 for v in old["high"]])
+    d._install_speed({"speed": new, "counts": {"open": 3}, "fit_s": 0.0}, burst_id=1)
+    assert d.live.bundle.meta["speed"] == old
+    assert d.speed.calibration.to_dict() == old
+    assert "could not be stored" in d.last_error
