@@ -109,12 +109,19 @@ def _nonneg_float(text: str) -> float:
 
 
 def _version_number(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a map version (an integer)") from None
+    from .io.protocol import MAX_VERSION
+
+    shown = text if len(text) <= 24 else f"{text[:20]}... ({len(text)} characters)"
+    digits = text.strip().lstrip("+-")
+    if not digits.isdigit():
+        raise argparse.ArgumentTypeError(f"{shown!r} is not a map version (an integer)")
+    if len(digits) > len(str(MAX_VERSION)):  # checked before int(): no digit-limit error
+        raise argparse.ArgumentTypeError(f"map versions are at most {MAX_VERSION}, got {shown}")
+    v = int(text)
     if v < 1:
         raise argparse.ArgumentTypeError(f"map versions start at 1, got {v}")
+    if v > MAX_VERSION:
+        raise argparse.ArgumentTypeError(f"map versions are at most {MAX_VERSION}, got {v}")
     return v
 
 
@@ -231,6 +238,11 @@ def _recalibrate(p):
     p.add_argument("--no-labels", action="store_true",
                    help="zero-label: the daemon collects [adapt] seconds of live windows "
                         "without prompts and fits the map without labels")
+    p.add_argument("--ramp", action="store_true",
+                   help="proportional speed: prompt a slow ramp from rest to a strong "
+                        "contraction per movement and re-derive the speed calibration from "
+                        "it (the map H is kept; --seconds default [calibration] "
+                        "ramp_seconds_per_class)")
 
 
 @command("status", "emtl_stream.commands:status", "show the daemon's state")

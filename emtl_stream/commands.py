@@ -591,6 +591,10 @@ def recalibrate(args) -> int:
     if no_labels and (args.classes or args.seconds is not None or args.repetitions is not None):
         raise ConfigError("--no-labels takes no --classes, --seconds or --repetitions "
                           "([adapt] seconds sets the collection's length)")
+    ramp = bool(getattr(args, "ramp", False))
+    if ramp and no_labels:
+        raise ConfigError("--ramp and --no-labels cannot be combined: a ramp session is "
+                          "prompted; choose one")
     client = _client(args)
     with client.subscribe(("prompt", "event")) as sub:
         time.sleep(0.3)  # let the subscription reach the publisher (slow joiner)
@@ -601,8 +605,19 @@ def recalibrate(args) -> int:
         else:
             reply = _check_ok("recalibrate", client.recalibrate(
                 classes=_split(args.classes), seconds_per_class=args.seconds,
-                repetitions=args.repetitions), client)
+                repetitions=args.repetitions, ramp=True if ramp else None), client)
+            if ramp:
+                _say("recalibrate", "ramp session: at each movement prompt start relaxed and "
+                                    "contract slowly harder, reaching a strong contraction as "
+                                    "the countdown ends")
         done = _follow_session("recalibrate", sub, float(reply.get("duration_s") or 0))
+    if done.get("purpose") == "ramp":
+        sp = done.get("speed") or {}
+        scaled = ", ".join(f"{c} {lo:.3g}..{hi:.3g}" for c, lo, hi, in zip(
+            sp.get("classes", []), sp.get("low", []), sp.get("high", [])))
+        print(f"speed calibration live (map {done.get('model')} kept): amplitude from speed 0 "
+              f"to 1 per class: {scaled}", file=sys.stderr)
+        return 0
     parts = [f"new map live: version {done.get('model')}"]
     if done.get("roll") is not None:
         parts.append(f"roll {done['roll']}")
@@ -662,6 +677,9 @@ def rollback(args) -> int:
             raise RequestRefused(f"map {st['model']} is the first map; there is none before it "
                                  f"to roll back to (maps: {maps})")
     reply = _check_ok("rollback", client.rollback(args.version))
+    if reply.get("changed") is False:
+        print(f"map {reply['model']} is already live; nothing changed")
+        return 0
     print(f"map {reply['model']} live (was {reply['previous']})")
     return 0
 

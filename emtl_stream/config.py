@@ -61,6 +61,7 @@ class StreamConfig:
     rate: float = _opt(0.0, minimum=0.0)
     ring: bool = _opt(True)
     labels_stream: str = _opt("")
+    max_abs_sample: float = _opt(1e9, minimum=0.0)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class CalibrationConfig:
 
     seconds_per_class: float = _opt(1.0, positive=True)
     train_seconds_per_class: float = _opt(5.0, positive=True)
+    ramp_seconds_per_class: float = _opt(4.0, positive=True)
     repetitions: int = _opt(1, minimum=1)
     lead_in_s: float = _opt(0.5, minimum=0.0)
     rest_s: float = _opt(1.0, minimum=0.0)

@@ -112,3 +112,38 @@ def write_xdf(path, emg: np.ndarray, fs: float, t0: float = 100.0, markers=None,
     with open(path, "wb") as fh:
         fh.write(bytes(out))
     return stamps
+
+
+class ClockedOutlet:
+    """A hand-made LSL outlet pushing on a continuous sample clock with explicit stamps.
+
+    A slow iteration pushes a bigger chunk, never a timestamp gap (which would restart
+    the daemon's windowing), so a consumer sees one continuous stream.
+    """
+
+    def __init__(self, source_id: str, n_channels: int, fs: float):
+        self.fs = float(fs)
+        self.outlet = pylsl.StreamOutlet(pylsl.StreamInfo("emtl-test", "EMG", n_channels, fs,
+                                                          "float32", source_id))
+        self.base, self.sent = None, 0
+
+    def stream(self, arm, cls, seconds, sub, edit=None) -> list:
+        """Push ``seconds`` of ``cls`` (``edit(block)`` may spoil it); messages received."""
+        if self.base is None:
+            self.base = pylsl.local_clock()
+        seen = []
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            due = int((pylsl.local_clock() - self.base) * self.fs) - self.sent
+            if due > 0:
+                block = arm.generate(due, cls).astype(np.float32)
+                if edit is not None:
+                    edit(block)
+                self.outlet.push_chunk(block.tolist(),
+                                       list(self.base + (self.sent + np.arange(due)) / self.fs))
+                self.sent += due
+            got = sub.recv(timeout_s=0.01)
+            while got is not None:
+                seen.append(got)
+                got = sub.recv(timeout_s=0)
+        return seen

@@ -87,6 +87,11 @@ def test_help_and_usage_errors():
     assert proc.returncode == 2 and "not a ZeroMQ endpoint" in one_line(proc.stderr)
     proc = cli("recalibrate", "--classes", " , ")
     assert proc.returncode == 2 and "--classes needs" in one_line(proc.stderr)
+    for huge in ("99999999999999999999999", "2147483648", "9" * 5000):
+        proc = cli("rollback", huge)  # a usage error naming the documented bound
+        assert proc.returncode == 2, (huge[:30], proc.returncode, proc.stderr[-300:])
+        assert "map versions are at most 2147483647" in proc.stderr
+        assert "set_int_max_str_digits" not in proc.stderr and len(proc.stderr) < 600
 
 
 def test_status_without_a_daemon_fails_in_one_line():
@@ -145,6 +150,26 @@ def test_status_rollback_subscribe_recalibrate_against_a_running_daemon(running)
     assert "no map version 7" in one_line(proc.stderr)
     proc = cli("recalibrate", "--classes", "rest,juggle", *_addr(config))
     assert proc.returncode == 1 and "juggle" in one_line(proc.stderr)
+
+
+def test_recalibrate_ramp_and_subscribe_show_the_ramp_session(running):
+    config, player, client = running
+    # every prompt until 3 s of silence after the session (then it exits 1 by design)
+    watcher = subprocess.Popen(CLI + ["subscribe", "prompt", "--timeout", "3", *_addr(config)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = cli("recalibrate", "--ramp", "--seconds", "0.6", *_addr(config))
+    assert proc.returncode == 0, proc.stderr
+    assert "ramp session" in proc.stderr and "speed calibration live (map 1 kept)" in proc.stderr
+    out, _ = watcher.communicate(timeout=30)
+    msgs = [json.loads(ln.split(" ", 1)[1]) for ln in out.strip().splitlines()]
+    ramps = [m for m in msgs if m.get("ramp")]  # subscribe prints the new fields as they come
+    assert ramps and all("ramp" in m["instruction"].lower() for m in ramps), msgs[:3]
+    assert all(m["class"] != "rest" for m in ramps)
+    assert client.status()["model"] == 1  # the map was kept
+    proc = cli("recalibrate", "--ramp", "--no-labels", *_addr(config))
+    assert proc.returncode == 2 and "cannot be combined" in one_line(proc.stderr)
+    proc = cli("recalibrate", "--ramp", "--classes", "rest", *_addr(config))
+    assert proc.returncode == 1 and "resting class" in one_line(proc.stderr)
 
 
 # --------------------------------------------------------------------------- train, replay

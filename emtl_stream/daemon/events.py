@@ -106,19 +106,30 @@ class Events:
         self._announced_at[key] = now
         return True
 
-    def nonfinite_skipped(self, total: int) -> None:
-        """Announce windows skipped for NaN/inf samples (rate-limited).
+    def nonfinite_skipped(self, total: int, out_of_range: int = 0,
+                          max_abs_sample: float = 0.0) -> None:
+        """Announce windows skipped for NaN/inf or out-of-range samples (rate-limited).
 
         Parameters
         ----------
         total : int
             Windows the pipeline skipped so far; the event counts every one since
             the previous event, not only the last chunk's.
+        out_of_range : int
+            Of those, windows skipped for a finite sample beyond ``max_abs_sample``.
+        max_abs_sample : float
+            The pipeline's bound on ``|sample|`` (0: none).
         """
         if self.due("nonfinite"):
             since, self._nonfinite_total = total - self._nonfinite_total, total
-            self.emit("bad_input", reason=f"{since} window(s) with NaN/inf samples skipped",
-                      skipped_total=total)
+            extra = {}
+            if out_of_range:  # say which bound, once it played a part
+                extra = {"out_of_range_total": int(out_of_range),
+                         "max_abs_sample": float(max_abs_sample)}
+            beyond = (f" or samples beyond ±{max_abs_sample:g} ([stream] max_abs_sample)"
+                      if max_abs_sample > 0 else "")
+            self.emit("bad_input", reason=f"{since} window(s) with NaN/inf samples{beyond} "
+                      "skipped", skipped_total=total, **extra)
 
     def reset_nonfinite(self) -> None:
         """Count skipped windows from zero again (a new pipeline)."""

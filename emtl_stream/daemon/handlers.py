@@ -30,6 +30,18 @@ def _require_stream(daemon, what: str) -> None:
         raise StreamError(f"no EMG stream connected; {what} needs live data")
 
 
+def _running(daemon, s) -> str:
+    """Describe the running (non-manual) session in words, with the time left."""
+    left = max(0.0, s.t0 + s.duration_s - float(daemon.clock()))
+    if s.purpose == "unlabelled":
+        return (f"a zero-label recalibration is collecting live windows (about {left:.0f} s "
+                "left); it needs no labels and fits by itself")
+    kind = {"ramp": "ramp session", "train": "training session"}.get(s.purpose,
+                                                                     "prompted recalibration")
+    return (f"a {kind} is running (about {left:.0f} s left); its prompts label the windows "
+            "and it fits by itself when they end")
+
+
 def cmd_status(daemon) -> dict:
     """``status``: state, model, stream, counters.
 
@@ -42,8 +54,11 @@ def cmd_status(daemon) -> dict:
 
 
 def cmd_recalibrate(daemon, classes=None, seconds_per_class=None, repetitions=None,
-                    labels=None) -> dict:
-    """``recalibrate``: a prompted burst, or with ``labels: false`` a zero-label one.
+                    labels=None, ramp=None) -> dict:
+    """``recalibrate``: a prompted burst, a zero-label one or a ramp session.
+
+    With ``labels: false`` the map is fitted without labels; with ``ramp: true`` the
+    prompts ask for slow ramps and the speed calibration is re-derived.
 
     Parameters
     ----------
@@ -56,6 +71,8 @@ def cmd_recalibrate(daemon, classes=None, seconds_per_class=None, repetitions=No
         Passes over the classes; default from ``[calibration]``.
     labels : bool, optional
         ``False``: a zero-label recalibration instead of a prompted burst.
+    ramp : bool, optional
+        ``True``: a ramp session that re-derives the speed calibration (the map is kept).
     """
     if daemon.live is None:
         raise CalibrationError("no source model yet: train one first (train command)")
@@ -72,6 +89,8 @@ def cmd_recalibrate(daemon, classes=None, seconds_per_class=None, repetitions=No
         return daemon.begin_unlabelled(seconds)
     known = daemon.live.classes
     cal = daemon.config.calibration
+    if ramp:
+        return _begin_ramp(daemon, classes, seconds_per_class, repetitions)
     classes = list(classes) if classes else list(cal.classes or known)
     unknown = [c for c in classes if c not in known]
     if unknown:
@@ -80,6 +99,42 @@ def cmd_recalibrate(daemon, classes=None, seconds_per_class=None, repetitions=No
         classes, cal.seconds_per_class if seconds_per_class is None else seconds_per_class,
         cal.repetitions if repetitions is None else repetitions, cal.lead_in_s, cal.rest_s)
     return daemon.begin_prompted("recalibrate", schedule)
+
+
+def _begin_ramp(daemon, classes, seconds_per_class, repetitions) -> dict:
+    """Validate a ramp session (classes that have a speed, a model that can carry one)."""
+    from ..model.speed import SpeedCalibration, rest_flags
+
+    bundle = daemon.live.bundle
+    known = daemon.live.classes
+    base = (bundle.meta or {}).get("speed")
+    try:
+        if base is not None:
+            rest = SpeedCalibration.from_dict(base).rest
+        else:
+            rest = rest_flags(known)
+            ext = daemon.extractor or bundle.make_extractor()
+            SpeedCalibration.check_features(ext.feature_names, bundle.n_channels,
+                                            daemon.config.speed.measure)
+    except ValueError as exc:
+        raise CalibrationError(f"this model cannot carry a proportional speed: {exc}") from None
+    moving = [c for c, r in zip(known, rest) if not r]
+    cal = daemon.config.calibration
+    classes = list(classes) if classes else [c for c in (cal.classes or known) if c in moving]
+    unknown = [c for c in classes if c not in known]
+    if unknown:
+        raise CalibrationError(f"unknown class(es) {unknown}; the model knows {known}")
+    resting = [c for c in classes if c not in moving]
+    if resting:
+        raise CalibrationError(f"{resting[0]!r} is the resting class, which has no speed; leave "
+                               f"it out of a ramp session (movements: {moving})")
+    if base is None and set(classes) != set(moving):
+        raise CalibrationError(f"the model has no speed calibration yet, so the first ramp "
+                               f"session must ramp every movement ({moving})")
+    schedule = check_session_request(
+        classes, cal.ramp_seconds_per_class if seconds_per_class is None else seconds_per_class,
+        cal.repetitions if repetitions is None else repetitions, cal.lead_in_s, cal.rest_s)
+    return daemon.begin_prompted("ramp", schedule)
 
 
 def cmd_train(daemon, classes=None, seconds_per_class=None, repetitions=None) -> dict:
@@ -144,7 +199,8 @@ def label_windows(daemon, label, since) -> dict:
             raise CalibrationError("no source model yet: train one first (train command)")
         s = daemon.begin_manual()
     elif s.purpose != "manual":
-        raise CalibrationError("a prompted calibration is running; labels come from its prompts")
+        raise CalibrationError(f"cannot label: {_running(daemon, s)}; wait for "
+                               "calibration_done, or send cancel first to label by hand")
     s.set_label(label, float(daemon.clock()) if since is None else float(since))
     return {"state": daemon.fsm.state.value, "label": label, "windows": s.n_windows}
 
@@ -159,7 +215,13 @@ def cmd_fit(daemon, min_windows=None) -> dict:
         Fewest labelled windows the fit accepts; default from ``[calibration]``.
     """
     s = daemon.session
-    if s is None or s.purpose != "manual":
+    if s is not None and s.purpose != "manual":
+        raise CalibrationError(f"nothing to fit by hand: {_running(daemon, s)}; wait for "
+                               "calibration_done, or send cancel to stop it")
+    if s is None and daemon.fit is not None:
+        raise CalibrationError(f"a fit is already running (state {daemon.fsm.state.value}); "
+                               "wait for calibration_done, or send cancel to stop it")
+    if s is None:
         raise CalibrationError("nothing to fit: label windows first with the label command")
     if min_windows is not None and s.n_windows < int(min_windows):
         raise CalibrationError(f"only {s.n_windows} labelled windows, "
@@ -203,6 +265,9 @@ def cmd_rollback(daemon, version=None) -> dict:
         version = earlier[-1]
     if version not in maps:
         raise ValueError(f"no map version {version}; known versions {maps}")
+    if version == current:  # nothing to swap: no events, and the reply says so
+        return {"model": current, "previous": current, "changed": False,
+                "note": f"map {current} is already live; nothing changed"}
     H, b, meta = daemon.store.load_map(version)
     if H.shape != daemon.live.H.shape:
         raise ValueError(f"map {version} has shape {H.shape}; the live model needs "
@@ -217,7 +282,7 @@ def cmd_rollback(daemon, version=None) -> dict:
     daemon.swap_map(H, b, version, ShiftReference.from_dict(ref) if ref else None)
     daemon.event("rollback", model=version, previous=current)
     daemon.event("model_swapped", model=version, reason="rollback")
-    return {"model": version, "previous": current}
+    return {"model": version, "previous": current, "changed": True}
 
 
 def cmd_save(daemon) -> dict:

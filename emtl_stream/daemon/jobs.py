@@ -208,3 +208,46 @@ def train_settings(config, extractor, window_ms: float, step_ms: float, n_channe
                 window_ms=window_ms, step_ms=step_ms, n_channels=n_channels, rate=rate,
                 filter_spec=filter_spec_from_config(config.features),
                 speed_kwargs=speed_kwargs(config))
+
+
+def speed_job(X, labels, H_live, b_live, base, *, classes, feature_names, n_channels: int,
+              speed_kwargs: dict, cancel: threading.Event | None = None) -> dict:
+    """Re-derive the proportional-speed calibration from a ramp session (worker thread).
+
+    Parameters
+    ----------
+    X : ndarray of shape (N, n)
+        Raw features of the ramp session's labelled windows.
+    labels : sequence of str, length N
+    H_live : ndarray of shape (n, n)
+    b_live : ndarray of shape (n,)
+        The live map the windows are read through (``z = H x + b``).
+    base : dict or None
+        The bundle's current calibration (``meta["speed"]``).
+    classes, feature_names, n_channels
+        The bundle's classes and feature layout (for a bundle without a calibration).
+    speed_kwargs : dict
+        :func:`~emtl_stream.model.speed.speed_kwargs` of the config.
+    cancel : threading.Event, optional
+
+    Returns
+    -------
+    dict
+        ``speed`` (:meth:`SpeedCalibration.to_dict`), ``counts`` (windows per class),
+        ``fit_s``.
+    """
+    from ..model.speed import ramp_calibration
+
+    _check_cancel(cancel)
+    t0 = time.perf_counter()
+    labels = [str(v) for v in labels]
+    try:
+        cal = ramp_calibration(X, labels, H_live, b_live, base, classes=classes,
+                               feature_names=feature_names, n_channels=n_channels,
+                               **speed_kwargs)
+    except ValueError as exc:
+        raise CalibrationError(f"speed calibration from the ramps failed: {exc}") from None
+    counts: dict[str, int] = {}
+    for lab in labels:
+        counts[lab] = counts.get(lab, 0) + 1
+    return dict(speed=cal.to_dict(), counts=counts, fit_s=time.perf_counter() - t0)

@@ -429,7 +429,8 @@ class Daemon:
                                          ssc_threshold=cfg.ssc_threshold)
             window_ms, step_ms = cfg.window_ms, cfg.step_ms
             filt = make_filter(from_config, desc.n_channels, desc.rate)
-        self.pipeline = FeaturePipeline(extractor, window_ms, step_ms, filter=filt)
+        self.pipeline = FeaturePipeline(extractor, window_ms, step_ms, filter=filt,
+                                        max_abs_sample=self.config.stream.max_abs_sample)
         self.events.reset_nonfinite()  # the new pipeline counts from zero
         self.extractor = extractor
 
@@ -463,7 +464,9 @@ class Daemon:
         skipped = self.pipeline.n_skipped_nonfinite
         windows = self.pipeline.push(samples, stamps)
         if self.pipeline.n_skipped_nonfinite > skipped:
-            self.events.nonfinite_skipped(self.pipeline.n_skipped_nonfinite)
+            self.events.nonfinite_skipped(self.pipeline.n_skipped_nonfinite,
+                                          self.pipeline.n_out_of_range,
+                                          self.pipeline.max_abs_sample)
         for w in windows:
             self._on_window(w)
 
@@ -554,10 +557,11 @@ class Daemon:
         session = Session(purpose, float(self.clock()), window_s, schedule=schedule)
         self._transition("start_prompting")
         self.session = session
+        ramp = {"ramp": True} if purpose == "ramp" else {}
         self.event("calibration_started", purpose=purpose, classes=list(schedule.classes),
                    seconds_per_class=schedule.seconds_per_class,
-                   repetitions=schedule.repetitions, duration_s=schedule.duration_s)
-        return {"state": "calibrating", "duration_s": schedule.duration_s}
+                   repetitions=schedule.repetitions, duration_s=schedule.duration_s, **ramp)
+        return {"state": "calibrating", "duration_s": schedule.duration_s, **ramp}
 
     def begin_unlabelled(self, seconds: float, trigger: str = "request") -> dict:
         """Start collecting unlabelled windows for a zero-label recalibration.
@@ -615,7 +619,8 @@ class Daemon:
             if prompt.new_step and self._prompt_markers is not None:
                 self._prompt_markers.push(prompt.cls)
             self.publisher.publish("prompt", protocol.prompt_msg(
-                cls=prompt.cls, remaining_s=prompt.remaining_s, step=prompt.step, of=prompt.of))
+                cls=prompt.cls, remaining_s=prompt.remaining_s, step=prompt.step, of=prompt.of,
+                **prompt.extra()))
         if done:
             self.finish_session()
 
@@ -649,6 +654,14 @@ class Daemon:
                                                self.pipeline.window_ms, self.pipeline.step_ms,
                                                self.stream_desc.n_channels,
                                                self.stream_desc.rate))
+        elif s.purpose == "ramp":  # speed from the ramps through the live map; H stays
+            from ..model.speed import speed_kwargs
+
+            self._submit("speed", burst_id, s.purpose, jobs.speed_job, X, labels,
+                         live.H.copy(), live.b.copy(), (live.bundle.meta or {}).get("speed"),
+                         classes=live.classes, feature_names=self.extractor.feature_names,
+                         n_channels=live.bundle.n_channels,
+                         speed_kwargs=speed_kwargs(self.config))
         else:
             kw, ring = jobs.transfer_settings(self.config, live.bundle.n_channels, live.H)
             self._submit("transfer", burst_id, s.purpose, jobs.transfer_job,
@@ -716,6 +729,8 @@ class Daemon:
             self._install_trained(result)
         elif fit.kind == "unlabelled":
             self._install_unlabelled(result)
+        elif fit.kind == "speed":
+            self._install_speed(result, fit.burst)
         else:
             self._install_transfer(result, fit.burst)
 
@@ -746,6 +761,35 @@ class Daemon:
         self.event("model_swapped", model=version, reason="recalibration", burst=burst_id)
         self.event("calibration_done", model=version, objective=new, previous_objective=old,
                    n_iter=result["n_iter"], roll=result["roll"], fit_s=result["fit_s"])
+
+    def _install_speed(self, result, burst_id) -> None:
+        """Store the ramp calibration in the source bundle (one atomic write), then serve it."""
+        import dataclasses
+
+        bundle = self.live.bundle
+        meta = {**(bundle.meta or {}), "speed": result["speed"],
+                "speed_source": {"session": "ramp", "burst": burst_id, "map": self.version,
+                                 "counts": result["counts"], "created": time.time()}}
+        new = dataclasses.replace(bundle, meta=meta)
+        try:
+            self.store.save_source(new)
+        except OSError as exc:  # not stored: keep serving the old calibration, say why
+            try:  # the store cleared its commit marker first: put the old model back
+                self.store.save_source(bundle)
+            except OSError:
+                logger.error("the source model could not be re-stored either", exc_info=True)
+            self.calibration_failed(f"the speed calibration could not be stored ({exc}); the "
+                                    "old one stays live", purpose="ramp")
+            return
+        self.live = dataclasses.replace(self.live, bundle=new)
+        self.speed = self._make_speed(new)
+        self._transition("fit_done")
+        sp = result["speed"]
+        moving = [k for k, r in enumerate(sp["rest"]) if not r]
+        self.event("calibration_done", purpose="ramp", model=self.version, burst=burst_id,
+                   speed={key: [sp[key][k] for k in moving] for key in ("classes", "low",
+                                                                        "high")},
+                   ramped=list(result["counts"]), fit_s=result["fit_s"])
 
     def _install_unlabelled(self, result) -> None:
         metrics = dict(result.metrics)

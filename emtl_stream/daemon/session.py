@@ -14,6 +14,11 @@ Kinds (``purpose``):
     part of one class step. The session is over as soon as samples up to the
     schedule's end were pulled (every window of the burst has then ended),
     without waiting for another window to arrive.
+``ramp``
+    Prompted like ``recalibrate``, but every class prompt asks for a slow ramp from
+    rest to a strong contraction (:data:`RAMP_INSTRUCTION`; the prompt carries
+    ``"ramp": true``). Its windows re-derive the proportional-speed calibration
+    through the live map; the map itself is not refitted.
 ``manual``
     Labels from ``label`` commands (or a Markers stream): a window belongs to the
     current label if it starts at or after the moment the label was given.
@@ -44,6 +49,10 @@ MAX_UNLABELLED_S = 30.0
 #: A prompted burst closes once the stream has delivered samples up to the schedule's
 #: end; if it stalls, at the latest this long after the end on the LSL clock (s).
 BURST_CLOSE_FALLBACK_S = 0.5
+#: What a ramp session's class prompt asks for (``{cls}``: the class name); the prompt's
+#: ``instruction`` field and the patient page show it.
+RAMP_INSTRUCTION = ("Slowly ramp up {cls}: start relaxed and contract a little harder "
+                    "every moment, reaching a strong contraction as the step ends")
 
 
 def check_session_request(classes, seconds_per_class, repetitions, lead_in_s: float,
@@ -96,6 +105,13 @@ class Prompt:
     step: int
     of: int
     new_step: bool
+    ramp: bool = False
+
+    def extra(self) -> dict:
+        """Return the optional ``prompt`` fields: a ramp step says so and what to do."""
+        if not self.ramp:
+            return {}
+        return {"ramp": True, "instruction": RAMP_INSTRUCTION.format(cls=self.cls)}
 
 
 class Session:
@@ -104,7 +120,7 @@ class Session:
     Parameters
     ----------
     purpose : str
-        ``"recalibrate"``, ``"train"``, ``"manual"`` or ``"unlabelled"``.
+        ``"recalibrate"``, ``"train"``, ``"ramp"``, ``"manual"`` or ``"unlabelled"``.
     t0 : float
         LSL time the session started.
     window_s : float
@@ -117,12 +133,12 @@ class Session:
         Cap on collected windows (a forgotten manual label must not eat memory).
     """
 
-    PROMPTED = ("recalibrate", "train")
+    PROMPTED = ("recalibrate", "train", "ramp")
 
     def __init__(self, purpose: str, t0: float, window_s: float, *,
                  schedule: PromptSchedule | None = None, seconds: float = 0.0,
                  max_windows: int = 100_000):
-        if purpose not in ("recalibrate", "train", "manual", "unlabelled"):
+        if purpose not in (*self.PROMPTED, "manual", "unlabelled"):
             raise ValueError(f"unknown session purpose {purpose!r}")
         if purpose in self.PROMPTED and schedule is None:
             raise ValueError(f"a {purpose} session needs a schedule")
@@ -253,7 +269,8 @@ class Session:
         self.step_index = step.index
         self._last_prompt_t = now
         return Prompt(step.label, max(0.0, step.start_s + step.duration_s - elapsed),
-                      step.index + 1, len(self.schedule.steps), new), False
+                      step.index + 1, len(self.schedule.steps), new,
+                      ramp=self.purpose == "ramp" and step.kind == "class"), False
 
     def recording_at(self, now: float) -> bool:
         """Return True while windows are being recorded.

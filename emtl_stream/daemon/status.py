@@ -42,7 +42,7 @@ def build_status(*, state: str, version, classes, stream_name: str, desc, connec
     windows, stale_windows : int
         Windows classified so far, and how many of them were stale.
     inlet : EMGInlet or None
-        Its ``n_lost_samples``, ``outage_s`` and ``n_outages`` are reported.
+        Its ``n_lost_samples``, ``total_outage_s`` and ``n_outages`` are reported.
     pipeline : FeaturePipeline or None
         Its ``n_skipped_nonfinite`` counts as dropped.
     uptime_s : float
@@ -69,7 +69,8 @@ def build_status(*, state: str, version, classes, stream_name: str, desc, connec
         "windows": windows,
         "stale_windows": stale_windows,
         "dropped": _count(inlet, "n_lost_samples") + _count(pipeline, "n_skipped_nonfinite"),
-        "outage_s": _count(inlet, "outage_s", float),
+        # the outage in progress included (an operator asks while the stream is gone)
+        "outage_s": _count(inlet, "total_outage_s", float),
         "outages": _count(inlet, "n_outages"),
         "uptime_s": uptime_s,
         "maps": [m["version"] for m in maps],

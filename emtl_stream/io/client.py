@@ -271,7 +271,7 @@ class Client:
         return self.request("status")
 
     def recalibrate(self, classes=None, seconds_per_class=None, repetitions=None,
-                    labels: bool | None = None) -> dict:
+                    labels: bool | None = None, ramp: bool | None = None) -> dict:
         """Start a recalibration (completion arrives as an ``event``).
 
         Parameters
@@ -286,10 +286,17 @@ class Client:
             ``False``: a zero-label recalibration — the daemon collects ``[adapt] seconds``
             of live windows without prompting and fits the map without labels (then
             ``classes``, ``seconds_per_class`` and ``repetitions`` must be left out).
+        ramp : bool, optional
+            ``True``: a ramp session for the proportional speed — every class prompt asks
+            for a slow ramp from rest to a strong contraction (default classes: every
+            movement, default length ``[calibration] ramp_seconds_per_class``), and the
+            speed calibration is re-derived from the ramps read through the live map.
+            The map is kept; ``calibration_done`` carries ``purpose: "ramp"``.
         """
         return self.request("recalibrate", **self._given(
             classes=list(classes) if classes is not None else None,
-            seconds_per_class=seconds_per_class, repetitions=repetitions, labels=labels))
+            seconds_per_class=seconds_per_class, repetitions=repetitions, labels=labels,
+            ramp=ramp))
 
     def train(self, classes=None, seconds_per_class=None, repetitions=None) -> dict:
         """Start a prompted training session of a new source model on the live stream.

@@ -377,6 +377,16 @@ class EMGInlet:
             logger.info("LSL stream %s: %d gap(s), about %d sample(s) missing",
                         self.description.name, n_gaps, lost)
 
+    @property
+    def total_outage_s(self) -> float:
+        """Seconds the stream was gone, the outage in progress included.
+
+        ``outage_s`` grows only when an outage ends; while the stream is lost this adds
+        the time since it was declared lost, so a status shows the outage as it lasts.
+        """
+        ongoing = 0.0 if self._lost_since is None else time.monotonic() - self._lost_since
+        return self.outage_s + max(ongoing, 0.0)
+
     # ------------------------------------------------------------------ loss
     def _declare_lost(self, why: str) -> None:
         if not self.connected:

@@ -134,11 +134,27 @@ def _finite_float(literal: str) -> float:
     return value
 
 
+#: Longest integer literal accepted, in digits (a sign not counted). Every integer field
+#: has a far smaller bound; this one is checked before the literal is converted, so a
+#: 5000-digit number gets the same one-line refusal as any other out-of-bound value.
+MAX_INT_DIGITS = 64
+
+
+def _bounded_int_literal(literal: str) -> int:
+    digits = len(literal.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {digits} digits, beyond every bound (integers have at "
+                         f"most {MAX_INT_DIGITS} digits; every field's bound is in "
+                         "docs/protocol.md)")
+    return int(literal)
+
+
 def loads(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """Parse strict JSON.
 
-    Rejects NaN/Infinity, out-of-range numbers, duplicate keys and nesting deeper
-    than ``max_depth`` (all ``ValueError``; never ``RecursionError``).
+    Rejects NaN/Infinity, out-of-range numbers (floats beyond the float range, integers
+    longer than :data:`MAX_INT_DIGITS`), duplicate keys and nesting deeper than
+    ``max_depth`` (all ``ValueError``; never ``RecursionError``).
 
     Parameters
     ----------
@@ -158,7 +174,7 @@ def loads(data: bytes | str, max_depth: int = MAX_JSON_DEPTH) -> Any:
         raise ValueError(f"JSON nested {depth} levels deep; at most {max_depth} allowed")
     try:
         return json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float,
-                          object_pairs_hook=_no_duplicates)
+                          parse_int=_bounded_int_literal, object_pairs_hook=_no_duplicates)
     except RecursionError:  # unreachable after the depth scan; kept so no input escapes
         raise ValueError("JSON nested too deeply") from None
 
@@ -494,6 +510,10 @@ COMMANDS: dict[str, dict[str, FieldSpec]] = {
         "labels": FieldSpec(_bool, kind="bool", bounds="true or false",
                             doc="fit with the prompts' labels (default true); false fits the "
                                 "map without labels"),
+        "ramp": FieldSpec(_bool, kind="bool", bounds="true or false",
+                          doc="prompt slow ramps from rest to a strong contraction and "
+                              "re-derive the proportional-speed calibration from them through "
+                              "the live map (default false); the map itself is kept"),
     },
     "train": dict(_SESSION),
     "label": {"label": FieldSpec(_label, required=True, kind="str or null",
@@ -513,7 +533,13 @@ COMMANDS: dict[str, dict[str, FieldSpec]] = {
 
 
 def _check_session(cmd: str, fields: dict) -> None:
-    """Cross-field bound: recorded time per class over the whole session."""
+    """Check cross-field bounds: recorded time per class over the whole session.
+
+    A ramp session is prompted, so it cannot also be a zero-label one.
+    """
+    if fields.get("ramp") is True and fields.get("labels") is False:
+        raise ProtocolError(f"{cmd}: ramp and labels: false cannot be combined (a ramp session "
+                            "is prompted); send one of them.")
     seconds, reps = fields.get("seconds_per_class"), fields.get("repetitions")
     if seconds is not None and reps is not None and seconds * reps > MAX_RECORDED_S_PER_CLASS:
         raise ProtocolError(f"{cmd}: seconds_per_class x repetitions must be <= "
@@ -570,6 +596,8 @@ def parse_request(data: bytes, max_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> Re
     try:
         obj = loads(text, max_depth=MAX_REQUEST_DEPTH)
     except ValueError as exc:
+        if str(exc).startswith("an integer of"):  # valid JSON, but beyond every bound
+            raise ProtocolError(f"request holds {exc}.") from None
         raise ProtocolError(f"request is not valid JSON: {exc}.") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"request must be a JSON object like {{\"v\": {PROTOCOL_VERSION}, "

@@ -24,6 +24,7 @@ with the traceback), unserialisable handler results get ``ok: false`` too.
 from __future__ import annotations
 
 import threading
+import time
 from typing import Callable
 
 import zmq
@@ -35,6 +36,45 @@ from .protocol import Request
 from .zmq_pub import CurveConfig, bind_server_socket, check_bind_address, release_curve_server
 
 Handler = Callable[[Request], dict]
+
+
+#: Refused requests are logged one by one (at INFO) at most this many times per
+#: :data:`REFUSAL_LOG_S`; the rest only at DEBUG, and a hostile or buggy client's flood
+#: ends in one summary line per interval instead of one line per request.
+REFUSALS_LOGGED = 5
+REFUSAL_LOG_S = 60.0
+
+
+class _RefusalLog:
+    """Rate-limited logging of refused requests with a periodic summary."""
+
+    def __init__(self, limit: int = REFUSALS_LOGGED, interval_s: float = REFUSAL_LOG_S):
+        self.limit, self.interval_s = int(limit), float(interval_s)
+        self._start = time.monotonic()
+        self._n = 0
+        self._last = ""
+
+    def note(self, text: str) -> None:
+        """Log one refusal: in full while under the limit, else at DEBUG and counted."""
+        self.flush()
+        self._n += 1
+        self._last = text
+        if self._n <= self.limit:
+            logger.info("%s", text)
+        else:
+            logger.debug("%s", text)
+
+    def flush(self) -> None:
+        """At the end of an interval, summarise the refusals not logged one by one."""
+        now = time.monotonic()
+        if now - self._start < self.interval_s:
+            return
+        quiet = self._n - self.limit
+        if quiet > 0:
+            logger.warning("%d more control requests refused in the last %.0f s were not "
+                           "logged one by one (last: %s)", quiet, now - self._start,
+                           self._last[:200])
+        self._start, self._n = now, 0
 
 
 class ControlServer:
@@ -87,6 +127,7 @@ class ControlServer:
         self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.n_requests = 0
         self.n_errors = 0
+        self.refusals = _RefusalLog()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         logger.info("control server bound to %s%s", self.address, " (CURVE)" if curve else "")
@@ -98,7 +139,7 @@ class ControlServer:
             request = protocol.parse_request(body, self.max_message_bytes)
         except ProtocolError as exc:
             self.n_errors += 1
-            logger.info("refused control request: %s", exc)
+            self.refusals.note(f"refused control request: {exc}")
             return protocol.reply_error(str(exc))
         except Exception as exc:  # a parser bug must still cost only this request
             self.n_errors += 1
@@ -110,9 +151,9 @@ class ControlServer:
         except Exception as exc:  # a command failed: the client gets the reason
             self.n_errors += 1
             if isinstance(exc, (EmtlError, ValueError, LookupError)):
-                # a refused request (bad state, unknown class or version): one line; the
-                # traceback only at DEBUG
-                logger.warning("control command %r refused: %s", request.cmd, exc)
+                # a refused request (bad state, unknown class or version): one line, rate
+                # limited (a client's mistake, not the daemon's); the traceback at DEBUG
+                self.refusals.note(f"control command {request.cmd!r} refused: {exc}")
                 logger.debug("control command %r refused", request.cmd, exc_info=True)
             else:
                 logger.warning("control command %r failed", request.cmd, exc_info=True)
@@ -177,6 +218,7 @@ class ControlServer:
         if self._thread is not None and threading.current_thread() is not self._thread:
             raise RuntimeError("control server runs in its own thread; do not call poll_once")
         n = 0
+        self.refusals.flush()
         if not self._sock.poll(timeout_ms, zmq.POLLIN):
             return 0
         while n < max_requests and self._sock.poll(0, zmq.POLLIN):

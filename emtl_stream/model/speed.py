@@ -85,6 +85,16 @@ def _is_rest(name: str) -> bool:
     return name.strip().lower() in REST_NAMES
 
 
+def rest_flags(classes) -> tuple:
+    """Which of ``classes`` count as the resting class by name (:data:`REST_NAMES`).
+
+    Parameters
+    ----------
+    classes : sequence of str
+    """
+    return tuple(_is_rest(str(c)) for c in classes)
+
+
 @dataclass(frozen=True)
 class SpeedCalibration:
     """Per-class speed scaling fitted on the source model's training windows.
@@ -121,6 +131,18 @@ class SpeedCalibration:
     high_percentile: float = 70.0
 
     # ------------------------------------------------------------------ fitting
+    @staticmethod
+    def check_features(feature_names, n_channels: int, measure: str = "mav") -> None:
+        """Raise ``ValueError`` unless the features carry what ``measure`` reads.
+
+        Parameters
+        ----------
+        feature_names : sequence of str
+        n_channels : int
+        measure : str
+        """
+        _measure_columns(feature_names, n_channels, measure)
+
     @classmethod
     def fit(cls, Z, y, classes, *, feature_names, n_channels: int, measure: str = "mav",
             low_percentile: float = 10.0, high_percentile: float = 70.0, rest_class=None,
@@ -205,6 +227,65 @@ class SpeedCalibration:
                    low=tuple(low), high=tuple(high), rest=rest,
                    channel_floor=tuple(float(f) for f in floor),
                    low_percentile=lo_p, high_percentile=hi_p)
+
+    def refit_classes(self, Z, y, *, low_percentile: float | None = None,
+                      high_percentile: float | None = None) -> "SpeedCalibration":
+        """Return a copy with the classes present in ``y`` re-scaled from ``Z``.
+
+        Used for ramp training: the windows of a prompted ramp session, mapped into the
+        source space, replace the scaling of the classes that were ramped; every other
+        class, the measure, the columns and the silent-channel floors stay as they are.
+
+        Parameters
+        ----------
+        Z : array-like of shape (n_windows, n_features)
+            Windows in the source feature space (``z = H x + b``).
+        y : array-like of shape (n_windows,)
+            Class name of each window (values of :attr:`classes`; no resting class).
+        low_percentile, high_percentile : float, optional
+            Default: the calibration's own.
+
+        Returns
+        -------
+        SpeedCalibration
+
+        Raises
+        ------
+        ValueError
+            Non-finite rows, a shape mismatch, an unknown or resting class in ``y``.
+        """
+        Z = np.asarray(Z, dtype=np.float64)
+        y = np.asarray([str(v) for v in np.asarray(y).reshape(-1)])
+        if Z.ndim != 2 or Z.shape[0] != y.size or Z.shape[0] == 0:
+            raise ValueError(f"Z must have shape ({y.size}, n_features) with at least one "
+                             f"window, got {Z.shape}.")
+        if not np.isfinite(Z).all():
+            raise ValueError("Z holds NaN or inf; drop non-finite windows first.")
+        lo_p = self.low_percentile if low_percentile is None else ensure_float(
+            low_percentile, "low_percentile", minimum=0.0, maximum=100.0)
+        hi_p = self.high_percentile if high_percentile is None else ensure_float(
+            high_percentile, "high_percentile", minimum=0.0, maximum=100.0)
+        if not lo_p < hi_p:
+            raise ValueError(f"low_percentile ({lo_p}) must be below high_percentile ({hi_p}).")
+        for c in sorted(set(y.tolist())):
+            if c not in self.classes:
+                raise ValueError(f"class {c!r} is not one of {list(self.classes)}.")
+            if self.rest[self.classes.index(c)]:
+                raise ValueError(f"class {c!r} is the resting class; it has no speed to "
+                                 "calibrate.")
+        a = _amplitude(Z, np.asarray(self.columns), self.measure)
+        low, high = list(self.low), list(self.high)
+        for k, c in enumerate(self.classes):
+            sel = y == c
+            if not sel.any():
+                continue
+            lo, hi = np.percentile(a[sel], [lo_p, hi_p])
+            low[k] = float(lo)
+            high[k] = float(max(hi, lo + max(abs(lo) * 1e-9, EPS)))
+        return SpeedCalibration(classes=self.classes, measure=self.measure,
+                                columns=self.columns, low=tuple(low), high=tuple(high),
+                                rest=self.rest, channel_floor=self.channel_floor,
+                                low_percentile=lo_p, high_percentile=hi_p)
 
     # ------------------------------------------------------------------ use
     @property
@@ -463,6 +544,61 @@ def calibrate_bundle_speed(bundle, X, y, **kwargs) -> dict:
     cal = SpeedCalibration.fit(X, y, bundle.classes, feature_names=extractor.feature_names,
                                n_channels=extractor.n_channels, **kwargs)
     return cal.to_dict()
+
+
+def ramp_calibration(X, y, H, b, base=None, *, classes=None, feature_names=None,
+                     n_channels=None, **kwargs) -> SpeedCalibration:
+    """Speed calibration from a prompted ramp session, read through the live map.
+
+    Every window of the session is mapped into the source space, ``z = H x + b``,
+    exactly as the classifier and the live speed read it, and the scaling of the
+    ramped classes is re-derived from those ``z`` (:meth:`SpeedCalibration.refit_classes`).
+    A slow ramp from rest to a strong contraction covers the whole range of
+    strengths a user will later produce; a static hold covers one strength only
+    (docs/speed.md measures the difference).
+
+    Parameters
+    ----------
+    X : array-like of shape (n_windows, n_features)
+        Raw features of the session's labelled windows.
+    y : array-like of shape (n_windows,)
+        Prompted class of each window.
+    H : array-like of shape (n_features, n_features)
+    b : array-like of shape (n_features,)
+        The live map.
+    base : SpeedCalibration or dict, optional
+        The model's current calibration: classes that were not ramped keep its
+        scaling, and its measure and silent-channel floors are kept. ``None`` (a model
+        without a calibration): every non-rest class must have been ramped, and
+        ``classes``, ``feature_names``, ``n_channels`` and ``kwargs`` (the
+        :meth:`SpeedCalibration.fit` settings) are used.
+    classes, feature_names, n_channels
+        As :meth:`SpeedCalibration.fit`; only without ``base``.
+    **kwargs
+        ``low_percentile``, ``high_percentile`` (both cases) and, without ``base``,
+        ``measure``.
+
+    Returns
+    -------
+    SpeedCalibration
+    """
+    X = np.asarray(X, dtype=np.float64)
+    H = np.asarray(H, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64).reshape(-1)
+    if X.ndim != 2 or H.shape != (X.shape[1], X.shape[1]) or b.shape != (X.shape[1],):
+        raise ValueError(f"X {X.shape}, H {H.shape} and b {b.shape} do not fit together.")
+    Z = X @ H.T + b
+    y = np.asarray([str(v) for v in np.asarray(y).reshape(-1)])
+    if base is None:
+        if classes is None or feature_names is None or n_channels is None:
+            raise ValueError("without a base calibration, classes, feature_names and "
+                             "n_channels are needed.")
+        return SpeedCalibration.fit(Z, y, classes, feature_names=feature_names,
+                                    n_channels=n_channels, **kwargs)
+    if isinstance(base, dict):
+        base = SpeedCalibration.from_dict(base)
+    kwargs.pop("measure", None)  # a partial refit keeps the base's measure
+    return base.refit_classes(Z, y, **kwargs)
 
 
 class LiveSpeed:

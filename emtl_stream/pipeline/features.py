@@ -280,6 +280,10 @@ class FeaturePipeline:
         Applied to each pushed chunk before buffering; reset at :meth:`mark_gap`.
     capacity_s : float
         Ring-buffer length in seconds (at least two windows are always kept).
+    max_abs_sample : float
+        Physical bound of a sample (stream units): a sample beyond ``±max_abs_sample``
+        is not EMG but a broken amplifier or driver, and is treated like NaN (its
+        windows are skipped and counted). 0 turns the check off.
 
     Attributes
     ----------
@@ -290,7 +294,10 @@ class FeaturePipeline:
     n_windows : int
         Windows emitted so far (finite ones).
     n_skipped_nonfinite : int
-        Windows dropped because they held NaN/inf samples.
+        Windows dropped because they held NaN/inf samples or samples beyond
+        ``max_abs_sample``.
+    n_out_of_range : int
+        Samples beyond ``max_abs_sample`` seen so far.
     n_gaps : int
         Calls to :meth:`mark_gap`.
     """
@@ -299,7 +306,8 @@ class FeaturePipeline:
     WARN_INTERVAL_S = 5.0
 
     def __init__(self, extractor: FeatureExtractor, window_ms: float = 200.0,
-                 step_ms: float = 50.0, *, filter=None, capacity_s: float = 10.0):
+                 step_ms: float = 50.0, *, filter=None, capacity_s: float = 10.0,
+                 max_abs_sample: float = 0.0):
         check_type(extractor, FeatureExtractor, "extractor")
         self.extractor = extractor
         self.fs = extractor.fs
@@ -324,6 +332,8 @@ class FeaturePipeline:
         self.n_samples = 0
         self.n_windows = 0
         self.n_skipped_nonfinite = 0
+        self.max_abs_sample = ensure_float(max_abs_sample, "max_abs_sample", minimum=0.0)
+        self.n_out_of_range = 0
         self.n_gaps = 0
         self._last_warn = -np.inf
         self._unwarned = 0
@@ -364,6 +374,12 @@ class FeaturePipeline:
             raise ValueError(f"timestamps has {ts.shape[0]} entries for {x.shape[0]} samples.")
         if x.shape[0] == 0:
             return []
+        if self.max_abs_sample > 0:
+            absurd = np.abs(x) > self.max_abs_sample  # NaN compares False: stays NaN
+            if absurd.any():  # beyond the physical bound: bad input, exactly like NaN
+                x = np.array(x, dtype=np.float64)
+                x[absurd] = np.nan
+                self.n_out_of_range += int(absurd.sum())
         x = self.filter.process(x) if self.filter is not None else x
         out = []
         ext = self.extractor
@@ -389,7 +405,8 @@ class FeaturePipeline:
         self._unwarned += n
         now = time.monotonic()
         if now - self._last_warn >= self.WARN_INTERVAL_S:
-            logger.warning("skipped %d window(s) with NaN/inf samples (%d in total so far)",
+            logger.warning("skipped %d window(s) with NaN/inf or out-of-range samples (%d in "
+                           "total so far)",
                            self._unwarned, self.n_skipped_nonfinite)
             self._last_warn = now
             self._unwarned = 0

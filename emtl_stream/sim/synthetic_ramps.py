@@ -143,3 +143,102 @@ def hold_session(armband: SyntheticArmband, classes, seconds_per_class: float = 
     """
     return level_session(armband, classes, seconds_per_class,
                          lambda i, n: np.full(n, level), chunk_s)
+
+
+class PromptPerformer:
+    """A synthetic user: performs ``prompt`` messages, holding or ramping as asked.
+
+    A plain object (no sockets, no clock of its own): :meth:`prompt` with each
+    ``prompt`` message and the time it arrived, :meth:`generate` for the next samples
+    with the time of their first sample. A hold prompt is performed at level 1 (the
+    generator's strength); a ramp prompt (``"ramp": true``) rises linearly from rest
+    at the step's start to ``ramp_high`` at its end (``remaining_s`` of the step's
+    first prompt), as a user asked to ramp slowly from rest to a strong contraction
+    would. Outside sessions :meth:`perform` sets a class and a level directly.
+
+    Parameters
+    ----------
+    armband : SyntheticArmband
+    ramp_high : float
+        Level reached at the end of a ramp step (0..2).
+    chunk_s : float
+        Resolution of the level staircase (s).
+    """
+
+    def __init__(self, armband: SyntheticArmband, ramp_high: float = 1.0,
+                 chunk_s: float = 0.01):
+        self.armband = armband
+        self.ramp_high = ensure_float(ramp_high, "ramp_high", minimum=0.0, maximum=2.0)
+        self.chunk = max(1, int(round(ensure_float(chunk_s, "chunk_s", minimum=0.0,
+                                                   strict_min=True) * armband.fs)))
+        self.cls = armband.class_names[0]
+        self.level = 1.0
+        self.ramp: tuple[float, float] | None = None  # (start, end) of the current ramp
+        self._key = None
+
+    def perform(self, class_, level: float = 1.0) -> None:
+        """Hold ``class_`` at ``level`` from now on (ends any ramp).
+
+        Parameters
+        ----------
+        class_ : str or int
+        level : float
+        """
+        self.armband.class_index(class_)
+        self.cls, self.level, self.ramp, self._key = class_, float(level), None, None
+
+    def prompt(self, msg: dict, now: float) -> None:
+        """Follow one ``prompt`` message received at time ``now``.
+
+        Parameters
+        ----------
+        msg : dict
+            The message (``class``, ``remaining_s``, ``step``; ``ramp`` optional).
+        now : float
+            When it arrived, on the clock of :meth:`generate`.
+        """
+        key = (msg.get("step"), msg.get("class"))
+        if key == self._key:
+            return
+        self._key = key
+        self.cls = msg["class"]
+        self.armband.class_index(self.cls)
+        self.level = 1.0
+        self.ramp = ((now, now + float(msg.get("remaining_s") or 0.0))
+                     if msg.get("ramp") else None)
+
+    def level_at(self, t: float) -> float:
+        """Return the activation level performed at time ``t``.
+
+        Parameters
+        ----------
+        t : float
+        """
+        if self.ramp is None:
+            return self.level
+        t0, t1 = self.ramp
+        frac = 1.0 if t1 <= t0 else min(max((t - t0) / (t1 - t0), 0.0), 1.0)
+        return self.ramp_high * frac
+
+    def generate(self, n_samples: int, t_first: float) -> np.ndarray:
+        """Generate the next ``n_samples`` samples, the first one at time ``t_first``.
+
+        Parameters
+        ----------
+        n_samples : int
+        t_first : float
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_channels), float32
+        """
+        n = ensure_int(n_samples, "n_samples", 0)
+        parts, done = [], 0
+        while done < n:
+            take = min(self.chunk, n - done)
+            level = self.level_at(t_first + done / self.armband.fs)
+            parts.append(generate_at_level(self.armband, take, self.cls, level))
+            done += take
+        if not parts:
+            return np.empty((0, self.armband.n_channels), np.float32)
+        return np.concatenate(parts)

@@ -142,9 +142,11 @@ def recalibrate_fields(body: dict) -> dict:
     body : dict
         ``classes`` (1..64 names of at most 64 characters), ``seconds_per_class``
         (0 < s <= 120), ``repetitions`` (1..20), ``labels`` (bool; ``false`` asks for a
-        zero-label recalibration). All optional; nothing else is allowed.
+        zero-label recalibration), ``ramp`` (bool; ``true`` asks for a ramp session that
+        recalibrates the proportional speed). All optional; nothing else is allowed.
     """
-    unknown = sorted(set(body) - {"classes", "seconds_per_class", "repetitions", "labels"})
+    unknown = sorted(set(body) - {"classes", "seconds_per_class", "repetitions", "labels",
+                                  "ramp"})
     if unknown:
         raise _BadRequest(HTTPStatus.BAD_REQUEST, f"unknown field(s) {unknown}.")
     out = {}
@@ -166,6 +168,11 @@ def recalibrate_fields(body: dict) -> dict:
             raise _BadRequest(HTTPStatus.BAD_REQUEST, "labels must be true or false.")
         if body["labels"] is False:
             out["labels"] = False  # true is the daemon's default: not sent
+    if "ramp" in body:
+        if not isinstance(body["ramp"], bool):
+            raise _BadRequest(HTTPStatus.BAD_REQUEST, "ramp must be true or false.")
+        if body["ramp"] is True:
+            out["ramp"] = True  # false is the daemon's default: not sent
     return out
 
 

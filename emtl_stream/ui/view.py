@@ -358,6 +358,10 @@ class ViewState:
             "class": name, "kind": kind, "remaining_s": remaining, "duration_s": duration,
             "step": step, "of": of,
             "next": next_class_after(step, of, classes, reps) if kind == "rest" else None,
+            # a ramp session's class prompt: ramp slowly from rest to strong, not hold
+            "ramp": msg.get("ramp") is True,
+            "instruction": str(msg["instruction"]) if isinstance(msg.get("instruction"), str)
+            else None,
         })
 
     def _on_event(self, msg: dict) -> None:
@@ -370,6 +374,7 @@ class ViewState:
                 "repetitions": int(msg.get("repetitions") or 1),
                 "seconds_per_class": msg.get("seconds_per_class"),
                 "duration_s": msg.get("duration_s"), "labels": msg.get("labels", True),
+                "ramp": msg.get("ramp") is True or purpose == "ramp",
                 "started": now, "outcome": None})
             unlabelled = msg.get("labels") is False or "unlabel" in purpose
             self._pending_why = "unlabelled" if unlabelled else (
@@ -378,10 +383,12 @@ class ViewState:
             cal = dict(self._parts["calibration"] or {})
             cal.update(active=False, outcome=kind, reason=msg.get("reason"),
                        model=msg.get("model"), ended=now)
+            if msg.get("purpose") == "ramp":  # the speed was recalibrated; the map stays
+                cal.update(ramp=True, speed=msg.get("speed"))
             self._set("calibration", cal)
             self._set("prompt", None)
             self._prompt_step = None
-            if kind == "calibration_done":
+            if kind == "calibration_done" and msg.get("purpose") != "ramp":
                 entry = self._entry(("map", msg.get("model")), msg.get("model"))
                 why = entry.get("why")
                 if why in (None, "earlier"):  # listed by a status poll before this event

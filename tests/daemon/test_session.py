@@ -73,3 +73,20 @@ def test_out_of_bound_requests_are_refused_before_anything_is_built(seconds, rep
 def test_in_bound_request_builds_the_schedule():
     sched = S.check_session_request(["a", "b"], 2.0, 3, 0.5, 1.0)
     assert sched.repetitions == 3 and sched.seconds_per_class == 2.0
+
+
+def test_ramp_session_prompts_say_ramp_on_class_steps_only():
+    sched = PromptSchedule(["a", "b"], 1.0, 1, 0.2, 0.3)
+    s = S.Session("ramp", 100.0, 0.2, schedule=sched)
+    prompts = [p for t in np.arange(100.0, 100.0 + sched.duration_s, 0.01)
+               if (p := s.tick(t)[0]) is not None and p.new_step]
+    assert [(p.cls, p.ramp) for p in prompts] == [("a", True), ("rest", False), ("b", True)]
+    extra = prompts[0].extra()
+    assert extra["ramp"] is True and "ramp" in extra["instruction"].lower()
+    assert "a" in extra["instruction"] and "strong" in extra["instruction"]
+    assert prompts[1].extra() == {}
+    # a plain recalibration's prompts carry no ramp fields
+    plain = S.Session("recalibrate", 100.0, 0.2, schedule=sched)
+    assert plain.tick(100.0)[0].extra() == {}
+    # the labelling rule is the prompted one
+    assert s.label_for(100.0 + 0.2 + 0.5) == "a"

@@ -244,7 +244,16 @@ def test_error_table_in_docs_matches_the_code():
     (b'{"v": 1, "cmd": "recalibrate", "labels": null}', "recalibrate.labels must not be null"),
     (b'{"v": 1, "cmd": "recalibrate", "labels": 1}', "recalibrate.labels must be true or false"),
     (b'{"v": 1, "cmd": "train", "labels": true}', "unknown field(s) ['labels']"),
+    # a ramp session is prompted: typed, and never zero-label
+    (b'{"v": 1, "cmd": "recalibrate", "ramp": 1}', "recalibrate.ramp must be true or false"),
+    (b'{"v": 1, "cmd": "recalibrate", "ramp": true, "labels": false}',
+     "ramp and labels: false cannot be combined"),
+    (b'{"v": 1, "cmd": "train", "ramp": true}', "unknown field(s) ['ramp']"),
     (b'{"v": 1, "cmd": "recalibrate", "repetitions": true}', "must be an integer"),
+    # a 5000-digit integer: the documented bound, not Python's digit-limit advice
+    (b'{"v": 1, "cmd": "rollback", "version": ' + b"9" * 5000 + b"}",
+     "request holds an integer of 5000 digits, beyond every bound (integers have at most 64"),
+    (b'{"v": 1, "cmd": "fit", "min_windows": -' + b"9" * 4400 + b"}", "4400 digits"),
 ])
 def test_hostile_requests_are_refused_naming_field_and_bound(data, reason):
     if reason is None:

@@ -99,11 +99,31 @@ def test_a_refused_command_is_an_error_reply_logged_in_one_line(server, ctx, cap
         r = ask(server, sock, J({"v": 1, "cmd": "fit", "min_windows": 5}))
     assert r == {"v": 1, "ok": False, "error": "only 3 labelled windows, fewer than min_windows=5"}
     rec = [x for x in caplog.records if "fit" in x.getMessage()]
-    warnings = [x for x in rec if x.levelno >= logging.WARNING]
-    # one line at WARNING naming the reason; the traceback only at DEBUG
-    assert len(warnings) == 1 and warnings[0].exc_info is None
-    assert "fewer than min_windows=5" in warnings[0].getMessage()
+    lines = [x for x in rec if x.levelno >= logging.INFO]
+    # one line (at INFO: a client's mistake) naming the reason; the traceback only at DEBUG
+    assert len(lines) == 1 and lines[0].exc_info is None and lines[0].levelno == logging.INFO
+    assert "fewer than min_windows=5" in lines[0].getMessage()
     assert any(x.levelno == logging.DEBUG and x.exc_info is not None for x in rec)
+
+
+def test_a_flood_of_refused_requests_is_logged_once_per_interval(server, ctx, caplog):
+    from emtl_stream.io.zmq_control import REFUSALS_LOGGED
+
+    server.refusals.interval_s = 3600.0  # the flood lies inside one interval, however slow
+    sock = req_socket(ctx, server.address)
+    bad = [b"not json", J({"v": 1, "cmd": "fit", "min_windows": 5}), J({"v": 1, "cmd": "x"})]
+    with caplog.at_level(logging.DEBUG, logger="emtl_stream"):
+        for i in range(300):
+            assert ask(server, sock, bad[i % 3])["ok"] is False  # every one still answered
+        loud = [x for x in caplog.records if x.levelno >= logging.INFO]
+        assert len(loud) == REFUSALS_LOGGED, [x.getMessage() for x in loud]
+        assert not [x for x in loud if x.levelno >= logging.WARNING]
+        server.refusals.interval_s = 0.0  # the interval is over: the next poll summarises
+        server.poll_once(0)
+    summary = [x for x in caplog.records if x.levelno == logging.WARNING]
+    assert len(summary) == 1, [x.getMessage() for x in summary]
+    assert f"{300 - REFUSALS_LOGGED} more control requests refused" in summary[0].getMessage()
+    assert ask(server, sock, J({"v": 1, "cmd": "status"}))["ok"] is True
 
 
 def test_unserialisable_or_error_results_still_get_one_reply(server, ctx):

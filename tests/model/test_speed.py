@@ -347,3 +347,80 @@ def test_live_speed_on_the_streaming_pipeline_equals_the_offline_speed(ramp_cali
             got.append(live.update(w.x, w.x, int(lab[w.stop - 1]))[0])
     np.testing.assert_allclose(got, want, atol=1e-12)
     assert 0.0 < np.mean(want) < 1.0
+
+
+# ---------------------------------------------------------------- ramp sessions
+def test_ramp_calibration_through_a_map_equals_plain_numpy(rng):
+    """Ramped classes get percentiles of summed MAV of z = H x + b; the others keep theirs."""
+    from emtl_stream.model.speed import ramp_calibration
+
+    ext = FeatureExtractor(("mav", "wl"), n_channels=3, fs=200.0)
+    classes = ["rest", "open", "close"]
+    X0 = np.abs(rng.normal(1.0, 0.3, (90, 6)))
+    y0 = np.repeat(classes, 30)
+    base = _fit(X0, y0, classes, ext)
+    X = np.abs(rng.normal(2.0, 0.8, (40, 6)))
+    y = np.array(["open"] * 40)
+    H = np.eye(6) + 0.1 * rng.normal(size=(6, 6))
+    b = rng.normal(size=6)
+    got = ramp_calibration(X, y, H, b, base.to_dict(), low_percentile=5, high_percentile=90)
+
+    Z = np.einsum("ij,nj->ni", H, X) + b  # independent: z = H x + b row by row
+    a = Z[:, [0, 2, 4]].sum(axis=1)  # ch0_mav, ch1_mav, ch2_mav (channel-major)
+    lo, hi = np.percentile(a, [5, 90])
+    assert got.low[1] == pytest.approx(lo) and got.high[1] == pytest.approx(hi)
+    assert got.low[2] == base.low[2] and got.high[2] == base.high[2]  # not ramped: kept
+    assert got.channel_floor == base.channel_floor and got.rest == base.rest
+    assert (got.low_percentile, got.high_percentile) == (5.0, 90.0)
+    # the new scaling is what the speed of a window now uses
+    z = Z[7]
+    assert got.speed(z, 1) == pytest.approx(np.clip((a[7] - lo) / (hi - lo), 0, 1))
+
+
+def test_ramp_calibration_refuses_rest_unknown_and_nonfinite(small_cal, rng):
+    from emtl_stream.model.speed import ramp_calibration
+
+    cal, X = small_cal
+    X = X[:5].copy()
+    H, b = np.eye(X.shape[1]), np.zeros(X.shape[1])
+    with pytest.raises(ValueError, match="resting class"):
+        ramp_calibration(X, ["rest"] * 5, H, b, cal)
+    with pytest.raises(ValueError, match="is not one of"):
+        ramp_calibration(X, ["nope"] * 5, H, b, cal)
+    X[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        ramp_calibration(X, ["a"] * 5, H, b, cal)
+
+
+def test_ramps_calibrate_speed_better_than_holds_on_a_known_ramp():
+    """Refitting a hold calibration from a known activation ramp makes speed proportional."""
+    from scipy import stats
+
+    from emtl_stream.model.speed import ramp_calibration
+
+    arm = SyntheticArmband(8, FS, seed=3)
+    ext = FeatureExtractor(FEATURES, 8, FS)
+    names = np.asarray(arm.class_names)
+    emg, lab, _, s, n = level_session(arm, range(len(names)), 3.0,
+                                      lambda i, m: np.full(m, 1.0))
+    X, seg, _ = featurize(emg, FS, ext, 200.0, 50.0, s, n)
+    hold = _fit(X, names[lab[s[seg]]], names, ext)
+    emg, lab, _, s, n = ramp_session(arm, range(1, len(names)), 4.0, low=0.0, high=1.0)
+    Xr, seg, _ = featurize(emg, FS, ext, 200.0, 50.0, s, n)
+    ramp = ramp_calibration(Xr, names[1:][seg], np.eye(X.shape[1]), np.zeros(X.shape[1]),
+                            hold)
+    rho = {"hold": [], "ramp": []}
+    levels = np.linspace(0.1, 1.0, 6)
+    for k in range(1, len(names)):
+        sp = {"hold": [], "ramp": []}
+        lev = []
+        for v in levels:
+            e, _, _, s2, n2 = level_session(arm, [k], 1.0, lambda i, m, v=v: np.full(m, v))
+            Xt = featurize(e, FS, ext, 200.0, 50.0, s2, n2)[0][4:]
+            for name, cal in (("hold", hold), ("ramp", ramp)):
+                sp[name].append(cal.speed_batch(Xt, np.full(len(Xt), k)))
+            lev.append(np.full(len(Xt), v))
+        for name in rho:
+            rho[name].append(stats.spearmanr(np.concatenate(sp[name]), np.concatenate(lev))[0])
+    assert np.mean(rho["ramp"]) > 0.9
+    assert np.mean(rho["ramp"]) > np.mean(rho["hold"]) + 0.1, rho

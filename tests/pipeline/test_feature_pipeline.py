@@ -138,3 +138,28 @@ def test_pipeline_attributes_and_argument_checks():
         FeaturePipeline(ext, 150, 25, filter=StreamingFilter(1000.0, 2))
     with pytest.raises(TypeError, match="extractor must be FeatureExtractor"):
         FeaturePipeline("mav", 150, 25)
+
+
+@pytest.mark.parametrize("filtered", [False, True])
+def test_samples_beyond_the_bound_are_skipped_exactly_like_nan(rng, filtered):
+    ext = FeatureExtractor(("mav", "wl"), n_channels=3, fs=200.0)
+    x = rng.normal(size=(400, 3))
+    ts = np.arange(400) / 200.0
+    absurd, nan = x.copy(), x.copy()
+    absurd[[50, 51, 203], 1] = 1e30
+    absurd[300, 2] = -1e30
+    nan[[50, 51, 203], 1] = np.nan
+    nan[300, 2] = np.nan
+
+    def run(data, bound):
+        filt = StreamingFilter(200.0, 3, bandpass=(10.0, 90.0)) if filtered else None
+        p = FeaturePipeline(ext, 200.0, 50.0, filter=filt, max_abs_sample=bound)
+        return p, p.push(data, ts)
+
+    pa, wa = run(absurd, 1e9)
+    pn, wn = run(nan, 0.0)  # the NaN path is the twin
+    assert [w.start for w in wa] == [w.start for w in wn]
+    np.testing.assert_array_equal(np.array([w.x for w in wa]), np.array([w.x for w in wn]))
+    assert pa.n_skipped_nonfinite == pn.n_skipped_nonfinite > 0 and pa.n_out_of_range == 4
+    p_off, w_off = run(absurd, 0.0)  # off: 1e30 is a number like any other
+    assert p_off.n_out_of_range == 0 and len(w_off) > len(wa)

@@ -353,3 +353,51 @@ def test_operator_view_shows_the_proportional_speed(tmp_path, source, start_play
     player.set_class("rest")
     expect(page.locator("#o-label")).to_have_text(display("rest"))
     expect(speed).to_have_text("0.00")  # rest is always still
+
+
+def test_ramp_button_runs_a_ramp_session_and_the_patient_is_told_to_ramp(
+        slow_live, start_ui, browser, page):
+    config, player, client = slow_live
+    ui = start_ui(config.zmq.control, config.zmq.pub, feature_names=config.features.names)
+    operator = open_page(page, ui, "operator")
+    patient = open_page(browser.new_page(), ui, "patient")
+    try:
+        operator.get_by_label("Seconds per class").fill("1.0")
+        model = client.status()["model"]
+        instructions, shown = {}, {}
+        with client.subscribe(("prompt", "event")) as sub:
+            operator.get_by_role("button", name="Calibrate speed (ramps)").click()
+            started = wait_event(sub, "calibration_started", 10.0)
+            assert started["purpose"] == "ramp" and started["ramp"] is True
+            assert "rest" not in started["classes"]  # the resting class has no speed
+            done = None
+            while done is None:
+                got = sub.recv(timeout_s=0.02)
+                while got is not None:
+                    topic, msg = got
+                    if topic == "prompt" and msg.get("ramp"):
+                        instructions[msg["class"]] = msg["instruction"]
+                    elif topic == "event" and msg["kind"] in ("calibration_done",
+                                                              "calibration_failed"):
+                        done = msg
+                        break
+                    got = sub.recv(timeout_s=0)
+                if done is None and patient.locator("#p-active").is_visible():
+                    cls = patient.locator("#p-class").text_content()
+                    text = patient.locator("#p-instruction").text_content()
+                    if cls != "Rest":
+                        shown.setdefault(cls, text)
+                        if len(shown) == 2:
+                            screenshot(patient, "patient_ramp")
+        assert done["kind"] == "calibration_done" and done["purpose"] == "ramp", done
+        assert done["model"] == model  # the map is kept
+        assert shown, "no ramp step seen on the page"
+        for cls, text in shown.items():  # the page shows the daemon's own instruction
+            daemon_text = [t for c, t in instructions.items() if display(c) == cls]
+            assert daemon_text and text == daemon_text[0], (cls, text, instructions)
+            assert "ramp" in text.lower()
+        expect(operator.locator("#c-progress")).to_have_text(
+            f"Last calibration done: speed recalibrated from ramps (map {model} kept).")
+        assert client.status()["model"] == model
+    finally:
+        patient.close()

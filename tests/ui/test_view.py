@@ -202,3 +202,26 @@ def test_map_history_of_the_daemons_status_and_speed_on_pred():
     view.on_message("pred", dict(pred(1), speed=0.42, stale=False))
     got = view.snapshot()[1]["pred"]
     assert got["speed"] == 0.42 and got["stale"] is False
+
+
+def test_ramp_prompts_carry_the_daemons_instruction_and_done_keeps_the_map():
+    clock = Clock()
+    view = ViewState("c", "p", clock=clock)
+    view.on_message("event", {"v": 1, "kind": "calibration_started", "t_pub": 1.0,
+                              "purpose": "ramp", "ramp": True, "classes": ["open"],
+                              "repetitions": 1})
+    assert view.snapshot()[1]["calibration"]["ramp"] is True
+    text = "Slowly ramp up open: start relaxed and contract a little harder every moment"
+    view.on_message("prompt", {"v": 1, "class": "open", "remaining_s": 4.0, "step": 1,
+                               "of": 1, "ramp": True, "instruction": text})
+    p = view.snapshot()[1]["prompt"]
+    assert p["ramp"] is True and p["instruction"] == text
+    view.on_message("prompt", {"v": 1, "class": "open", "remaining_s": 4.0, "step": 1, "of": 1})
+    p = view.snapshot()[1]["prompt"]  # an old daemon's prompt: no ramp fields
+    assert p["ramp"] is False and p["instruction"] is None
+    view.on_message("event", {"v": 1, "kind": "calibration_done", "t_pub": 2.0, "model": 1,
+                              "purpose": "ramp", "speed": {"classes": ["open"], "low": [1.0],
+                                                           "high": [2.0]}})
+    snap = view.snapshot()[1]
+    assert snap["calibration"]["ramp"] is True and snap["calibration"]["model"] == 1
+    assert not any(e["why"] == "prompted" for e in snap.get("history") or [])  # no new map

@@ -194,6 +194,7 @@ function renderButtons() {
   const off = busy || !serverUp || !link.daemon;
   $("btn-recal").disabled = off || calibrating;
   $("btn-unlabelled").disabled = off || calibrating;
+  $("btn-ramp").disabled = off || calibrating;
   $("btn-cancel").disabled = off || !calibrating;
   $("btn-rollback").disabled = off || calibrating;
   for (const b of document.querySelectorAll("button.make-live")) b.disabled = off || calibrating;
@@ -207,6 +208,8 @@ function renderCalibration() {
     const p = state.prompt;
     text.textContent = `${cal.purpose} running: ${cal.classes.map(displayName).join(", ")}` +
       (p ? ` — step ${p.step} of ${p.of}` : "");
+  } else if (cal.outcome === "calibration_done" && cal.ramp) {
+    text.textContent = `Last calibration done: speed recalibrated from ramps (map ${cal.model} kept).`;
   } else if (cal.outcome === "calibration_done") {
     text.textContent = `Last calibration done: map ${cal.model} is live.`;
   } else if (cal.outcome === "calibration_failed") {
@@ -222,7 +225,9 @@ function renderPatient() {
     let idle = "No calibration running. Relax.";
     const unlabelled = cal && (cal.labels === false || /unlabel/.test(cal.purpose || ""));
     if (cal && cal.active) {
-      idle = unlabelled ? "Recording: use your hand as usual." : "Get ready…";
+      idle = unlabelled ? "Recording: use your hand as usual."
+        : cal.ramp ? "Get ready: for each movement, start relaxed and slowly get stronger."
+          : "Get ready…";
     }
     else if (cal && cal.outcome === "calibration_done") idle = "Calibration done. Thank you!";
     else if (cal && cal.outcome === "calibration_failed") idle = "Calibration stopped. Relax.";
@@ -236,7 +241,11 @@ function renderPatient() {
   icon.classList.toggle("rest", rest);
   icon.setAttribute("aria-label", rest ? "rest" : displayName(p.class));
   $("p-class").textContent = rest ? "Rest" : displayName(p.class);
-  $("p-instruction").textContent = rest ? "Relax your hand" : "Hold this movement";
+  // A ramp step says how to ramp (the daemon's text), a plain class step says hold.
+  $("p-instruction").textContent = rest ? "Relax your hand"
+    : p.ramp ? (p.instruction || "Slowly ramp up from relaxed to a strong contraction")
+      : "Hold this movement";
+  $("p-instruction").classList.toggle("ramp", !rest && !!p.ramp);
   const next = $("p-next");
   next.hidden = !(rest && p.next);
   if (rest && p.next) {
@@ -361,6 +370,15 @@ async function send(cmd, body, what) {
   }
 }
 
+function rampBody() {
+  // every movement (the daemon leaves the resting class out); seconds as typed
+  const body = { ramp: true };
+  const secs = $("c-seconds").value, reps = $("c-reps").value;
+  if (secs !== "") body.seconds_per_class = Number(secs);
+  if (reps !== "") body.repetitions = Number(reps);
+  return body;
+}
+
 function recalibrateBody(labels) {
   const body = {};
   const checked = [...document.querySelectorAll("#c-classes input:checked")].map((b) => b.value);
@@ -376,6 +394,8 @@ $("btn-recal").addEventListener("click",
   () => send("recalibrate", recalibrateBody(true), "Recalibrate"));
 $("btn-unlabelled").addEventListener("click",
   () => send("recalibrate", recalibrateBody(false), "Recalibrate without labels"));
+$("btn-ramp").addEventListener("click",
+  () => send("recalibrate", rampBody(), "Calibrate speed (ramps)"));
 $("btn-cancel").addEventListener("click", () => send("cancel", {}, "Cancel"));
 $("btn-rollback").addEventListener("click", () => send("rollback", {}, "Roll back"));
 
