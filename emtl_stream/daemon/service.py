@@ -49,6 +49,8 @@ MAX_WAIT_S = 0.05
 LSL_HANDOFF_S = 0.01
 #: Poll while no stream is connected (s); connect attempts follow their own back-off.
 IDLE_WAIT_S = 0.05
+#: While a fit runs, the loop checks for its result at least this often (s).
+FIT_POLL_S = 0.002
 #: First and largest delay between two connect attempts (s).
 CONNECT_BACKOFF_S = (0.5, 5.0)
 #: Delay before retrying a stream that was refused (wrong channel count or rate).
@@ -330,7 +332,11 @@ class Daemon:
     def _step(self) -> None:
         due = self._due_s()
         lsl_wait = 0.0
-        if due is None:
+        if self.fit is not None:
+            # a fit runs in the worker: look for its result every FIT_POLL_S, so the
+            # swap follows the fit's end instead of the next window's arrival
+            self.control.poll_once(timeout_ms=int(FIT_POLL_S * 1000))
+        elif due is None:
             self.control.poll_once(timeout_ms=int(IDLE_WAIT_S * 1000))
         else:
             # Sleep in the control socket's poll until the window's last samples are
@@ -572,7 +578,8 @@ class Daemon:
     def begin_prompted(self, purpose: str, schedule) -> dict:
         """Start a prompted session (the schedule is already validated)."""
         window_s = self.pipeline.window_s
-        session = Session(purpose, float(self.clock()), window_s, schedule=schedule)
+        session = Session(purpose, float(self.clock()), window_s, schedule=schedule,
+                          step_s=self.pipeline.step / self.pipeline.fs)
         self._transition("start_prompting")
         self.session = session
         self.event("calibration_started", purpose=purpose, classes=list(schedule.classes),
@@ -650,18 +657,12 @@ class Daemon:
             X, labels = s.check(classes, self.config.calibration.min_windows_per_class)
         except CalibrationError as exc:
             return self.calibration_failed(str(exc))
-        burst_id = self.store.save_burst(
-            s.collector.to_arrays(),
-            {"purpose": s.purpose, "n_windows": int(len(X)), "model": self.version,
-             "counts": s.collector.counts(), "window_ms": self.pipeline.window_ms,
-             "step_ms": self.pipeline.step_ms})
-        self._transition("start_fitting", burst=burst_id, windows=int(len(X)))
         if s.purpose == "train":
             mc = self.config.model
             from ..model.speed import speed_kwargs
             from .bundle import filter_spec_from_config
 
-            self._submit("train", burst_id, s.purpose, jobs.train_job, X, labels,
+            self._submit("train", None, s.purpose, jobs.train_job, X, labels,
                          kind=mc.kind, covariance_type=mc.covariance_type,
                          n_components_per_class=mc.n_components_per_class,
                          extractor=self.extractor, window_ms=self.pipeline.window_ms,
@@ -671,9 +672,24 @@ class Daemon:
                          speed_kwargs=speed_kwargs(self.config))
         else:
             kw, ring = jobs.transfer_settings(self.config, live.bundle.n_channels, live.H)
-            self._submit("transfer", burst_id, s.purpose, jobs.transfer_job,
+            self._submit("transfer", None, s.purpose, jobs.transfer_job,
                          live.bundle.components, X, labels, live.H.copy(), live.b.copy(),
                          transfer_kwargs=kw, ring_channels=ring)
+        # The fit starts first and the burst is written while it runs (the kernels and
+        # the file writes release the GIL); the burst is on disk before any result is
+        # installed, since results are collected on this thread.
+        try:
+            burst_id = self.store.save_burst(
+                s.collector.to_arrays(),
+                {"purpose": s.purpose, "n_windows": int(len(X)), "model": self.version,
+                 "counts": s.collector.counts(), "window_ms": self.pipeline.window_ms,
+                 "step_ms": self.pipeline.step_ms})
+        except (OSError, ValueError) as exc:  # nothing is installed from an unsaved burst
+            self.fit.cancel.set()
+            self.fit = None
+            return self.calibration_failed(f"could not save the burst: {exc}")
+        self.fit.burst = burst_id
+        self._transition("start_fitting", burst=burst_id, windows=int(len(X)))
         return {"state": "fitting", "burst": burst_id, "windows": int(len(X))}
 
     def _submit(self, fit_kind, burst, purpose, fn, /, *args, **kwargs) -> None:
@@ -753,17 +769,41 @@ class Daemon:
                 f"new map does not beat the current one on the burst (penalised log-likelihood "
                 f"{new:.4g} vs {old:.4g}); map {self.version} stays live")
             return
-        version = self.store.save_map(result["H"], result["b"], self._map_meta(
+        meta = self._map_meta(
             burst=burst_id, objective=new, previous_objective=old, parent=self.version,
             n_iter=result["n_iter"], roll=result["roll"], converged=result["converged"],
-            fit_s=result["fit_s"], reason="recalibration"))
-        self.store.set_live(version)
+            fit_s=result["fit_s"], reason="recalibration")
+        previous = self.live
+        version = self.store.next_map_version()
         self.swap_map(result["H"], result["b"], version)
+        self.event("model_swapped", model=version, reason="recalibration", burst=burst_id)
+        if not self._persist_swapped(previous, result["H"], result["b"], version, meta):
+            return
         self._transition("fit_done")
         self.last_fit = result
-        self.event("model_swapped", model=version, reason="recalibration", burst=burst_id)
         self.event("calibration_done", model=version, objective=new, previous_objective=old,
                    n_iter=result["n_iter"], roll=result["roll"], fit_s=result["fit_s"])
+
+    def _persist_swapped(self, previous, H, b, version: int, meta: dict,
+                         reference: ShiftReference | None = None) -> bool:
+        """Write a map that was just swapped in and make it live on disk.
+
+        The swap comes first so predictions use the new map without waiting for the
+        disk; ``calibration_done`` (which promises the map survives a restart) only
+        follows a successful write. If the write fails, the previous map is swapped
+        back and the calibration fails with the reason: memory and disk agree again.
+        """
+        try:
+            self.store.save_map(H, b, meta, version=version)
+            self.store.set_live(version)
+        except (OSError, ValueError) as exc:
+            logger.error("could not save map %d: %s", version, exc)
+            self.swap_map(previous.H, previous.b, previous.version, reference=reference)
+            self.event("model_swapped", model=previous.version, reason="rollback")
+            self.calibration_failed(f"could not save map {version}: {exc}; map "
+                                    f"{previous.version} is live again")
+            return False
+        return True
 
     def _install_unlabelled(self, result) -> None:
         metrics = dict(result.metrics)
@@ -771,15 +811,18 @@ class Daemon:
             self.calibration_failed(f"zero-label fit refused: {result.reason}; map "
                                     f"{self.version} stays live", purpose="unlabelled")
             return
-        version = self.store.save_map(result.H, result.b, self._map_meta(
-            reason="unlabelled", parent=self.version, **metrics))
-        self.store.set_live(version)
+        meta = self._map_meta(reason="unlabelled", parent=self.version, **metrics)
+        previous = self.live
+        version = self.store.next_map_version()
         # The reference describes well-mapped windows of this source model, so it stays:
         # if the new map fits, the level returns to it; if not, the watch fires again.
-        self.swap_map(result.H, result.b, version, reference=self.watch.reference)
+        reference = self.watch.reference
+        self.swap_map(result.H, result.b, version, reference=reference)
+        self.event("model_swapped", model=version, reason="unlabelled")
+        if not self._persist_swapped(previous, result.H, result.b, version, meta, reference):
+            return
         self._transition("fit_done")
         self.last_fit = metrics
-        self.event("model_swapped", model=version, reason="unlabelled")
         self.event("calibration_done", model=version, purpose="unlabelled", **metrics)
 
     # ------------------------------------------------------------------ status

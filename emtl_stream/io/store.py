@@ -148,7 +148,14 @@ class StateStore:
                     done.add(int(m.group(1)))
         return seen, done
 
-    def save_map(self, H, b=None, meta: Mapping[str, Any] | None = None) -> int:
+    def next_map_version(self) -> int:
+        """Return the version the next :meth:`save_map` will give (previous maximum + 1)."""
+        with self._lock:
+            seen, _ = self._numbers(self.maps_dir, _MAP_RE)
+            return max(seen, default=0) + 1
+
+    def save_map(self, H, b=None, meta: Mapping[str, Any] | None = None, *,
+                 version: int | None = None) -> int:
         """Persist a map and return its new version (previous maximum + 1, from 1).
 
         Parameters
@@ -160,6 +167,9 @@ class StateStore:
         meta : mapping, optional
             JSON-serialisable extras. ``burst``, ``objective`` and ``parent`` are
             always present in the stored metadata (``None`` unless given).
+        version : int, optional
+            The version announced beforehand by :meth:`next_map_version`;
+            ``ValueError`` if another map took it meanwhile.
 
         Returns
         -------
@@ -178,7 +188,11 @@ class StateStore:
         info.update(dict(meta or {}))
         with self._lock:
             seen, _ = self._numbers(self.maps_dir, _MAP_RE)
-            version = max(seen, default=0) + 1
+            expected = max(seen, default=0) + 1
+            if version is not None and int(version) != expected:
+                raise ValueError(f"map version {version} is no longer free (next is "
+                                 f"{expected}).")
+            version = expected
             info.update(version=version, created=time.time(),
                         created_iso=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         shape=list(H.shape), bias=bias)
