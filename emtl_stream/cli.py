@@ -126,6 +126,9 @@ def _demo(p):
                    help="write confusion matrices and the EM trace (needs matplotlib)")
     p.add_argument("--min-recovery", type=float, default=0.8,
                    help="exit non-zero if accuracy after recalibration is below this")
+    p.add_argument("--rate", type=_positive_float, default=3.0,
+                   help="play the armband this many times faster than real time; the daemon "
+                        "runs on the same sample clock (default 3; 1 = real time)")
 
 
 @command("run", "emtl_stream.commands:run_daemon", "run the daemon in the foreground")

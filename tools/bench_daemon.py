@@ -342,12 +342,12 @@ def _daemon_main(argv) -> int:
     from emtl_stream.config import load_config
     from emtl_stream.daemon import service, warmup
 
-    def small_warm_up_for(config, bundle=None):
+    def small_warm_up_for(config, bundle=None, **kw):
         from emtl_stream.daemon.bundle import transfer_kwargs
 
         names = bundle.features.get("names", FEATURES) if bundle else FEATURES
         return warmup.warm_up(8, 1000.0, names, WINDOW_MS, transfer_kwargs(config, 8),
-                              bool(config.stream.ring and config.transfer.ring_search))
+                              bool(config.stream.ring and config.transfer.ring_search), **kw)
 
     warmup.warm_up_for = small_warm_up_for
     return service.run(load_config(argv[0]))

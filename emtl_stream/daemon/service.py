@@ -72,6 +72,7 @@ class _Fit:
     future: concurrent.futures.Future
     cancel: threading.Event
     purpose: str
+    saved: concurrent.futures.Future | None = None  # the burst being written
 
 
 class Daemon:
@@ -96,6 +97,8 @@ class Daemon:
         self.store = StateStore(config.state.dir)
         self.fsm = StateMachine()
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="emtl-fit")
+        # bursts are written here while the fit runs, off the loop thread
+        self._writer = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="emtl-write")
         self.fit: _Fit | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -259,11 +262,11 @@ class Daemon:
         from ..io.zmq_control import ControlServer
         from ..io.zmq_pub import CurveConfig, Publisher
         from .handlers import handle_request
-        from .warmup import warm_up_for
+        from .warmup import SERVING_STAGES, warm_up_for
 
         cfg = self.config
         try:
-            warm_up_for(cfg, self.bundle)
+            warm_up_for(cfg, self.bundle, stages=SERVING_STAGES)
             curve = CurveConfig.from_config(cfg.zmq)
             self.publisher = Publisher(cfg.zmq.pub, curve=curve, allow_remote=cfg.zmq.allow_remote)
             self.control = ControlServer(cfg.zmq.control, lambda req: handle_request(self, req),
@@ -290,6 +293,9 @@ class Daemon:
         for kind, fields in self._pending_events:
             self.event(kind, **fields)
         self._pending_events = []
+        # Transfer EM is first needed by a recalibration: its kernels load (or compile)
+        # in the fit worker while the daemon already serves; a fit queues behind it.
+        self._executor.submit(_warm_transfer, cfg, self.bundle)
         self._ready.set()
         logger.info("serving: pub %s, control %s", cfg.zmq.pub, cfg.zmq.control)
         try:
@@ -310,6 +316,7 @@ class Daemon:
         if self.fit is not None:
             self.fit.cancel.set()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._writer.shutdown(wait=True)  # a burst being written is finished, not torn
         for obj in (self.inlet, self.control, self.publisher, self._marker_inlet,
                     self._prompt_markers):
             if obj is not None:
@@ -675,20 +682,15 @@ class Daemon:
             self._submit("transfer", None, s.purpose, jobs.transfer_job,
                          live.bundle.components, X, labels, live.H.copy(), live.b.copy(),
                          transfer_kwargs=kw, ring_channels=ring)
-        # The fit starts first and the burst is written while it runs (the kernels and
-        # the file writes release the GIL); the burst is on disk before any result is
-        # installed, since results are collected on this thread.
-        try:
-            burst_id = self.store.save_burst(
-                s.collector.to_arrays(),
-                {"purpose": s.purpose, "n_windows": int(len(X)), "model": self.version,
-                 "counts": s.collector.counts(), "window_ms": self.pipeline.window_ms,
-                 "step_ms": self.pipeline.step_ms})
-        except (OSError, ValueError) as exc:  # nothing is installed from an unsaved burst
-            self.fit.cancel.set()
-            self.fit = None
-            return self.calibration_failed(f"could not save the burst: {exc}")
+        # The fit starts first and the burst is written on the writer thread while it
+        # runs; a result is installed only once its burst is on disk (_collect_fit).
+        burst_id = self.store.next_burst_id()
         self.fit.burst = burst_id
+        self.fit.saved = self._writer.submit(
+            self.store.save_burst, s.collector.to_arrays(),
+            {"purpose": s.purpose, "n_windows": int(len(X)), "model": self.version,
+             "counts": s.collector.counts(), "window_ms": self.pipeline.window_ms,
+             "step_ms": self.pipeline.step_ms}, burst_id=burst_id)
         self._transition("start_fitting", burst=burst_id, windows=int(len(X)))
         return {"state": "fitting", "burst": burst_id, "windows": int(len(X))}
 
@@ -735,9 +737,14 @@ class Daemon:
     # ------------------------------------------------------------------ fits
     def _collect_fit(self) -> None:
         fit = self.fit
-        if fit is None or not fit.future.done():
+        if fit is None or not fit.future.done() or (fit.saved is not None
+                                                    and not fit.saved.done()):
             return
         self.fit = None
+        if fit.saved is not None and fit.saved.exception() is not None:
+            # nothing is installed from a burst that is not on disk
+            self.calibration_failed(f"could not save burst {fit.burst}: {fit.saved.exception()}")
+            return
         try:
             result = fit.future.result()
         except jobs.FitCancelled:
@@ -875,6 +882,15 @@ class Daemon:
         logger.info("event %s %s", kind, fields)
         self.publisher.publish("event", protocol.event_msg(kind, t_pub=float(self.clock()),
                                                            **fields))
+
+
+def _warm_transfer(config, bundle) -> None:
+    from .warmup import warm_up_for
+
+    try:
+        warm_up_for(config, bundle, stages=("transfer",))
+    except Exception:  # a failed warm-up only means the first fit compiles
+        logger.warning("transfer warm-up failed", exc_info=True)
 
 
 def run(config, bundle=None) -> int:

@@ -251,7 +251,14 @@ class StateStore:
     def _burst_paths(self, burst_id: int) -> tuple[Path, Path]:
         return self.bursts_dir / f"{burst_id:06d}.npz", self.bursts_dir / f"{burst_id:06d}.json"
 
-    def save_burst(self, arrays: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> int:
+    def next_burst_id(self) -> int:
+        """Return the id the next :meth:`save_burst` will give (previous maximum + 1)."""
+        with self._lock:
+            seen, _ = self._numbers(self.bursts_dir, _BURST_RE)
+            return max(seen, default=0) + 1
+
+    def save_burst(self, arrays: Mapping[str, Any], meta: Mapping[str, Any] | None = None, *,
+                   burst_id: int | None = None) -> int:
         """Persist a calibration burst; returns its id (increasing integer from 1).
 
         Parameters
@@ -261,12 +268,18 @@ class StateStore:
             ``timestamps`` (n_windows,), ``raw`` (n_windows, n_samples, n_channels).
         meta : mapping, optional
             JSON-serialisable extras.
+        burst_id : int, optional
+            The id announced beforehand by :meth:`next_burst_id`; ``ValueError`` if
+            another burst took it meanwhile.
         """
         arrays = _check_arrays(arrays, "burst")
         info = dict(meta or {})
         with self._lock:
             seen, _ = self._numbers(self.bursts_dir, _BURST_RE)
-            burst_id = max(seen, default=0) + 1
+            expected = max(seen, default=0) + 1
+            if burst_id is not None and int(burst_id) != expected:
+                raise ValueError(f"burst id {burst_id} is no longer free (next is {expected}).")
+            burst_id = expected
             info.update(id=burst_id, created=time.time(), arrays=sorted(arrays),
                         shapes={k: list(v.shape) for k, v in arrays.items()})
             data = _json_bytes(info, f"burst {burst_id}")

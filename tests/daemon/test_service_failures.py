@@ -288,3 +288,20 @@ def test_a_map_that_cannot_be_saved_is_swapped_back(live, monkeypatch):
         assert preds and {p["model"] for p in preds} == {1}
     status = live.client.status()
     assert status["state"] == "streaming" and status["model"] == 1 and status["maps"] == [1]
+
+
+def test_a_burst_that_cannot_be_saved_fails_the_calibration(live, monkeypatch):
+    # The burst is written while the fit runs; a fit whose burst is not on disk is
+    # never installed.
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(live.daemon.store, "save_burst", full_disk)
+    with live.client.subscribe(("event",)) as sub:
+        assert live.client.recalibrate(seconds_per_class=0.6)["ok"] is True
+        seen = []
+        ev = wait_event(sub, ("calibration_failed", "calibration_done"), 30.0, seen)
+        assert ev["kind"] == "calibration_failed" and "could not save burst" in ev["reason"], ev
+        assert not [m for _, m in seen if m["kind"] == "model_swapped"]
+    status = live.client.status()
+    assert status["state"] == "streaming" and status["model"] == 1 and status["maps"] == [1]
