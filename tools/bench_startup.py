@@ -123,8 +123,8 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(HERE / "tools"))
     import bench_daemon as bd
-    from emtl_stream.io.replay import Replayer
-    from emtl_stream.pipeline.synthetic import SyntheticArmband
+    from emtl_stream.sim.replay import Replayer
+    from emtl_stream.sim.synthetic import SyntheticArmband
 
     sid = f"bench-startup-{uuid.uuid4().hex}"
     model = tmp / "model.npz"
