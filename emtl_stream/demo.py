@@ -108,7 +108,7 @@ def run_demo(seconds_per_class: float = 1.0, shift: float = 1.0, seed: int = 7,
     dict
         ``before``, ``shifted``, ``recalibrated`` accuracies, ``burst_s``, ``fit_s``,
         ``roll``, ``confusions``, ``trace``, ``stale`` (windows marked stale),
-        ``windows`` (windows classified), ``warmup`` (kernel warm-up times).
+        ``windows`` (windows classified).
     """
     from .config import load_config
     from .daemon.service import Daemon
