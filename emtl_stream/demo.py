@@ -78,6 +78,8 @@ def _score_phase(player, sub, classes, label: str, rate: float = 1.0):
             msg = sub.recv(timeout_s=0.2)
             if msg is None or msg[0] != "pred":
                 continue
+            if msg[1].get("stale"):  # late windows feed no decision; nor the score
+                continue
             if time.monotonic() - t_switch >= SETTLE_S / rate and msg[1]["label"] in classes:
                 conf[ci, classes.index(msg[1]["label"])] += 1
     acc = float(np.trace(conf) / max(conf.sum(), 1))

@@ -58,11 +58,14 @@ def first_run(code: str | None, cache: Path) -> dict:
                           cwd=code or HERE, capture_output=True, text=True, timeout=1800)
     total = time.perf_counter() - t0
     out = proc.stdout + proc.stderr
+    log = cache.with_suffix(".demo.log")
+    log.write_text(out)
     m = re.search(r"compile=([0-9.]+)s", out) or re.search(r"kernels compiled in ([0-9.]+) s",
                                                             out)
     return {"code": _label(code), "rc": proc.returncode, "total_s": total,
             "compile_s": float(m.group(1)) if m else None,
-            "table": [ln for ln in out.splitlines() if ln.startswith("|") or "demo took" in ln]}
+            "table": [ln for ln in out.splitlines() if ln.startswith("|") or "demo took" in ln],
+            "tail": out.splitlines()[-3:]}
 
 
 def warm_start(code: str | None, cache: Path, config: Path) -> float:
@@ -117,7 +120,7 @@ def main(argv=None) -> int:
             r = first_run(code, caches[code])
             comp = f"{r['compile_s']:.1f} s" if r["compile_s"] is not None else "–"
             print(f"| {r['code']} | {r['rc']} | {r['total_s']:.1f} s | {comp} |", flush=True)
-            for line in r["table"]:
+            for line in r["table"] or r["tail"]:
                 print(f"    {line}")
         return 0
 
