@@ -142,7 +142,7 @@ def run_demo(seconds_per_class: float = 1.0, shift: float = 1.0, seed: int = 7,
         player.start()
         daemon = Daemon(config, clock=_sample_clock(player, rate))
         _say("  warming up kernels and starting the daemon ...")
-        daemon.start()
+        daemon.start(timeout=900.0)  # a first run compiles the kernels (minutes when busy)
         client = Client(control=control, pub=pub, timeout_s=10.0)
         try:
             with client.subscribe(("pred", "event")) as sub:
