@@ -80,7 +80,10 @@ def _score_phase(player, sub, classes, label: str, rate: float = 1.0):
                 continue
             if msg[1].get("stale"):  # late windows feed no decision; nor the score
                 continue
-            if time.monotonic() - t_switch >= SETTLE_S / rate and msg[1]["label"] in classes:
+            # scored against what the armband performed over the window's last SETTLE_S
+            # of signal (its timestamps), however late the prediction arrived
+            performed = player.labels_between(msg[1]["t"] - SETTLE_S, msg[1]["t"])
+            if [c for _, c in performed] == [cls] and msg[1]["label"] in classes:
                 conf[ci, classes.index(msg[1]["label"])] += 1
     acc = float(np.trace(conf) / max(conf.sum(), 1))
     _say(f"  {label:<26} accuracy {acc:.3f}  ({conf.sum()} windows)")

@@ -25,7 +25,7 @@ def test_warm_up_runs_every_stage_at_any_width(n_channels, fs):
     # the structured map's M-step: dense up to 1500 free entries (8 x 8 x 4), CG above
     solver = "dense" if n_channels * n_channels * 4 <= 1500 else "cg"
     stages = [s for s in STAGES if not s.startswith("transfer")] + [
-        f"transfer_{kind}_{solver}" for kind in ("shared", "full")]
+        f"transfer_{kind}_{solver}" for kind in ("shared", "full")] + ["parallel_compile"]
     assert sorted(k for k in times if k not in ("total", "compile", "cache_load")) == \
         sorted(stages)
     assert times["total"] == pytest.approx(sum(times[k] for k in stages), rel=0.5)
