@@ -262,11 +262,11 @@ class Daemon:
         from ..io.zmq_control import ControlServer
         from ..io.zmq_pub import CurveConfig, Publisher
         from .handlers import handle_request
-        from .warmup import SERVING_STAGES, warm_up_for
+        from .warmup import warm_up_for
 
         cfg = self.config
         try:
-            warm_up_for(cfg, self.bundle, stages=SERVING_STAGES)
+            warm_up_for(cfg, self.bundle)
             curve = CurveConfig.from_config(cfg.zmq)
             self.publisher = Publisher(cfg.zmq.pub, curve=curve, allow_remote=cfg.zmq.allow_remote)
             self.control = ControlServer(cfg.zmq.control, lambda req: handle_request(self, req),
@@ -293,9 +293,6 @@ class Daemon:
         for kind, fields in self._pending_events:
             self.event(kind, **fields)
         self._pending_events = []
-        # Transfer EM is first needed by a recalibration: its kernels load (or compile)
-        # in the fit worker while the daemon already serves; a fit queues behind it.
-        self._executor.submit(_warm_transfer, cfg, self.bundle)
         self._ready.set()
         logger.info("serving: pub %s, control %s", cfg.zmq.pub, cfg.zmq.control)
         try:
@@ -882,15 +879,6 @@ class Daemon:
         logger.info("event %s %s", kind, fields)
         self.publisher.publish("event", protocol.event_msg(kind, t_pub=float(self.clock()),
                                                            **fields))
-
-
-def _warm_transfer(config, bundle) -> None:
-    from .warmup import warm_up_for
-
-    try:
-        warm_up_for(config, bundle, stages=("transfer",))
-    except Exception:  # a failed warm-up only means the first fit compiles
-        logger.warning("transfer warm-up failed", exc_info=True)
 
 
 def run(config, bundle=None) -> int:

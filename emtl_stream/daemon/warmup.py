@@ -40,8 +40,6 @@ KERNEL_MODULES = ("emtl_stream.kernels.linalg", "emtl_stream.kernels.features",
 _CACHE_SUFFIXES = (".nbi", ".nbc")
 #: Warm-up stages: the per-window path (``features``, ``classify``) and ``transfer``.
 STAGES = ("features", "classify", "transfer")
-#: The stages the daemon needs before it serves a window.
-SERVING_STAGES = ("features", "classify")
 
 
 def _kernel_dir() -> Path:
@@ -207,8 +205,7 @@ def warm_up(n_channels: int = 8, fs: float = 200.0, feature_names=("mav", "wl", 
         On a cold cache, compile in child processes first (see the module notes);
         they compile every stage, whatever ``stages`` says.
     stages : sequence of str
-        Parts of :data:`STAGES` to run here. The daemon runs the per-window ones
-        before it binds its sockets and ``"transfer"`` in its fit worker afterwards.
+        Parts of :data:`STAGES` to run here (the child processes run a share each).
 
     Returns
     -------
