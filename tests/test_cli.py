@@ -564,3 +564,28 @@ def test_a_port_in_use_is_reported_once(tmp_path):
     failures = [ln for ln in proc.stderr.splitlines() if str(port) in ln and "serving" not in ln]
     assert len(failures) == 1, proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+BLAS_PROBE = """
+import json
+from emtl_stream import cli
+print(cli.one_blas_thread())
+import numpy  # noqa: F401  (loads OpenBLAS with the thread count now in the environment)
+from threadpoolctl import threadpool_info
+print(json.dumps(sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})))
+"""
+
+
+@pytest.mark.parametrize("preset,expect_set", [(None, True), ("2", False)])
+def test_daemon_commands_run_blas_on_one_thread_unless_told(preset, expect_set):
+    from emtl_stream import cli
+
+    env = {k: v for k, v in os.environ.items() if k not in cli.BLAS_THREAD_VARS}
+    if preset is not None:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    out = subprocess.run([sys.executable, "-c", BLAS_PROBE], env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout.split("\n")
+    assert out[0] == str(expect_set)
+    threads = json.loads(out[1])
+    assert threads == ([1] if expect_set else [int(preset)])
+    assert set(cli.DAEMON_COMMANDS) <= set(cli._COMMANDS)

@@ -27,6 +27,7 @@ Usage::
     python tools/bench_daemon.py --quick      # about 1 minute
     python tools/bench_daemon.py --seconds 30 --chunk-ms 1 10 7
     python tools/bench_daemon.py --cpu --seconds 30 --before ../main   # CPU + latency, A/B
+    python tools/bench_daemon.py --swap --repeats 5 --before ../main   # swap times, A/B
 
 ``--cpu`` measures the daemon process's CPU time (user + system, from
 ``/proc/<pid>/stat``) over ``--seconds`` (>= 30) while this process receives and
@@ -133,7 +134,7 @@ class Setup:
         self.procs.append(subprocess.Popen(daemon, env=denv, stdout=log, stderr=log,
                                            cwd=self.code or None))
         self.client = Client(self.control, self.pub, timeout_s=2.0)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # a first start compiles the kernels
         while time.monotonic() < deadline:
             try:
                 if self.client.status()["stream"]["connected"]:
@@ -191,12 +192,16 @@ def measure_latency(n_channels: int, fs: float, chunk_ms: float, seconds: float)
             "delivery": pct(delivery)}
 
 
-def measure_swap(n_channels: int, fs: float, repeats: int, seconds_per_class: float) -> dict:
-    """Recalibrate ``repeats`` times on a 1-electrode-shifted armband; swap times (ms)."""
+def measure_swap(n_channels: int, fs: float, repeats: int, seconds_per_class: float,
+                 code: str | None = None) -> dict:
+    """Recalibrate ``repeats`` times on a 1-electrode-shifted armband; swap times (ms).
+
+    With ``code`` the daemon is imported from that checkout (see :class:`Setup`).
+    """
     from emtl_stream.io.store import StateStore
 
     rows = []
-    with Setup(n_channels, fs, 10.0, shift=1.0, follow_prompts=True) as s:
+    with Setup(n_channels, fs, 10.0, shift=1.0, follow_prompts=True, code=code) as s:
         store = StateStore(s.state)
         with s.client.subscribe(("event",)) as sub:
             time.sleep(0.3)
@@ -231,7 +236,42 @@ def measure_swap(n_channels: int, fs: float, repeats: int, seconds_per_class: fl
                     "fit_ms": 1e3 * float(events["calibration_done"]["fit_s"]),
                     "n_iter": events["calibration_done"].get("n_iter"),
                 })
-    return {"channels": n_channels, "fs": fs, "dim": n_channels * len(FEATURES), "runs": rows}
+    return {"channels": n_channels, "fs": fs, "dim": n_channels * len(FEATURES), "runs": rows,
+            "code": code or "this checkout"}
+
+
+def swap_table(repeats: int, before: str | None, out_json: str | None) -> int:
+    """``--swap``: swap times at 8 and 16 channels, optionally against another checkout.
+
+    The daemons run one after the other, alternating (before, this, before, this, ...)
+    so both see the same machine load; medians per dimension and code.
+    """
+    codes = ([before] if before else []) + [None]
+    runs = {}
+    print("\n| feature dim | daemon code | run | swap (last window → model_swapped) | "
+          "wait for burst close | fit + swap | fit_s |")
+    print("|---|---|---|---|---|---|---|")
+    for n_ch in (8, 16):
+        for rnd in range(repeats):
+            for code in codes:
+                r = measure_swap(n_ch, 1000.0, 1, 0.6, code)
+                row = r["runs"][0]
+                runs.setdefault((n_ch, r["code"]), []).append(row)
+                print(f"| {r['dim']} | {r['code']} | {rnd + 1} | {row['swap_ms']:.1f} ms | "
+                      f"{row['wait_ms']:.1f} ms | {row['fit_swap_ms']:.1f} ms | "
+                      f"{row['fit_ms']:.1f} ms |", flush=True)
+    print("\n| feature dim | daemon code | runs | swap p50 | wait p50 | fit + swap p50 | "
+          "fit_s p50 |")
+    print("|---|---|---|---|---|---|---|")
+    for (n_ch, code), rows in runs.items():
+        med = {k: float(np.median([r[k] for r in rows]))
+               for k in ("swap_ms", "wait_ms", "fit_swap_ms", "fit_ms")}
+        print(f"| {n_ch * len(FEATURES)} | {code} | {len(rows)} | {med['swap_ms']:.1f} ms | "
+              f"{med['wait_ms']:.1f} ms | {med['fit_swap_ms']:.1f} ms | {med['fit_ms']:.1f} ms |")
+    if out_json:
+        Path(out_json).write_text(json.dumps(
+            [{"channels": c, "code": k, "runs": v} for (c, k), v in runs.items()], indent=1))
+    return 0
 
 
 def _replay_main(argv) -> int:
@@ -302,12 +342,12 @@ def _daemon_main(argv) -> int:
     from emtl_stream.config import load_config
     from emtl_stream.daemon import service, warmup
 
-    def small_warm_up_for(config, bundle=None):
+    def small_warm_up_for(config, bundle=None, **kw):
         from emtl_stream.daemon.bundle import transfer_settings
 
         names = bundle.features.get("names", FEATURES) if bundle else FEATURES
-        kw, ring = transfer_settings(config, 8)
-        return warmup.warm_up(8, 1000.0, names, WINDOW_MS, kw, ring is not None)
+        tkw, ring = transfer_settings(config, 8)
+        return warmup.warm_up(8, 1000.0, names, WINDOW_MS, tkw, ring is not None, **kw)
 
     warmup.warm_up_for = small_warm_up_for
     return service.run(load_config(argv[0]))
@@ -329,8 +369,15 @@ def main(argv=None) -> int:
     p.add_argument("--cpu", action="store_true",
                    help="daemon CPU and latency at 8 ch x 200 Hz and 64 ch x 2 kHz")
     p.add_argument("--before", default=None,
-                   help="with --cpu: also run the daemon from this checkout, side by side")
+                   help="with --cpu or --swap: also run the daemon from this checkout, "
+                        "side by side")
+    p.add_argument("--swap", action="store_true",
+                   help="only the swap times at 8 and 16 channels (--repeats each, default 5)")
     a = p.parse_args(argv)
+    if a.swap:
+        print(f"Environment: Python {platform.python_version()}, {os.cpu_count()} CPUs, "
+              f"load average {os.getloadavg()[0]:.1f}", flush=True)
+        return swap_table(a.repeats or 5, a.before, a.json)
     if a.cpu:
         seconds = max(30.0, a.seconds or 30.0)
         print(f"Environment: Python {platform.python_version()}, {os.cpu_count()} CPUs, "

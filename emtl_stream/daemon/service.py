@@ -57,6 +57,9 @@ LSL_HANDOFF_S = 0.01
 #: Poll while no stream is connected (s); connect attempts follow their own back-off
 #: (:mod:`.connection`).
 IDLE_WAIT_S = 0.05
+#: While a fit runs, the loop checks for its result at least this often (s), so the
+#: swap follows the fit's end instead of the next window's arrival.
+FIT_POLL_S = 0.002
 
 
 class Daemon:
@@ -322,7 +325,9 @@ class Daemon:
     def _step(self) -> None:
         missing = self._missing()
         lsl_wait = 0.0
-        if missing is None:
+        if self.fit is not None and missing is not None:
+            self.control.poll_once(timeout_ms=int(FIT_POLL_S * 1000))
+        elif missing is None:
             self.control.poll_once(timeout_ms=int(IDLE_WAIT_S * 1000))
         else:
             # Sleep in the control socket's poll until the window's last samples are
@@ -554,7 +559,8 @@ class Daemon:
             The prompts.
         """
         window_s = self.pipeline.window_s
-        session = Session(purpose, float(self.clock()), window_s, schedule=schedule)
+        session = Session(purpose, float(self.clock()), window_s, schedule=schedule,
+                          step_s=self.pipeline.step / self.pipeline.fs)
         self._transition("start_prompting")
         self.session = session
         ramp = {"ramp": True} if purpose == "ramp" else {}

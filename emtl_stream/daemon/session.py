@@ -11,9 +11,10 @@ Kinds (``purpose``):
 ``recalibrate`` / ``train``
     Prompted: a :class:`~.calibration.PromptSchedule` started at LSL time ``t0``.
     A window is labelled with a class only if it lies entirely inside the recorded
-    part of one class step. The session is over as soon as samples up to the
-    schedule's end were pulled (every window of the burst has then ended),
-    without waiting for another window to arrive.
+    part of one class step. The session is over as soon as the last window that
+    can still be labelled has arrived (given the window step, the next one would
+    end past the schedule's end) or samples up to the schedule's end were pulled,
+    without waiting for another window.
 ``ramp``
     Prompted like ``recalibrate``, but every class prompt asks for a slow ramp from
     rest to a strong contraction (:data:`RAMP_INSTRUCTION`; the prompt carries
@@ -53,6 +54,11 @@ BURST_CLOSE_FALLBACK_S = 0.5
 #: ``instruction`` field and the patient page show it.
 RAMP_INSTRUCTION = ("Slowly ramp up {cls}: start relaxed and contract a little harder "
                     "every moment, reaching a strong contraction as the step ends")
+
+#: The next window counts as ending past the schedule only if it ends more than this
+#: after the end (s): timestamps jitter, and a window that might still be labelled is
+#: waited for.
+CLOSE_MARGIN_S = 0.002
 
 
 def check_session_request(classes, seconds_per_class, repetitions, lead_in_s: float,
@@ -131,13 +137,16 @@ class Session:
         Collection time of an unlabelled session.
     max_windows : int
         Cap on collected windows (a forgotten manual label must not eat memory).
+    step_s : float, optional
+        Window step (s). With it a prompted session is over as soon as a window
+        arrived whose successor would end past the schedule's end.
     """
 
     PROMPTED = ("recalibrate", "train", "ramp")
 
     def __init__(self, purpose: str, t0: float, window_s: float, *,
                  schedule: PromptSchedule | None = None, seconds: float = 0.0,
-                 max_windows: int = 100_000):
+                 max_windows: int = 100_000, step_s: float | None = None):
         if purpose not in (*self.PROMPTED, "manual", "unlabelled"):
             raise ValueError(f"unknown session purpose {purpose!r}")
         if purpose in self.PROMPTED and schedule is None:
@@ -154,6 +163,8 @@ class Session:
         self.label_since = self.t0
         self.step_index = -1
         self._last_prompt_t = -math.inf
+        self.step_s = None if step_s is None else float(step_s)
+        self.last_window_t = -math.inf  # end of the newest window offered
 
     # ----------------------------------------------------------------- labelling
     @property
@@ -209,6 +220,7 @@ class Session:
         raw : ndarray of shape (window, n_channels), optional
             The raw samples, kept with the burst when given.
         """
+        self.last_window_t = max(self.last_window_t, float(t_last))
         if self.purpose == "unlabelled":
             if t_last < self.t0 or t_last > self.t0 + self.seconds:
                 return False
@@ -248,9 +260,11 @@ class Session:
             times a second while a step lasts); None otherwise.
         done : bool
             The session's collection is over. Prompted: every burst window ends by the
-            schedule's end, so it is over as soon as samples up to that end were
-            pulled (no wait for another window), or :data:`BURST_CLOSE_FALLBACK_S`
-            after it on the LSL clock. Unlabelled: ``seconds`` passed.
+            schedule's end, so it is over as soon as the last window that can end
+            by then has arrived (with ``step_s``: the next window would end more than
+            :data:`CLOSE_MARGIN_S` past the end), or samples up to that end were
+            pulled, or :data:`BURST_CLOSE_FALLBACK_S` after it on the LSL clock.
+            Unlabelled: ``seconds`` passed.
         """
         elapsed = now - self.t0
         if self.purpose == "unlabelled":
@@ -260,6 +274,8 @@ class Session:
         end = self.t0 + self.schedule.duration_s
         if data_until >= end or now >= end + BURST_CLOSE_FALLBACK_S:
             return None, True
+        if self.step_s is not None and self.last_window_t + self.step_s > end + CLOSE_MARGIN_S:
+            return None, True  # no later window can end inside the schedule
         step = self.schedule.at(elapsed)
         if step is None:
             return None, False

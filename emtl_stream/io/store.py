@@ -170,7 +170,14 @@ class StateStore:
                     done.add(int(m.group(1)))
         return seen, done
 
-    def save_map(self, H, b=None, meta: Mapping[str, Any] | None = None) -> int:
+    def next_map_version(self) -> int:
+        """Return the version the next :meth:`save_map` will give (previous maximum + 1)."""
+        with self._lock:
+            seen, _ = self._numbers(self.maps_dir, _MAP_RE)
+            return max(seen, default=0) + 1
+
+    def save_map(self, H, b=None, meta: Mapping[str, Any] | None = None, *,
+                 version: int | None = None) -> int:
         """Persist a map and return its new version (previous maximum + 1, from 1).
 
         Parameters
@@ -182,6 +189,9 @@ class StateStore:
         meta : mapping, optional
             JSON-serialisable extras. ``burst``, ``objective`` and ``parent`` are
             always present in the stored metadata (``None`` unless given).
+        version : int, optional
+            The version announced beforehand by :meth:`next_map_version`;
+            ``ValueError`` if another map took it meanwhile.
 
         Returns
         -------
@@ -200,7 +210,11 @@ class StateStore:
         info.update(dict(meta or {}))
         with self._lock:
             seen, _ = self._numbers(self.maps_dir, _MAP_RE)
-            version = max(seen, default=0) + 1
+            expected = max(seen, default=0) + 1
+            if version is not None and int(version) != expected:
+                raise ValueError(f"map version {version} is no longer free (next is "
+                                 f"{expected}).")
+            version = expected
             info.update(version=version, created=time.time(),
                         created_iso=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                         shape=list(H.shape), bias=bias)
@@ -271,7 +285,14 @@ class StateStore:
     def _burst_paths(self, burst_id: int) -> tuple[Path, Path]:
         return self.bursts_dir / f"{burst_id:06d}.npz", self.bursts_dir / f"{burst_id:06d}.json"
 
-    def save_burst(self, arrays: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> int:
+    def next_burst_id(self) -> int:
+        """Return the id the next :meth:`save_burst` will give (previous maximum + 1)."""
+        with self._lock:
+            seen, _ = self._numbers(self.bursts_dir, _BURST_RE)
+            return max(seen, default=0) + 1
+
+    def save_burst(self, arrays: Mapping[str, Any], meta: Mapping[str, Any] | None = None, *,
+                   burst_id: int | None = None) -> int:
         """Persist a calibration burst; returns its id (increasing integer from 1).
 
         Parameters
@@ -281,12 +302,18 @@ class StateStore:
             ``timestamps`` (n_windows,), ``raw`` (n_windows, n_samples, n_channels).
         meta : mapping, optional
             JSON-serialisable extras.
+        burst_id : int, optional
+            The id announced beforehand by :meth:`next_burst_id`; ``ValueError`` if
+            another burst took it meanwhile.
         """
         arrays = _check_arrays(arrays, "burst")
         info = dict(meta or {})
         with self._lock:
             seen, _ = self._numbers(self.bursts_dir, _BURST_RE)
-            burst_id = max(seen, default=0) + 1
+            expected = max(seen, default=0) + 1
+            if burst_id is not None and int(burst_id) != expected:
+                raise ValueError(f"burst id {burst_id} is no longer free (next is {expected}).")
+            burst_id = expected
             info.update(id=burst_id, created=time.time(), arrays=sorted(arrays),
                         shapes={k: list(v.shape) for k, v in arrays.items()})
             data = _json_bytes(info, f"burst {burst_id}")

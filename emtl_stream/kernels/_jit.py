@@ -14,6 +14,11 @@ Why these choices
   so these options are import-time constants, never runtime configuration.
 * ``FASTMATH_FLAGS`` leaves out ``nnan`` and ``ninf``: with them LLVM may assume
   that no NaN/inf exists and delete the very guards that catch bad samples.
+* Kernels with a signature compile it (or load it from the cache) on their first
+  call, not at import, and then accept nothing else (as an eager signature would):
+  a daemon compiles only the kernels its configuration calls (a tied source model
+  never needs the per-component CG solvers, the largest compile), and the warm-up
+  (``daemon/warmup.py``) makes those first calls before serving.
 * The array-type strings below (:data:`F1`, :data:`F2`, ...) are the one spelling of
   the eager signatures every kernel module composes, so a layout change (say,
   accepting read-only arrays) is made here once.
@@ -22,6 +27,7 @@ Why these choices
 from __future__ import annotations
 
 import numba
+from numba.core.registry import CPUDispatcher
 
 #: LLVM fast-math flags allowed in kernels (no ``nnan``/``ninf``, see module docstring).
 FASTMATH_FLAGS = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
@@ -38,14 +44,42 @@ B1 = "boolean[::1]"
 JIT_OPTIONS = dict(cache=True, nogil=True, fastmath=set(FASTMATH_FLAGS))
 
 
+class _Kernel(CPUDispatcher):
+    """A dispatcher that compiles its declared signatures at first use, then no other."""
+
+    declared: tuple = ()
+
+    def _compile_declared(self) -> None:
+        if self.declared and self._can_compile:
+            from numba.core import typeinfer
+
+            with typeinfer.register_dispatcher(self):
+                for sig in self.declared:
+                    self.compile(sig)
+            self.disable_compile()
+
+    def _compile_for_args(self, *args, **kws):
+        # a call from Python with no matching overload yet
+        if self.declared and self._can_compile:
+            self._compile_declared()
+            return self  # numba calls the returned callable with the arguments
+        return super()._compile_for_args(*args, **kws)
+
+    def get_call_template(self, args, kws):
+        # a call from another kernel being compiled
+        self._compile_declared()
+        return super().get_call_template(args, kws)
+
+
 def kernel(signature=None):
     """Decorate a pure array function as a cached nopython (``njit``) kernel.
 
     Parameters
     ----------
     signature : str or list of str, optional
-        Eager numba signature(s). Giving one compiles (or loads from the cache)
-        at import time of the kernel's module, so warm-up is explicit.
+        Numba signature(s). They are compiled (or loaded from the cache) at the
+        first call, and a call matching none of them is a ``TypeError``, as with an
+        eager signature; without one, numba specialises on the argument types.
 
     Returns
     -------
@@ -53,4 +87,14 @@ def kernel(signature=None):
     """
     if signature is None:
         return numba.njit(**JIT_OPTIONS)
-    return numba.njit(signature, **JIT_OPTIONS)
+    declared = (signature,) if isinstance(signature, str) else tuple(signature)
+
+    def decorate(func):
+        options = {k: v for k, v in JIT_OPTIONS.items() if k != "cache"}
+        disp = _Kernel(py_func=func, locals={}, targetoptions={"nopython": True, **options})
+        disp.declared = declared
+        if JIT_OPTIONS["cache"]:
+            disp.enable_caching()
+        return disp
+
+    return decorate

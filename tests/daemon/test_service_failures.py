@@ -266,3 +266,42 @@ def test_request_size_limit_is_exact(live, n_bytes):
         assert "exceeds the limit" in reply["error"]
     else:
         assert "unknown field" in reply["error"]  # read and parsed, then refused on meaning
+
+
+def test_a_map_that_cannot_be_saved_is_swapped_back(live, monkeypatch):
+    # The new map goes live before it is written (the swap does not wait for the disk);
+    # if the write then fails, the old map comes back and the calibration fails, so
+    # what serves is again what a restart would load.
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(live.daemon.store, "save_map", full_disk)
+    with live.client.subscribe(("pred", "event")) as sub:
+        assert live.client.recalibrate(seconds_per_class=0.6)["ok"] is True
+        seen = []
+        ev = wait_event(sub, ("calibration_failed", "calibration_done"), 30.0, seen)
+        assert ev["kind"] == "calibration_failed" and "could not save map 2" in ev["reason"], ev
+        swaps = [m for topic, m in seen if topic == "event" and m["kind"] == "model_swapped"]
+        assert [(m["model"], m["reason"]) for m in swaps] == [(2, "recalibration"),
+                                                              (1, "rollback")]
+        preds = [m for topic, m in collect(sub, 0.5) if topic == "pred"]
+        assert preds and {p["model"] for p in preds} == {1}
+    status = live.client.status()
+    assert status["state"] == "streaming" and status["model"] == 1 and status["maps"] == [1]
+
+
+def test_a_burst_that_cannot_be_saved_fails_the_calibration(live, monkeypatch):
+    # The burst is written while the fit runs; a fit whose burst is not on disk is
+    # never installed.
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(live.daemon.store, "save_burst", full_disk)
+    with live.client.subscribe(("event",)) as sub:
+        assert live.client.recalibrate(seconds_per_class=0.6)["ok"] is True
+        seen = []
+        ev = wait_event(sub, ("calibration_failed", "calibration_done"), 30.0, seen)
+        assert ev["kind"] == "calibration_failed" and "could not save burst" in ev["reason"], ev
+        assert not [m for _, m in seen if m["kind"] == "model_swapped"]
+    status = live.client.status()
+    assert status["state"] == "streaming" and status["model"] == 1 and status["maps"] == [1]

@@ -44,6 +44,29 @@ def test_prompted_session_ends_with_the_schedule_without_another_window():
     assert s.tick(end + S.BURST_CLOSE_FALLBACK_S)[1] is True
 
 
+@pytest.mark.parametrize("phase", [0.0, 0.013, 0.031, 0.049])
+def test_prompted_session_closes_on_its_last_labellable_window(phase):
+    # Windows end on a 50 ms grid whose phase the schedule does not know. The session
+    # must close on the window after which no window can be labelled any more, and the
+    # burst must hold exactly the windows the schedule labels (the independent count).
+    step, window = 0.05, 0.2
+    sched = PromptSchedule(["a", "b"], 1.0, 1, 0.2, 0.3)
+    s = S.Session("recalibrate", 100.0, window, schedule=sched, step_s=step)
+    end = 100.0 + sched.duration_s
+    ends = 100.0 + phase + step * np.arange(200)
+    closed_at = None
+    for t in ends:
+        s.add_window(np.array([t, 1.0]), t)
+        if s.tick(t, data_until=t)[1]:
+            closed_at = t
+            break
+    last_labelled = max(t for t in ends if sched.label_for_window(t - 100.0, window))
+    assert closed_at == pytest.approx(last_labelled)
+    assert end - step - S.CLOSE_MARGIN_S < closed_at <= end + 1e-9
+    X, _ = s.check(["a", "b"], 2)
+    assert len(X) == sum(sched.label_for_window(t - 100.0, window) is not None for t in ends)
+
+
 def test_manual_rule_only_windows_starting_after_the_label():
     s = S.Session("manual", 10.0, 0.2)
     assert s.label_for(11.0) is None

@@ -192,3 +192,13 @@ def test_kill_9_mid_write_leaves_only_complete_files(tmp_path, delay_s):
         assert arrays["X"].shape == (300, 64)
     assert not list(state.rglob("*.tmp"))  # reopening cleaned up
     assert store.save_map(np.eye(2)) > max(m["version"] for m in maps)
+
+
+def test_announced_map_version_is_the_one_saved(tmp_path):
+    store = StateStore(tmp_path)
+    assert store.next_map_version() == 1
+    assert store.save_map(np.eye(2), version=1) == 1
+    assert store.next_map_version() == 2
+    with pytest.raises(ValueError, match="no longer free"):
+        store.save_map(np.eye(2), version=1)
+    assert [m["version"] for m in store.list_maps()] == [1]
