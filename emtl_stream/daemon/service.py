@@ -648,11 +648,15 @@ class Daemon:
             X, labels = s.check(classes, self.config.calibration.min_windows_per_class)
         except CalibrationError as exc:
             return self.calibration_failed(str(exc))
-        burst_id = self.store.save_burst(
-            s.collector.to_arrays(),
-            {"purpose": s.purpose, "n_windows": int(len(X)), "model": self.version,
-             "counts": s.collector.counts(), "window_ms": self.pipeline.window_ms,
-             "step_ms": self.pipeline.step_ms})
+        try:
+            burst_id = self.store.save_burst(
+                s.collector.to_arrays(),
+                {"purpose": s.purpose, "n_windows": int(len(X)), "model": self.version,
+                 "counts": s.collector.counts(), "window_ms": self.pipeline.window_ms,
+                 "step_ms": self.pipeline.step_ms})
+        except OSError as exc:  # nothing is fitted from a burst that is not on disk
+            return self.calibration_failed(f"could not save burst: {exc}; map {self.version} "
+                                           "stays live")
         self._transition("start_fitting", burst=burst_id, windows=int(len(X)))
         if s.purpose == "train":
             self._submit("train", burst_id, s.purpose, jobs.train_job, X, labels,
@@ -749,6 +753,21 @@ class Daemon:
         self.event("calibration_done", purpose="train", model=self.version,
                    train_accuracy=result["accuracy"], fit_s=result["fit_s"])
 
+    def _save_map(self, H, b, meta, **fields) -> int | None:
+        """Store a new map and make it the live one on disk.
+
+        Returns None (after a failed calibration; the old map keeps serving) when it
+        cannot be written.
+        """
+        try:
+            version = self.store.save_map(H, b, meta)
+            self.store.set_live(version)
+        except OSError as exc:
+            self.calibration_failed(f"could not save map {self.store.next_map_version()}: "
+                                    f"{exc}; map {self.version} stays live", **fields)
+            return None
+        return version
+
     def _install_transfer(self, result, burst_id) -> None:
         new, old = result["objective"], result["previous_objective"]
         if not (np.isfinite(new) and new >= old):
@@ -756,11 +775,12 @@ class Daemon:
                 f"new map does not beat the current one on the burst (penalised log-likelihood "
                 f"{new:.4g} vs {old:.4g}); map {self.version} stays live")
             return
-        version = self.store.save_map(result["H"], result["b"], self._map_meta(
+        version = self._save_map(result["H"], result["b"], self._map_meta(
             burst=burst_id, objective=new, previous_objective=old, parent=self.version,
             n_iter=result["n_iter"], roll=result["roll"], converged=result["converged"],
             fit_s=result["fit_s"], reason="recalibration"))
-        self.store.set_live(version)
+        if version is None:
+            return
         self.swap_map(result["H"], result["b"], version)
         self._transition("fit_done")
         self.last_fit = result
@@ -803,9 +823,10 @@ class Daemon:
             self.calibration_failed(f"zero-label fit refused: {result.reason}; map "
                                     f"{self.version} stays live", purpose="unlabelled")
             return
-        version = self.store.save_map(result.H, result.b, self._map_meta(
-            reason="unlabelled", parent=self.version, **metrics))
-        self.store.set_live(version)
+        version = self._save_map(result.H, result.b, self._map_meta(
+            reason="unlabelled", parent=self.version, **metrics), purpose="unlabelled")
+        if version is None:
+            return
         # The reference describes well-mapped windows of this source model, so it stays:
         # if the new map fits, the level returns to it; if not, the watch fires again.
         self.swap_map(result.H, result.b, version, reference=self.watch.reference)
