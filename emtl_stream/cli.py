@@ -418,36 +418,6 @@ def _reason(exc: BaseException) -> str:
 #: Commands that run the daemon in this process.
 DAEMON_COMMANDS = ("run", "demo")
 #: The BLAS libraries' thread-count variables, read once when numpy loads.
-BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def one_blas_thread(environ=os.environ) -> bool:
-    """Give BLAS one thread unless the user chose a count; True if it was set here.
-
-    The daemon's matrices are small (a recalibration solves at most a few thousand
-    unknowns) and it shares the cores with acquisition: a multithreaded BLAS then
-    mostly waits for its own threads (docs/benchmarks.md: an 8-electrode
-    recalibration fit took 510 ms with two BLAS threads and 49 ms with one on a
-    loaded 2-core machine). Must run before numpy is imported; any of
-    :data:`BLAS_THREAD_VARS` already set is left as it is.
-
-    Parameters
-    ----------
-    environ : mutable mapping
-        The environment to change (default ``os.environ``).
-
-    Returns
-    -------
-    bool
-        True if the thread counts were set here.
-    """
-    if "numpy" in sys.modules or any(v in environ for v in BLAS_THREAD_VARS):
-        return False
-    for var in BLAS_THREAD_VARS:
-        environ[var] = "1"
-    return True
-
-
 def main(argv=None) -> int:
     """Run the command line; return the exit code.
 
@@ -462,7 +432,9 @@ def main(argv=None) -> int:
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
     if args.command in DAEMON_COMMANDS:
-        one_blas_thread()
+        from .daemon.blas import set_blas_environment
+
+        set_blas_environment()
     quiet_liblsl(args.verbose)
     from .logs import set_log_level
 

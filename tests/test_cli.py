@@ -568,8 +568,8 @@ def test_a_port_in_use_is_reported_once(tmp_path):
 
 BLAS_PROBE = """
 import json
-from emtl_stream import cli
-print(cli.one_blas_thread())
+from emtl_stream.daemon import blas
+print(blas.set_blas_environment())
 import numpy  # noqa: F401  (loads OpenBLAS with the thread count now in the environment)
 from threadpoolctl import threadpool_info
 print(json.dumps(sorted({p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"})))
@@ -580,7 +580,9 @@ print(json.dumps(sorted({p["num_threads"] for p in threadpool_info() if p["user_
 def test_daemon_commands_run_blas_on_one_thread_unless_told(preset, expect_set):
     from emtl_stream import cli
 
-    env = {k: v for k, v in os.environ.items() if k not in cli.BLAS_THREAD_VARS}
+    from emtl_stream.daemon.blas import USER_THREAD_VARIABLES
+
+    env = {k: v for k, v in os.environ.items() if k not in USER_THREAD_VARIABLES}
     if preset is not None:
         env["OPENBLAS_NUM_THREADS"] = preset
     out = subprocess.run([sys.executable, "-c", BLAS_PROBE], env=env, capture_output=True,

@@ -21,9 +21,40 @@ from ..logs import logger
 SERVING_BLAS_THREADS = 1
 #: Environment variables through which a user chooses the thread count; when
 #: one is set the daemon leaves BLAS alone.
-USER_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+USER_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 _SETTERS = ("openblas_set_num_threads", "openblas_set_num_threads64_",
             "scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_")
+
+
+def set_blas_environment(environ=os.environ, n: int = SERVING_BLAS_THREADS) -> bool:
+    """Ask for ``n`` BLAS threads through the environment, before numpy is imported.
+
+    The command line calls this first for the daemon's commands, so the count also
+    holds for any BLAS numpy loads and for child processes (the warm-up's compilers);
+    :func:`limit_blas_threads` covers a daemon embedded in a process that imported
+    numpy already. A recalibration fit at 8 electrodes took 510 ms with two BLAS
+    threads and 49 ms with one on a loaded 2-core machine (docs/benchmarks.md).
+
+    Parameters
+    ----------
+    environ : mutable mapping
+        The environment to change (default ``os.environ``).
+    n : int
+        Threads.
+
+    Returns
+    -------
+    bool
+        True if the variables were set here (False when numpy is already imported or
+        the user chose a count through one of :data:`USER_THREAD_VARIABLES`).
+    """
+    import sys
+
+    if "numpy" in sys.modules or any(v in environ for v in USER_THREAD_VARIABLES):
+        return False
+    for var in USER_THREAD_VARIABLES:
+        environ[var] = str(int(n))
+    return True
 
 
 def _loaded_openblas() -> list[str]:
