@@ -444,7 +444,11 @@ BREAKDOWN_CELLS = ((0.5, 1.0), (0.75, 1.0), (0.75, 1.4), (0.0, 1.4), (1.0, 1.0))
 
 #: Rows of the loss breakdown, from what the method does to what no user has.
 BREAKDOWN_ROWS = ("no_adapt", "search", "true_start", "true_refined", "true_oracle_gain",
-                  "oracle_map")
+                  "mixed_oracle_gain", "oracle_map")
+
+#: Count features: the count of a mixed signal is close to the mix of the counts, so their
+#: inverse is the plain back-interpolation R(θ)ᵀ rather than the sharpening S(θ).
+COUNT_FEATURES = ("zc", "ssc")
 
 
 def paired_channel_map(X_new, X_old, n_channels: int) -> np.ndarray:
@@ -507,7 +511,19 @@ def breakdown_subject(baseline: Path, settings, cells=BREAKDOWN_CELLS,
     ``true_refined`` that candidate refined by EM and shrunk towards it (what a perfect
     rotation choice would give); ``true_oracle_gain`` ``S(θ)`` at the true rotation with
     per-type gains fitted on paired rep-3 windows, not refined; ``oracle_map`` the
-    channel-structured map fitted on those paired windows (:func:`paired_channel_map`).
+    channel-structured map fitted on those paired windows (:func:`paired_channel_map`);
+    ``mixed_oracle_gain`` as ``true_oracle_gain`` with ``R(θ)ᵀ`` in place of ``S(θ)`` on
+    the rows of :data:`COUNT_FEATURES`.
+
+    Parameters
+    ----------
+    baseline : Path
+        The subject's baseline recording (npz of the shared format).
+    settings : EvalSettings
+        Features, source model and TransferEM settings (the daemon's).
+    cells : sequence of (rotation, gain)
+    burst_s : float
+        Seconds per class of the labelled burst.
 
     Returns
     -------
@@ -555,17 +571,35 @@ def breakdown_subject(baseline: Path, settings, cells=BREAKDOWN_CELLS,
             ref = TransferEM(source, **dict(s.transfer, structure=mask, shrink_to=Hc))
             ref.fit(X[burst], y[burst], H_init=Hc)
             row["true_refined"] = ratio(ref.H_)
-        from .model.transfer import rotation_inverse
+        from .model.transfer import ring_rotation_matrix, rotation_inverse
 
         S = rotation_inverse(n, C, true, tem.rotation_ridge)
         row["true_oracle_gain"] = ratio(paired_type_gains(S, X[cal], X0[cal], n // C))
+        count = np.isin(np.array(s.feature_names)[np.arange(n) % (n // C)], COUNT_FEATURES)
+        Sm = np.where(count[:, None], ring_rotation_matrix(n, C, true).T, S)
+        row["mixed_oracle_gain"] = ratio(paired_type_gains(Sm, X[cal], X0[cal], n // C))
         row["oracle_map"] = ratio(paired_channel_map(X[cal], X0[cal], C))
         out[(float(cell[0]), float(cell[1]))] = row
     return out
 
 
 def loss_breakdown(data_dir, settings=None, cells=BREAKDOWN_CELLS, subjects=None) -> str:
-    """Mean over subjects of :func:`breakdown_subject`, as a Markdown table."""
+    """Mean over subjects of :func:`breakdown_subject`, as a Markdown table.
+
+    Parameters
+    ----------
+    data_dir : path
+        Folder of ``ciil_es_sNN_{baseline,shifted}.npz`` files.
+    settings : EvalSettings, optional
+        Default: the daemon's settings.
+    cells : sequence of (rotation, gain)
+    subjects : set of int, optional
+        Subject ids (default all).
+
+    Returns
+    -------
+    str
+    """
     from .evaluate import require_subjects
 
     if settings is None:
