@@ -206,7 +206,7 @@ def _watch_stream(daemon, cfg, stop) -> None:
 # --------------------------------------------------------------------------- replay, record
 def replay(args) -> int:
     """``emtl-stream replay FILE|--synthetic [--rate X] [--shift S] [--loop] [--name NAME]``."""
-    from .io.replay import run_replay
+    from .sim.replay import run_replay
 
     if (args.file is None) == (not args.synthetic):
         raise ConfigError("give either a recording FILE or --synthetic (not both)")

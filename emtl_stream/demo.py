@@ -87,8 +87,8 @@ def run_demo(seconds_per_class: float = 1.0, shift: float = 1.0, seed: int = 7,
     from .config import load_config
     from .daemon.service import Daemon
     from .io.client import Client
-    from .io.replay import Replayer
-    from .pipeline.synthetic import SyntheticArmband
+    from .sim.replay import Replayer
+    from .sim.synthetic import SyntheticArmband
 
     t_start = time.monotonic()
     pub = f"tcp://127.0.0.1:{_free_port()}"

@@ -22,7 +22,7 @@ and the features are computed from x'. Protocol per subject and grid point:
 * ``ref``: the reference package (em-transfer-learning, GPLv3, imported only, never
   copied) on the burst, when it is installed.
 
-A second table runs the same rows on :class:`~emtl_stream.pipeline.synthetic.SyntheticArmband`
+A second table runs the same rows on :class:`~emtl_stream.sim.synthetic.SyntheticArmband`
 with fractional shifts and an electrode gain.
 """
 
@@ -280,7 +280,7 @@ def evaluate_synthetic(proto: SyntheticProtocol | None = None) -> dict:
     from .model.gmm import LabelledGMM
     from .model.transfer import TransferEM
     from .pipeline.features import FeatureExtractor
-    from .pipeline.synthetic import SyntheticArmband
+    from .sim.synthetic import SyntheticArmband
 
     p = proto or SyntheticProtocol()
     ex = FeatureExtractor(("mav", "wl", "zc", "ssc"), n_channels=8, fs=p.fs)

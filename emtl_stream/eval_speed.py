@@ -293,8 +293,8 @@ def ramp_vs_hold(seeds=(0, 1, 2, 3, 4), seconds_per_class: float = 4.0, fs: floa
     from .model.speed import SpeedCalibration
     from .pipeline.features import FeatureExtractor
     from .pipeline.offline import featurize
-    from .pipeline.synthetic import SyntheticArmband
-    from .pipeline.synthetic_ramps import level_session
+    from .sim.synthetic import SyntheticArmband
+    from .sim.synthetic_ramps import level_session
 
     sc = speed_config or SpeedConfig()
     lo_l, hi_l = RAMP_LEVELS

@@ -24,7 +24,7 @@ from emtl_stream.daemon.bundle import SourceBundle
 from emtl_stream.daemon.service import Daemon
 from emtl_stream.io.client import Client
 from emtl_stream.io.recordings import load_recording
-from emtl_stream.io.replay import Replayer
+from emtl_stream.sim.replay import Replayer
 from emtl_stream.model.classify import MappedClassifier
 from emtl_stream.pipeline.offline import featurize
 

@@ -11,8 +11,8 @@ from emtl_stream.evaluate import EvalSettings
 from emtl_stream.model.gmm import LabelledGMM
 from emtl_stream.pipeline.features import FeatureExtractor
 from emtl_stream.pipeline.offline import featurize
-from emtl_stream.pipeline.synthetic import SyntheticArmband
-from emtl_stream.pipeline.synthetic_ramps import ramp_session
+from emtl_stream.sim.synthetic import SyntheticArmband
+from emtl_stream.sim.synthetic_ramps import ramp_session
 
 WIN, STEP = 40, 10  # 200 ms / 50 ms at 200 Hz
 

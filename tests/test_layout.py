@@ -15,7 +15,10 @@ ALLOWED = {
     "kernels": {"kernels"},
     "pipeline": {"pipeline", "kernels"} | ROOT_SHARED,
     "model": {"model", "kernels"} | ROOT_SHARED,
-    "io": {"io", "pipeline"} | ROOT_SHARED,
+    # io is sockets, streams and files only: no numerics beyond dtype/shape checks.
+    "io": {"io"} | ROOT_SHARED,
+    # Fake devices (synthetic armband, replayer) push through io's outlets and client.
+    "sim": {"sim", "io"} | ROOT_SHARED,
     "daemon": {"daemon", "model", "pipeline", "io", "kernels"} | ROOT_SHARED,
     # The web page talks to the daemon only through its sockets (io.client).
     "ui": {"ui", "io", "config", "logs", "errors"},

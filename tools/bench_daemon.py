@@ -73,7 +73,7 @@ def _train_bundle(n_channels: int, fs: float, path: Path) -> None:
     from emtl_stream.daemon.bundle import fit_source_model, make_bundle
     from emtl_stream.pipeline.features import FeatureExtractor
     from emtl_stream.pipeline.offline import featurize
-    from emtl_stream.pipeline.synthetic import SyntheticArmband
+    from emtl_stream.sim.synthetic import SyntheticArmband
 
     arm = SyntheticArmband(n_channels=n_channels, fs=fs, seed=SEED)
     ext = FeatureExtractor(FEATURES, n_channels=n_channels, fs=fs)
@@ -239,8 +239,8 @@ def _replay_main(argv) -> int:
     import signal
     import threading
 
-    from emtl_stream.io.replay import Replayer
-    from emtl_stream.pipeline.synthetic import SyntheticArmband
+    from emtl_stream.sim.replay import Replayer
+    from emtl_stream.sim.synthetic import SyntheticArmband
 
     p = argparse.ArgumentParser()
     p.add_argument("--channels", type=int)

@@ -37,10 +37,10 @@ import numpy as np
 
 from emtl_stream.io.lsl_inlet import EMGInlet
 from emtl_stream.io.recordings import Recording
-from emtl_stream.io.replay import Replayer
+from emtl_stream.sim.replay import Replayer
 from emtl_stream.pipeline.features import FeatureExtractor, FeaturePipeline
 from emtl_stream.pipeline.filters import StreamingFilter
-from emtl_stream.pipeline.synthetic import SyntheticArmband
+from emtl_stream.sim.synthetic import SyntheticArmband
 
 CONFIGS = [(8, 200.0), (16, 1000.0), (64, 2000.0), (320, 2048.0)]
 FEATURES = ("mav", "wl", "zc", "ssc")

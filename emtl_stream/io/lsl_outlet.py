@@ -1,4 +1,4 @@
-"""LSL outlets: an EMG outlet (replay, synthetic armband, tests) and a marker outlet.
+"""LSL outlets: an EMG outlet (replayer, synthetic armband, tests), a marker outlet, the clock.
 
 The EMG outlet declares type ``"EMG"``, a stable ``source_id`` (so inlets can
 recover it after a restart) and its channel labels under
@@ -14,6 +14,17 @@ import pylsl
 from .._checks import check_option, ensure_float, ensure_int
 
 _FORMATS = {"float32": (pylsl.cf_float32, np.float32), "double64": (pylsl.cf_double64, np.float64)}
+
+
+def local_clock() -> float:
+    """The local LSL clock in seconds: the timeline outlets stamp samples on.
+
+    Returns
+    -------
+    float
+        ``pylsl.local_clock()``.
+    """
+    return pylsl.local_clock()
 
 
 class EMGOutlet:

@@ -31,10 +31,10 @@ from emtl_stream.config import load_config
 from emtl_stream.daemon.bundle import fit_source_model, make_bundle
 from emtl_stream.daemon.service import Daemon
 from emtl_stream.io.client import Client
-from emtl_stream.io.replay import Replayer
+from emtl_stream.sim.replay import Replayer
 from emtl_stream.pipeline.features import FeatureExtractor
 from emtl_stream.pipeline.offline import featurize
-from emtl_stream.pipeline.synthetic import SyntheticArmband
+from emtl_stream.sim.synthetic import SyntheticArmband
 
 FS = 500.0
 N_CHANNELS = 8

@@ -12,7 +12,7 @@ import numpy as np
 from emtl_stream.daemon.bundle import fit_source_model
 from emtl_stream.pipeline.features import FeatureExtractor
 from emtl_stream.pipeline.offline import featurize
-from emtl_stream.pipeline.synthetic import SyntheticArmband
+from emtl_stream.sim.synthetic import SyntheticArmband
 
 FS = 500.0
 N_CHANNELS = 8

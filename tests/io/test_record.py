@@ -18,9 +18,9 @@ from lsl_helpers import unique_id
 from emtl_stream.daemon.bundle import SourceBundle
 from emtl_stream.io.record import markers_in_force_from, markers_to_labels, record_streams
 from emtl_stream.io.recordings import Recording, load_recording
-from emtl_stream.io.replay import Replayer
+from emtl_stream.sim.replay import Replayer
 from emtl_stream.io.xdf_write import save_xdf
-from emtl_stream.pipeline.synthetic import SyntheticArmband
+from emtl_stream.sim.synthetic import SyntheticArmband
 
 CLI = [sys.executable, "-m", "emtl_stream"]
 

@@ -12,7 +12,7 @@ from emtl_stream.model.gmm import LabelledGMM
 from emtl_stream.model.transfer import (ROLL_PRUNE_KEEP, ROLL_PRUNE_MIN_CHANNELS, TransferEM,
                                         ring_roll_matrix)
 from emtl_stream.pipeline.features import FeatureExtractor
-from emtl_stream.pipeline.synthetic import SyntheticArmband
+from emtl_stream.sim.synthetic import SyntheticArmband
 from test_transfer_structure import _hudgins, _lda, make_source
 
 

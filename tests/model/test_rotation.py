@@ -12,7 +12,7 @@ from emtl_stream.model.source import SourceComponents
 from emtl_stream.model.transfer import (TransferEM, ring_roll_matrix, ring_rotation_matrix,
                                         rotation_inverse)
 from emtl_stream.pipeline.features import FeatureExtractor
-from emtl_stream.pipeline.synthetic import SyntheticArmband
+from emtl_stream.sim.synthetic import SyntheticArmband
 
 
 

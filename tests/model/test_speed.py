@@ -11,8 +11,8 @@ from emtl_stream.model.speed import (BAD_NONFINITE, BAD_SILENT, SpeedCalibration
                                      SpeedSmoother, calibrate_bundle_speed)
 from emtl_stream.pipeline.features import FeatureExtractor
 from emtl_stream.pipeline.offline import featurize, load_ciil_features, segment_windows
-from emtl_stream.pipeline.synthetic import SyntheticArmband
-from emtl_stream.pipeline.synthetic_ramps import level_session, ramp_session
+from emtl_stream.sim.synthetic import SyntheticArmband
+from emtl_stream.sim.synthetic_ramps import level_session, ramp_session
 
 FEATURES = ("mav", "wl", "zc", "ssc")
 FS = 1000.0

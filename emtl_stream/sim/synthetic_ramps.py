@@ -1,6 +1,6 @@
 """Contractions of a known strength on the synthetic armband: holds and slow ramps.
 
-:class:`~emtl_stream.pipeline.synthetic.SyntheticArmband` performs every class at
+:class:`~emtl_stream.sim.synthetic.SyntheticArmband` performs every class at
 one fixed activation pattern. :func:`generate_at_level` performs a class at a chosen
 fraction of that pattern (the *activation level*, 1 = the generator's default
 strength), so a test or a benchmark knows the true contraction strength of every

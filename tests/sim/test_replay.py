@@ -12,11 +12,11 @@ from lsl_helpers import pull_until, unique_id
 
 from emtl_stream.io.lsl_inlet import EMGInlet
 from emtl_stream.io.recordings import Recording, load_recording, save_recording
-from emtl_stream.io.replay import Replayer, run_replay
+from emtl_stream.sim.replay import Replayer, run_replay
 from emtl_stream.pipeline.features import FeatureExtractor, FeaturePipeline
 from emtl_stream.pipeline.filters import StreamingFilter
 from emtl_stream.pipeline.offline import featurize
-from emtl_stream.pipeline.synthetic import SyntheticArmband
+from emtl_stream.sim.synthetic import SyntheticArmband
 
 
 def _connect(source_id, **kw):

@@ -15,7 +15,6 @@ topic over ZeroMQ and makes the synthetic armband perform the prompted class.
 from __future__ import annotations
 
 import bisect
-import json
 import math
 import os
 import signal
@@ -26,21 +25,11 @@ import uuid
 import numpy as np
 
 from .._checks import ensure_float
+from ..io.client import Client
+from ..io.lsl_outlet import EMGOutlet, MarkerOutlet, local_clock
+from ..io.recordings import Recording, load_recording
 from ..logs import logger
-from ..pipeline.synthetic import SyntheticArmband
-from .lsl_outlet import EMGOutlet, MarkerOutlet
-from .recordings import Recording, load_recording
-
-_clock = None
-
-
-def _local_clock() -> float:
-    global _clock
-    if _clock is None:
-        import pylsl
-
-        _clock = pylsl.local_clock
-    return _clock()
+from .synthetic import SyntheticArmband
 
 
 class Replayer:
@@ -268,7 +257,7 @@ class Replayer:
                 raise
         finally:
             if sub is not None:
-                sub.close(linger=0)
+                sub.close()
             outlet.close()
             if self._marker is not None:
                 self._marker.close()
@@ -282,7 +271,7 @@ class Replayer:
         fs = self.fs
         period = 1.0 / fs
         speed = self.rate if not self.fast else math.inf
-        t_start = _local_clock()
+        t_start = local_clock()
         self.t_start = t_start
         i = 0  # samples pushed
         pos = 0  # position in the recording / schedule
@@ -296,7 +285,7 @@ class Replayer:
                     return
             if not self.fast:
                 due = t_start + (i + n) * period / speed
-                now = _local_clock()
+                now = local_clock()
                 if now < due:
                     self._stop.wait(due - now)
                     continue
@@ -359,19 +348,11 @@ class Replayer:
         return np.concatenate(parts), runs, pos
 
     def _poll_prompts(self, sub) -> None:
-        import zmq
-
         while True:
-            try:
-                msg = sub.recv(zmq.NOBLOCK)
-            except zmq.Again:
+            msg = sub.recv(timeout_s=0)  # malformed frames are logged and skipped there
+            if msg is None:
                 return
-            try:
-                body = json.loads(msg.split(b" ", 1)[1].decode("utf-8"))
-                cls = body.get("class")
-            except (ValueError, IndexError, AttributeError) as exc:
-                logger.warning("replay: ignoring a malformed prompt (%s)", exc)
-                continue
+            cls = msg[1].get("class")
             if cls is None:
                 continue
             try:
@@ -387,13 +368,8 @@ def outlet_dtype(channel_format: str):
 
 
 def _prompt_subscriber(address: str):
-    import zmq
-
-    sock = zmq.Context.instance().socket(zmq.SUB)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.SUBSCRIBE, b"prompt")
-    sock.connect(address)
-    return sock
+    """A subscription to the ``prompt`` topic of the daemon publishing on ``address``."""
+    return Client(pub=address).subscribe(["prompt"])
 
 
 def run_replay(path_or_none, *, rate: float = 1.0, shift: float = 0.0, loop: bool = False,

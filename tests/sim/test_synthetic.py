@@ -5,7 +5,7 @@ import pytest
 from scipy import signal
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-from emtl_stream.pipeline.synthetic import SyntheticArmband
+from emtl_stream.sim.synthetic import SyntheticArmband
 from naive.features import mav_wl_windows
 
 
