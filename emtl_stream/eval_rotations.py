@@ -123,6 +123,7 @@ def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
     from .evaluate import _accuracy, _reference_transfer
     from .model.baselines import ShrinkageLDA
     from .model.gmm import LabelledGMM
+    from .model.rotation import count_types
     from .model.transfer import TransferEM
 
     s = grid.settings
@@ -150,7 +151,7 @@ def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
                 row["transfer"] = _accuracy(tem.predict(Xt), yt)
                 tz = TransferEM(source, ring_channels=s.ring_channels, **kw).fit(X[cal], None)
                 row["zero_label"] = _accuracy(tz.predict(Xt), yt)
-                kc = dict(kw, **CONTINUOUS)
+                kc = dict(kw, **CONTINUOUS, rotation_counts=count_types(s.feature_names))
                 tc = TransferEM(source, ring_channels=s.ring_channels, **kc)
                 tc.fit(X[burst], y[burst])
                 row["transfer_cont"] = _accuracy(tc.predict(Xt), yt)
@@ -278,6 +279,7 @@ def evaluate_synthetic(proto: SyntheticProtocol | None = None) -> dict:
     from .evaluate import _accuracy
     from .model.baselines import ShrinkageLDA
     from .model.gmm import LabelledGMM
+    from .model.rotation import count_types
     from .model.transfer import TransferEM
     from .pipeline.features import FeatureExtractor
     from .sim.synthetic import SyntheticArmband
@@ -305,7 +307,8 @@ def evaluate_synthetic(proto: SyntheticProtocol | None = None) -> dict:
                     warnings.simplefilter("ignore")
                     tem = TransferEM(source, ring_channels=8, **p.transfer).fit(Xb, yb)
                     tz = TransferEM(source, ring_channels=8, **p.transfer).fit(Xu, None)
-                    kc = dict(p.transfer, **CONTINUOUS)
+                    kc = dict(p.transfer, **CONTINUOUS,
+                              rotation_counts=count_types(("mav", "wl", "zc", "ssc")))
                     tc = TransferEM(source, ring_channels=8, **kc).fit(Xb, yb)
                     tcz = TransferEM(source, ring_channels=8, **kc).fit(Xu, None)
                 row = {"transfer_cont": _accuracy(tc.predict(Xt), yt),

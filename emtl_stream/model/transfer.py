@@ -54,6 +54,7 @@ from ..errors import BurstTooShort, DegenerateBurst, TransferConvergenceWarning
 from ..kernels import estep, linalg as klinalg, mstep
 from ..logs import logger
 from .classify import MappedClassifier, as_components
+from .rotation import rotation_prior
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -322,6 +323,12 @@ class TransferEM:
         winning start towards the same prior, and the held-out accuracies are compared
         (a tie keeps the live map). Needs at least 2 labelled rows per class in the burst, else it
         is skipped. Default: on with ``rotation_search="continuous"``, off otherwise.
+    rotation_counts : sequence of int, optional
+        Count feature types (e.g. ZC, SSC; :func:`~emtl_stream.model.rotation.count_types`)
+        for the "continuous" search of an unlabelled burst: its maps become per feature
+        kind (:func:`~emtl_stream.model.rotation.rotation_prior`: ``R(θ)ᵀ`` on counts,
+        ``S(θ)`` times the blur gain elsewhere). None, or a labelled burst, keeps ``S(θ)``
+        on every type.
 
     Attributes
     ----------
@@ -368,7 +375,7 @@ class TransferEM:
                  masked_dense_max=MASKED_DENSE_MAX_UNKNOWNS, rotation_search="roll",
                  n_refine=1, roll_starts=None, search_iter=None, rotation_step=0.25,
                  rotation_ridge=ROTATION_RIDGE, jacobian_floor=0.6,
-                 guard=None):
+                 guard=None, rotation_counts=None):
         self.source = as_components(source)
         self.kind = _checks.check_option(kind, ("auto", "shared", "full"), "kind")
         self.bias = bool(bias)
@@ -401,6 +408,8 @@ class TransferEM:
                                                    minimum=0.0, strict_min=True)
         self.rotation_step = _checks.ensure_float(rotation_step, "rotation_step",
                                                   minimum=1.0 / 64, maximum=1.0)
+        self.rotation_counts = (None if rotation_counts is None else
+                                tuple(int(t) for t in rotation_counts))
         src = self.source
         self._m = src.n_features
         self.structure = self._check_structure(structure)
@@ -922,6 +931,17 @@ class TransferEM:
         out[~np.isfinite(out)] = -np.inf
         return out
 
+    def _rotation_map(self, n, rot, per_kind=False):
+        """Start map of the search at rotation ``rot``.
+
+        ``S(θ)``, or per feature kind (:func:`~emtl_stream.model.rotation.rotation_prior`)
+        when ``per_kind`` and ``rotation_counts`` is set.
+        """
+        if not per_kind or self.rotation_counts is None:
+            return rotation_inverse(n, self.ring_channels, rot, self.rotation_ridge)
+        return rotation_prior(n, self.ring_channels, rot, self.rotation_ridge,
+                              self.rotation_counts)
+
     def _rotation_search(self, X, yi, n):
         """Score every rotated-and-scaled map ``diag(g) S(θ)`` on a grid of rotations θ.
 
@@ -946,7 +966,10 @@ class TransferEM:
         Lam = self._Lam_bar
         rots = np.arange(0.0, C, self.rotation_step)
         S = rots.size
-        R = np.stack([rotation_inverse(n, C, r, self.rotation_ridge) for r in rots])  # (S, m, n)
+        # Per feature kind without labels only: a labelled burst's 30 gain updates absorb
+        # the blur, and there the per-kind maps chose worse rotations (docs/evaluation.md).
+        per_kind = not np.any(yi >= 0)
+        R = np.stack([self._rotation_map(n, r, per_kind) for r in rots])  # (S, m, n)
         # log|det S(θ)| with the singular values floored: at half a spacing S is singular
         # (the blur removed the alternating pattern), and an unfloored Jacobian would
         # rule out exactly the rotation that happened.
@@ -1146,7 +1169,7 @@ class TransferEM:
                     # first half second of each prompt (the onset of the contraction) can
                     # be far off; the refined fits decide. Unlabelled bursts span whole
                     # contractions, and their moment-matched gain is the better one.
-                    Hu = rotation_inverse(n, self.ring_channels, rot, self.rotation_ridge)
+                    Hu = self._rotation_map(n, rot)
                     Hu = Hu if mask is None else Hu * mask
                     starts.append((label, Hu, Hu, None, rot, np.ones_like(gains)))
                 if len(picked) == self.n_refine:
