@@ -44,6 +44,10 @@ class DegenerateBurst(CalibrationError):
     """A calibration burst is non-finite, constant or otherwise uninformative."""
 
 
+class FitCancelled(CalibrationError):
+    """A fit was stopped by request (its ``should_stop`` hook); its result is dropped."""
+
+
 class ProtocolError(EmtlError, ValueError):
     """A wire message is malformed, too large or of an unknown version."""
 

@@ -567,7 +567,8 @@ def breakdown_subject(baseline: Path, settings, cells=BREAKDOWN_CELLS,
             tem = TransferEM(source, ring_channels=C, **kw).fit(X[burst], y[burst])
             row["search"] = _accuracy(tem.predict(Xt), yt) / within
             yi = tem.label_indices(y[burst], int(burst.sum()))
-            cands = tem._rotation_search(tem._prepare_X(X[burst]), yi, n)
+            cands, _ = tem._rotation_search(tem._validate(), tem.source_terms_,
+                                            tem._prepare_X(X[burst]), yi, n)
             true = float(cell[0]) % C
             rot, Hc, _, _ = min(cands, key=lambda c: min(abs(c[0] - true), C - abs(c[0] - true)))
             row["true_start"] = ratio(Hc)

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKER = ROOT / "tools" / "check_docstrings.py"
 
 #: Packages held to the rule; widen this list as more packages are brought in line.
-CHECKED = ["emtl_stream/kernels", "emtl_stream/pipeline"]
+CHECKED = ["emtl_stream/kernels", "emtl_stream/model", "emtl_stream/pipeline"]
 
 
 def _checker():

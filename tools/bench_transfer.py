@@ -330,7 +330,7 @@ def ring64_rows(args, C=64, N=40):
     for name, _ in runs:
         te = last[name]
         starts = len(te.roll_objectives_) if te.roll_objectives_ else 1
-        cg = np.mean(te._cg_iters) if te._cg_iters else float("nan")
+        cg = np.mean(te.cg_iters_) if te.cg_iters_ else float("nan")
         print("| %s | %s | %d | %d | %s | %d | %.0f |" % (
             name, _ms(statistics.median(times[name])), len(times[name]), starts,
             te.best_roll_, te.n_iter_, cg), flush=True)

@@ -2,8 +2,10 @@
 
 Nothing of the daemon crosses to the worker: the loop thread copies what a fit
 needs (source components, burst, live map, settings) into the call, and the
-job returns a plain result. A job checks its ``cancel`` event between stages; a
-cancelled job raises :class:`FitCancelled` and its result is never used.
+job returns a plain result. A job checks its ``cancel`` event between stages, and
+a labelled transfer fit also before every EM iteration (``TransferEM.fit``'s
+``should_stop``), so ``cancel`` ends it within one iteration; a cancelled job
+raises :class:`~emtl_stream.errors.FitCancelled` and its result is never used.
 """
 
 from __future__ import annotations
@@ -13,13 +15,12 @@ import time
 
 import numpy as np
 
-from ..errors import CalibrationError
+from ..errors import CalibrationError, FitCancelled
 from ..logs import logger
 from .bundle import train_bundle, transfer_kwargs
 
-
-class FitCancelled(CalibrationError):
-    """The fit was cancelled by request; its result is dropped."""
+__all__ = ["FitCancelled", "train_job", "train_settings", "transfer_job", "transfer_settings",
+           "unlabelled_transfer_job"]
 
 
 def _check_cancel(cancel: threading.Event | None) -> None:
@@ -79,7 +80,8 @@ def transfer_job(components, X, labels, H_live, b_live, *, transfer_kwargs: dict
     _check_cancel(cancel)
     t0 = time.perf_counter()
     tem = TransferEM(components, ring_channels=ring_channels, **transfer_kwargs)
-    tem.fit(X, labels, H_init=H_live, b_init=b_live if transfer_kwargs.get("bias") else None)
+    tem.fit(X, labels, H_init=H_live, b_init=b_live if transfer_kwargs.get("bias") else None,
+            should_stop=None if cancel is None else cancel.is_set)
     _check_cancel(cancel)
     H, b = tem.H_, tem.b_
     if not _finite_map(H, b):
@@ -173,3 +175,30 @@ def train_job(X, labels, *, kind: str, covariance_type: str, n_components_per_cl
     _check_cancel(cancel)
     return dict(bundle=bundle, fit_s=time.perf_counter() - t0,
                 accuracy=float(np.mean(model.predict(X) == labels)))
+
+
+def train_settings(config, extractor, window_ms: float, step_ms: float, n_channels: int,
+                   rate: float) -> dict:
+    """Keyword arguments of :func:`train_job` for a training session (loop thread).
+
+    Parameters
+    ----------
+    config : Config
+        Its ``[model]``, ``[features]`` (the filter) and ``[speed]`` sections are used.
+    extractor : FeatureExtractor
+        The one the session's windows were computed with.
+    window_ms, step_ms : float
+        The live pipeline's windowing.
+    n_channels : int
+    rate : float
+        The connected stream's shape.
+    """
+    from ..model.speed import speed_kwargs
+    from .bundle import filter_spec_from_config
+
+    mc = config.model
+    return dict(kind=mc.kind, covariance_type=mc.covariance_type,
+                n_components_per_class=mc.n_components_per_class, extractor=extractor,
+                window_ms=window_ms, step_ms=step_ms, n_channels=n_channels, rate=rate,
+                filter_spec=filter_spec_from_config(config.features),
+                speed_kwargs=speed_kwargs(config))

@@ -10,9 +10,12 @@ without waiting; it does not spin.
 Fits run in a single worker thread; a fit job (:mod:`.jobs`) receives copies of
 what it needs and returns a plain result. The loop collects it and swaps the
 live model (:class:`~.live.LiveModel`) in one assignment, atomic for the next
-window. Everything else is a plain object: the calibration session
+window. Everything else is a plain object or function: the calibration session
 (:mod:`.session`), post-processing (:mod:`.postprocess`), the shift watch
-(:mod:`.shift`) and the control handlers (:mod:`.handlers`).
+(:mod:`.shift`), the control handlers (:mod:`.handlers`), the fit worker
+(:mod:`.worker`), events and their rate limits (:mod:`.events`), the connect
+back-off (:mod:`.connection`), the stored maps (:mod:`.maps`) and the ``status``
+reply (:mod:`.status`).
 
 Every failure in the loop is logged, announced as an ``event`` and contained:
 the daemon keeps serving with its last good model.
@@ -20,24 +23,28 @@ the daemon keeps serving with its last good model.
 
 from __future__ import annotations
 
-import concurrent.futures
 import math
 import os
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import CalibrationError, ChannelMismatch, EmtlError, StreamError
 from ..logs import logger
 from . import jobs
+from .blas import SERVING_BLAS_THREADS, limit_blas_threads
 from .bundle import SourceBundle
+from .connection import ConnectPolicy
+from .events import Events
 from .live import LiveModel, source_fingerprint
+from .maps import map_meta, pick_reference, resume_map
 from .postprocess import PostProcessor
 from .session import Session
 from .shift import ShiftReference, ShiftWatch
 from .state import State, StateMachine
+from .status import build_status
+from .worker import FitWorker
 
 _RAISE = os.environ.get("EMTL_RAISE_BACKGROUND_ERRORS", "") == "1"
 
@@ -47,29 +54,9 @@ MAX_WAIT_S = 0.05
 #: The last stretch before a window is due (s) is waited for in a blocking LSL pull,
 #: which returns with the first sample, instead of in the control poll.
 LSL_HANDOFF_S = 0.01
-#: Poll while no stream is connected (s); connect attempts follow their own back-off.
+#: Poll while no stream is connected (s); connect attempts follow their own back-off
+#: (:mod:`.connection`).
 IDLE_WAIT_S = 0.05
-#: First and largest delay between two connect attempts (s).
-CONNECT_BACKOFF_S = (0.5, 5.0)
-#: Delay before retrying a stream that was refused (wrong channel count or rate).
-REFUSED_RETRY_S = 5.0
-#: At most one ``bad_input`` event about NaN/inf windows per this many seconds.
-#: ``status.map_history``: how many of the newest maps, and which of their stored fields.
-MAP_HISTORY_LEN = 20
-MAP_HISTORY_KEYS = ("version", "created", "reason", "objective", "previous_objective", "roll",
-                    "parent", "burst", "fit_s")
-BAD_INPUT_EVENT_S = 1.0
-
-
-@dataclass
-class _Fit:
-    """A fit running in the worker."""
-
-    kind: str  # "transfer" | "unlabelled" | "train"
-    burst: int | None
-    future: concurrent.futures.Future
-    cancel: threading.Event
-    purpose: str
 
 
 class Daemon:
@@ -93,8 +80,9 @@ class Daemon:
         self.clock = clock or local_clock
         self.store = StateStore(config.state.dir)
         self.fsm = StateMachine()
-        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="emtl-fit")
-        self.fit: _Fit | None = None
+        self.worker = FitWorker()
+        self.events = Events(self.clock)
+        self.link = ConnectPolicy()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -117,14 +105,7 @@ class Daemon:
         self.n_stale = 0
         self._marker_inlet = None
         self._prompt_markers = None
-        self._next_connect = 0.0
-        self._connect_backoff = CONNECT_BACKOFF_S[0]
-        self._refused_reason = ""
-        self._stream_reason = ""
-        self._announced_at: dict[str, float] = {}  # last bad_input event per kind
-        self._bad_input_total = 0  # skipped windows already counted in an event
         self._last_auto_adapt = -math.inf
-        self._pending_events: list[tuple[str, dict]] = []
         bundle_given = bundle is not None
         bundle = bundle or self._initial_bundle()
         if bundle is not None:
@@ -141,6 +122,11 @@ class Daemon:
         """The live map version."""
         return self.live.version if self.live is not None else None
 
+    @property
+    def fit(self):
+        """The fit running in the worker (:class:`.worker.Fit`), or None."""
+        return self.worker.fit
+
     # ------------------------------------------------------------------ model state
     def _initial_bundle(self) -> SourceBundle | None:
         path = self.store.source_path()
@@ -152,13 +138,7 @@ class Daemon:
 
     def _map_meta(self, **fields) -> dict:
         """Meta stored with every map: the source fingerprint and the shift reference."""
-        meta = dict(fields)
-        meta["source_fingerprint"] = self.live.fingerprint if self.live else fields.get(
-            "source_fingerprint")
-        ref = self.watch.reference if self.watch is not None else None
-        if ref is not None:
-            meta["shift_reference"] = ref.to_dict()
-        return meta
+        return map_meta(self.live.fingerprint, self.watch.reference, **fields)
 
     def install_bundle(self, bundle: SourceBundle, persist: bool) -> None:
         """Make ``bundle`` the source model; resume its last live H or start at identity.
@@ -171,39 +151,19 @@ class Daemon:
             self.store.save_source(bundle)
         fp = source_fingerprint(bundle.components)
         m = bundle.components.n_features
-        version = self.store.live_version()
-        H, b, meta = np.eye(m), np.zeros(m), {}
-        if version is not None and not persist:
-            try:
-                H, b, meta = self.store.load_map(version)
-                if H.shape != (m, m):
-                    raise ValueError(f"map {version} has shape {H.shape}, model needs {(m, m)}")
-                stored = meta.get("source_fingerprint")
-                if stored is not None and stored != fp:
-                    raise ValueError(f"map {version} was fitted for source model {stored}, the "
-                                     f"loaded model is {fp}")
-            except Exception as exc:  # a map of another model: start fresh, say so once
-                reason = f"not resuming map {version}: {exc}"
-                logger.warning("%s", reason)
-                self.last_error = reason
-                self._pending_events.append(("map_refused", {"reason": reason,
-                                                             "model": version}))
-                version = None
-                H, b, meta = np.eye(m), np.zeros(m), {}
-        reference = None
-        for src in (meta.get("shift_reference"), (bundle.meta or {}).get("shift_reference")):
-            if src is not None:
-                try:
-                    reference = ShiftReference.from_dict(src)
-                    break
-                except ValueError as exc:
-                    logger.warning("ignoring shift reference: %s", exc)
+        resumed = resume_map(self.store, m, fp, fresh=persist)
+        if resumed.refusal:
+            self.last_error = resumed.refusal
+            self.events.queue("map_refused", reason=resumed.refusal,
+                              model=self.store.live_version())
+        H, b, version = resumed.H, resumed.b, resumed.version
+        reference = pick_reference(resumed.meta.get("shift_reference"),
+                                   (bundle.meta or {}).get("shift_reference"))
         # components switch on the distribution-level (MMD) test beside the likelihood one
         self.watch = ShiftWatch(m, reference, components=bundle.components)
         if version is None:
-            version = self.store.save_map(H, b, {
-                "reason": "new source model", "objective": None, "source_fingerprint": fp,
-                **({"shift_reference": reference.to_dict()} if reference else {})})
+            version = self.store.save_map(H, b, map_meta(fp, reference, reason="new source model",
+                                                         objective=None))
             self.store.set_live(version)
         self.live = LiveModel.build(bundle, H, b, version, fp)
         self.speed = self._make_speed(bundle)
@@ -261,6 +221,9 @@ class Daemon:
 
         cfg = self.config
         try:
+            # one BLAS thread while serving: a second one busy-waits after every
+            # per-window call (:mod:`.blas`); a user's OPENBLAS_NUM_THREADS wins
+            limit_blas_threads(SERVING_BLAS_THREADS)
             warm_up_for(cfg, self.bundle)
             curve = CurveConfig.from_config(cfg.zmq)
             self.publisher = Publisher(cfg.zmq.pub, curve=curve, allow_remote=cfg.zmq.allow_remote)
@@ -284,10 +247,9 @@ class Daemon:
             if _RAISE:
                 raise
             return
+        self.events.bind(self.publisher.publish)
         self.event("state", state=self.fsm.state.value)
-        for kind, fields in self._pending_events:
-            self.event(kind, **fields)
-        self._pending_events = []
+        self.events.flush()
         self._ready.set()
         logger.info("serving: pub %s, control %s", cfg.zmq.pub, cfg.zmq.control)
         try:
@@ -305,9 +267,8 @@ class Daemon:
             self._close()
 
     def _close(self) -> None:
-        if self.fit is not None:
-            self.fit.cancel.set()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.worker.shutdown()
+        self.events.unbind()
         for obj in (self.inlet, self.control, self.publisher, self._marker_inlet,
                     self._prompt_markers):
             if obj is not None:
@@ -319,36 +280,40 @@ class Daemon:
             self.fsm.force(State.STOPPED)
 
     # ------------------------------------------------------------------ the loop
-    def _due_s(self) -> float | None:
-        """Seconds until the next window's last sample is due (None: no stream)."""
+    def _missing(self) -> int | None:
+        """Return how many samples the next window still needs (None: no stream)."""
         if self.pipeline is None or not self.connected:
             return None
         p = self.pipeline
-        missing = p.windower.next_start + p.windower.window - p.ring.n_written
-        return max(missing, 0) / p.fs
+        return max(p.windower.next_start + p.windower.window - p.ring.n_written, 0)
 
     def _step(self) -> None:
-        due = self._due_s()
+        missing = self._missing()
         lsl_wait = 0.0
-        if due is None:
+        if missing is None:
             self.control.poll_once(timeout_ms=int(IDLE_WAIT_S * 1000))
         else:
             # Sleep in the control socket's poll until the window's last samples are
-            # about to arrive, then block in LSL until they do: a request is answered
-            # within MAX_WAIT_S, and a window is classified as soon as it is complete.
+            # about to arrive, then block in LSL until exactly those have arrived: a
+            # request is answered within MAX_WAIT_S, a window is classified as soon as
+            # it is complete, and the loop wakes about twice per window, not at every
+            # chunk the source sends.
+            due = missing / self.pipeline.fs
             ahead = due - LSL_HANDOFF_S
             if ahead > 0:
+                t0 = time.monotonic()
                 self.control.poll_once(timeout_ms=max(1, int(min(ahead, MAX_WAIT_S) * 1000)))
-                lsl_wait = min(LSL_HANDOFF_S, MAX_WAIT_S) if ahead <= MAX_WAIT_S else 0.0
+                due -= time.monotonic() - t0  # a request may have ended the poll early
             else:
                 self.control.poll_once(timeout_ms=0)
-                lsl_wait = min(due + LSL_HANDOFF_S, MAX_WAIT_S)
+            if due <= LSL_HANDOFF_S:
+                lsl_wait = min(max(due, 0.0) + LSL_HANDOFF_S, MAX_WAIT_S)
         if self._stop.is_set():
             return
         if self.pipeline is None:
             self._try_connect()
         else:  # after the first connect the inlet re-acquires a lost stream itself
-            self._pull_once(lsl_wait)
+            self._pull_once(lsl_wait, missing or 1)
         if self._marker_inlet is not None:
             self._poll_label_markers()
         self._tick_session()
@@ -381,7 +346,7 @@ class Daemon:
         from ..io.lsl_inlet import EMGInlet
 
         now = time.monotonic()
-        if now < self._next_connect:
+        if not self.link.may_try(now):
             return
         cfg = self.config.stream
         channels, rate = self._expected_stream()
@@ -399,20 +364,16 @@ class Daemon:
         except ChannelMismatch as exc:
             reason = str(exc)
             self.last_error = reason
-            if reason != self._refused_reason:  # say it once, not at every retry
-                self._refused_reason = reason
+            if self.link.refused(reason, now):  # say it once, not at every retry
                 self.event("stream_refused", reason=reason)
                 logger.error("%s", exc)
             self.inlet = None
-            self._next_connect = now + REFUSED_RETRY_S
             return
         except StreamError as exc:
             self.last_error = str(exc)
-            self._next_connect = now + self._connect_backoff
-            self._connect_backoff = min(self._connect_backoff * 2, CONNECT_BACKOFF_S[1])
+            self.link.not_found(now)
             return
-        self._connect_backoff = CONNECT_BACKOFF_S[0]
-        self._refused_reason = ""
+        self.link.connected()
         self.connected = True
         self.stream_desc = desc
         self._build_pipeline(desc)
@@ -437,27 +398,25 @@ class Daemon:
             window_ms, step_ms = cfg.window_ms, cfg.step_ms
             filt = make_filter(from_config, desc.n_channels, desc.rate)
         self.pipeline = FeaturePipeline(extractor, window_ms, step_ms, filter=filt)
-        self._bad_input_total = 0  # the new pipeline counts from zero
+        self.events.reset_nonfinite()  # the new pipeline counts from zero
         self.extractor = extractor
 
-    def _pull_once(self, timeout: float = 0.0) -> None:
-        samples, stamps = self.inlet.pull(timeout=timeout)
+    def _pull_once(self, timeout: float = 0.0, min_samples: int = 1) -> None:
+        samples, stamps = self.inlet.pull(timeout=timeout, min_samples=min_samples)
         refusal = self.inlet.refusal
-        if refusal is not None and refusal != self._refused_reason:
+        if refusal is not None and self.link.refused_seen(refusal):
             # a stream of the wrong shape appeared while ours is gone: say so once
-            self._refused_reason = refusal
             self.last_error = refusal
             self.event("stream_refused", reason=refusal)
         if self.inlet.connected != self.connected:
             self.connected = self.inlet.connected
             if self.connected:
-                self._refused_reason = ""
-                self._stream_reason = ""
+                self.link.connected()
                 self.event("stream_restored", name=self.inlet.description.name,
                            reconnects=self.inlet.n_reconnects)
             else:
-                self._stream_reason = (f"lost: no samples for "
-                                       f"{self.config.stream.lost_after_s:g} s; reconnecting")
+                self.link.lost(f"lost: no samples for "
+                               f"{self.config.stream.lost_after_s:g} s; reconnecting")
                 self.event("stream_lost", reason=f"no samples for "
                            f"{self.config.stream.lost_after_s:g} s; reconnecting",
                            name=self.inlet.description.name)
@@ -472,29 +431,9 @@ class Daemon:
         skipped = self.pipeline.n_skipped_nonfinite
         windows = self.pipeline.push(samples, stamps)
         if self.pipeline.n_skipped_nonfinite > skipped:
-            self._announce_bad_input()
+            self.events.nonfinite_skipped(self.pipeline.n_skipped_nonfinite)
         for w in windows:
             self._on_window(w)
-
-    def _due(self, key: str) -> bool:
-        """True at most once per :data:`BAD_INPUT_EVENT_S` for each kind of bad input."""
-        now = time.monotonic()
-        if now - self._announced_at.get(key, -math.inf) <= BAD_INPUT_EVENT_S:
-            return False
-        self._announced_at[key] = now
-        return True
-
-    def _announce_bad_input(self) -> None:
-        # counts every window skipped since the previous event, not just the last chunk's
-        if self._due("nonfinite"):
-            total = self.pipeline.n_skipped_nonfinite
-            since, self._bad_input_total = total - self._bad_input_total, total
-            self.event("bad_input", reason=f"{since} window(s) with NaN/inf samples skipped",
-                       skipped_total=total)
-
-    def _announce_bad_speed(self, reason: str) -> None:
-        if self._due("speed"):
-            self.event("bad_input", reason=f"speed: {reason}")
 
     def _on_window(self, w) -> None:
         from ..io import protocol
@@ -533,7 +472,7 @@ class Daemon:
             speed, bad = self.speed.update(z, w.x, int(index), rejected=bool(rejected or stale))
             extra["speed"] = speed
             if bad is not None:
-                self._announce_bad_speed(bad)
+                self.events.bad_speed(bad)
         self.publisher.publish("pred", protocol.pred_msg(
             seq=seq, t=float(w.t_last), t_pub=float(self.clock()), label=live.classes[index],
             index=int(index), proba=proba, confidence=confidence, rejected=bool(rejected),
@@ -657,18 +596,11 @@ class Daemon:
              "step_ms": self.pipeline.step_ms})
         self._transition("start_fitting", burst=burst_id, windows=int(len(X)))
         if s.purpose == "train":
-            mc = self.config.model
-            from ..model.speed import speed_kwargs
-            from .bundle import filter_spec_from_config
-
             self._submit("train", burst_id, s.purpose, jobs.train_job, X, labels,
-                         kind=mc.kind, covariance_type=mc.covariance_type,
-                         n_components_per_class=mc.n_components_per_class,
-                         extractor=self.extractor, window_ms=self.pipeline.window_ms,
-                         step_ms=self.pipeline.step_ms, n_channels=self.stream_desc.n_channels,
-                         rate=self.stream_desc.rate,
-                         filter_spec=filter_spec_from_config(self.config.features),
-                         speed_kwargs=speed_kwargs(self.config))
+                         **jobs.train_settings(self.config, self.extractor,
+                                               self.pipeline.window_ms, self.pipeline.step_ms,
+                                               self.stream_desc.n_channels,
+                                               self.stream_desc.rate))
         else:
             kw, ring = jobs.transfer_settings(self.config, live.bundle.n_channels, live.H)
             self._submit("transfer", burst_id, s.purpose, jobs.transfer_job,
@@ -678,9 +610,7 @@ class Daemon:
 
     def _submit(self, fit_kind, burst, purpose, fn, /, *args, **kwargs) -> None:
         # positional-only: the job's own keywords (train_job's ``kind``) must not collide
-        cancel = threading.Event()
-        future = self._executor.submit(fn, *args, cancel=cancel, **kwargs)
-        self.fit = _Fit(fit_kind, burst, future, cancel, purpose)
+        self.worker.submit(fit_kind, burst, purpose, fn, *args, **kwargs)
 
     def calibration_failed(self, reason: str, **fields) -> dict:
         """Announce a failed calibration; the live map stays."""
@@ -698,38 +628,28 @@ class Daemon:
     def cancel(self) -> bool:
         """Stop the session or the running fit; True if there was one.
 
-        A running fit is told to stop at its next check; its thread is left to
-        finish on its own with a fresh worker for the next fit, so nothing queues
-        behind it and its result is never used.
+        A running fit is told to stop at its next check (:class:`.worker.FitWorker`);
+        nothing queues behind it and its result is never used.
         """
         if self.session is None and self.fit is None:
             return False
         self.session = None
-        if self.fit is not None:
-            self.fit.cancel.set()
-            if not self.fit.future.cancel():
-                self._executor.shutdown(wait=False)
-                self._executor = concurrent.futures.ThreadPoolExecutor(
-                    1, thread_name_prefix="emtl-fit")
-            self.fit = None
+        self.worker.cancel()
         self._transition("cancel")
         self.event("calibration_failed", reason="cancelled by request", model=self.version)
         return True
 
     # ------------------------------------------------------------------ fits
     def _collect_fit(self) -> None:
-        fit = self.fit
-        if fit is None or not fit.future.done():
-            return
-        self.fit = None
         try:
-            result = fit.future.result()
-        except jobs.FitCancelled:
-            return
+            done = self.worker.collect()
         except Exception as exc:
             logger.warning("fit failed: %s", exc, exc_info=True)
             self.calibration_failed(f"{type(exc).__name__}: {exc}")
             return
+        if done is None:
+            return
+        fit, result = done
         if fit.kind == "train":
             self._install_trained(result)
         elif fit.kind == "unlabelled":
@@ -784,54 +704,20 @@ class Daemon:
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict:
-        """The ``status`` reply."""
-        maps = self.store.list_maps()
-        desc = self.stream_desc
-        s = self.session
-        inlet = self.inlet
-        out = {
-            "state": self.fsm.state.value,
-            "model": self.version,
-            "classes": self.bundle.classes if self.bundle else [],
-            "stream": {
-                "name": desc.name if desc else self.config.stream.name,
-                "channels": desc.n_channels if desc else None,
-                "rate": desc.rate if desc else None,
-                "connected": bool(self.connected),
-                # why not connected: the refusal of a wrong stream, a loss, or none found
-                **({} if self.connected else {"reason": (
-                    self._refused_reason or self._stream_reason
-                    or "no matching stream found yet")}),
-            },
-            "windows": self.n_windows,
-            "stale_windows": self.n_stale,
-            "dropped": int(getattr(inlet, "n_lost_samples", 0) or 0)
-            + int(getattr(self.pipeline, "n_skipped_nonfinite", 0) or 0),
-            "outage_s": float(getattr(inlet, "outage_s", 0.0) or 0.0),
-            "outages": int(getattr(inlet, "n_outages", 0) or 0),
-            "uptime_s": time.monotonic() - self._started_at,
-            "maps": [m["version"] for m in maps],
-            # the newest maps' provenance, for an operator's history (bounded reply size)
-            "map_history": [{k: m.get(k) for k in MAP_HISTORY_KEYS}
-                            for m in maps[-MAP_HISTORY_LEN:]],
-            "last_error": self.last_error,
-        }
-        if s is not None and s.purpose != "manual":
-            out["calibration"] = {"purpose": s.purpose,
-                                  "elapsed_s": float(self.clock()) - s.t0,
-                                  "duration_s": s.duration_s, "windows": s.n_windows}
-        return out
+        """Return the ``status`` reply (:func:`.status.build_status`)."""
+        return build_status(
+            state=self.fsm.state.value, version=self.version,
+            classes=self.bundle.classes if self.bundle else [],
+            stream_name=self.config.stream.name, desc=self.stream_desc,
+            connected=self.connected, reason=self.link.reason(), windows=self.n_windows,
+            stale_windows=self.n_stale, inlet=self.inlet, pipeline=self.pipeline,
+            uptime_s=time.monotonic() - self._started_at, maps=self.store.list_maps(),
+            last_error=self.last_error, session=self.session, now=float(self.clock()))
 
     # ------------------------------------------------------------------ events
     def event(self, kind: str, **fields) -> None:
-        """Publish one ``event`` (logged too)."""
-        from ..io import protocol
-
-        if self.publisher is None:
-            return
-        logger.info("event %s %s", kind, fields)
-        self.publisher.publish("event", protocol.event_msg(kind, t_pub=float(self.clock()),
-                                                           **fields))
+        """Publish one ``event`` (logged too; :class:`.events.Events`)."""
+        self.events.emit(kind, **fields)
 
 
 def run(config, bundle=None) -> int:

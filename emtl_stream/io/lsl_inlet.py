@@ -259,13 +259,19 @@ class EMGInlet:
             logger.debug("time_correction failed (%s); keeping offset %s", exc, self.time_offset)
 
     # ------------------------------------------------------------------ pull
-    def pull(self, timeout: float = 0.0):
+    def pull(self, timeout: float = 0.0, min_samples: int = 1):
         """Pull what is available (at most ``chunk_cap`` samples).
 
         Parameters
         ----------
         timeout : float
-            Seconds to wait for the first sample (0: return at once).
+            Seconds to wait for ``min_samples`` samples (0: return at once).
+        min_samples : int
+            With a timeout, return as soon as this many samples arrived (clipped to
+            ``chunk_cap``), then add what else is there without waiting; fewer when
+            the timeout ends first. A caller that knows how many samples complete its
+            next window waits for exactly those in one call instead of waking at
+            every chunk the source sends.
 
         Returns
         -------
@@ -280,10 +286,10 @@ class EMGInlet:
             return self._empty()
         try:
             # timeout 0: one liblsl call returns what is there; otherwise wait
-            # for the first sample only, not for a full chunk.
+            # for min_samples only, not for a full chunk.
+            wait_for = min(max(1, int(min_samples)), self._cap) if timeout > 0 else None
             raw, stamps = self._inlet.pull_chunk(timeout=timeout, max_samples=self._cap,
-                                                 dest_obj=self._raw,
-                                                 min_samples=1 if timeout > 0 else None,
+                                                 dest_obj=self._raw, min_samples=wait_for,
                                                  as_numpy=True)
         except pylsl.util.LostError:
             # Only for streams liblsl cannot recover (no source_id): re-resolve.

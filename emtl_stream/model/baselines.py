@@ -52,7 +52,18 @@ class ShrinkageLDA:
     """
 
     def fit(self, X, y) -> "ShrinkageLDA":
-        """Fit on features ``X`` of shape (n_samples, n_features) and labels ``y``."""
+        """Fit on features ``X`` of shape (n_samples, n_features) and labels ``y``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,)
+            Class labels (at least two classes).
+
+        Returns
+        -------
+        self
+        """
         X = as_float_matrix(X, "X", min_rows=2)
         y = np.asarray(y)
         if y.shape != (X.shape[0],):
@@ -85,10 +96,28 @@ class ShrinkageLDA:
         return self
 
     def decision_function(self, X) -> np.ndarray:
-        """Linear class scores, shape (n_samples, n_classes)."""
+        """Linear class scores, shape (n_samples, n_classes).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
         X = as_float_matrix(X, "X", n_columns=self.means_.shape[1])
         return X @ self.coef_.T + self.intercept_
 
     def predict(self, X) -> np.ndarray:
-        """Predicted class labels, shape (n_samples,)."""
+        """Predicted class labels, shape (n_samples,).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
         return self.classes_[np.argmax(self.decision_function(X), axis=1)]

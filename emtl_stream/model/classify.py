@@ -19,9 +19,8 @@ import numpy as np
 
 from .._checks import as_float_matrix
 from ..errors import ModelError
-from .source import SourceComponents
+from .source import LOG_2PI, SourceComponents
 
-_LOG_2PI = float(np.log(2.0 * np.pi))
 
 #: Squared Mahalanobis distance (in source standard deviations) beyond which a window
 #: is out of range for every component; 1e12 is 10^6 standard deviations, far past any
@@ -33,7 +32,17 @@ PROBA_SUM_TOLERANCE = 1e-3
 
 
 def as_components(source) -> SourceComponents:
-    """Return ``source`` as :class:`SourceComponents` (calling ``to_components()`` if needed)."""
+    """Return ``source`` as :class:`SourceComponents` (calling ``to_components()`` if needed).
+
+    Parameters
+    ----------
+    source : SourceComponents or object with ``to_components()``
+        E.g. a fitted LabelledGMM or GMLVQ.
+
+    Returns
+    -------
+    SourceComponents
+    """
     if isinstance(source, SourceComponents):
         return source
     to = getattr(source, "to_components", None)
@@ -86,7 +95,7 @@ class MappedClassifier:
         self.n_features_in = H.shape[1]
         # Constant part of each component's log joint.
         self._log_c = np.ascontiguousarray(
-            src.log_weights + 0.5 * src.log_det_prec - 0.5 * m * _LOG_2PI
+            src.log_weights + 0.5 * src.log_det_prec - 0.5 * m * LOG_2PI
         )
         self._log_rho = src.log_label_given_comp
         #: Windows with log p(H x + b) below this are flagged (index −1, NaN proba).
@@ -142,20 +151,49 @@ class MappedClassifier:
         return self._run(X)[0]
 
     def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities, shape (N, L), columns in ``classes`` order."""
+        """Class probabilities, shape (N, L), columns in ``classes`` order.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n)
+            Target-space features, one window per row.
+
+        Returns
+        -------
+        ndarray of shape (N, L)
+        """
         return np.exp(self.log_posteriors(X))
 
     def predict_index(self, X) -> np.ndarray:
-        """Index of the most probable class per row, shape (N,); −1 for a non-finite row."""
+        """Index of the most probable class per row, shape (N,); −1 for a non-finite row.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n)
+            Target-space features, one window per row.
+
+        Returns
+        -------
+        ndarray of shape (N,), int
+        """
         lp = self.log_posteriors(X)
         idx = np.argmax(np.nan_to_num(lp, nan=-np.inf), axis=1)
         idx[np.isnan(lp).any(axis=1)] = -1
         return idx
 
     def log_marginal(self, X) -> np.ndarray:
-        """log p(H x + b) under the source mixture, shape (N,) (for shift detection).
+        """Log p(H x + b) under the source mixture, shape (N,) (for shift detection).
 
         NaN for the rows :meth:`predict_index` flags with −1.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n)
+            Target-space features, one window per row.
+
+        Returns
+        -------
+        ndarray of shape (N,)
         """
         return self._run(X)[1]
 

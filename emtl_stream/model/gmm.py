@@ -38,227 +38,42 @@ from pathlib import Path
 
 import numpy as np
 
+from scipy.special import logsumexp
+
 from .._atomic import atomic_write, model_file_error, read_model_npz
 from .._checks import as_float_matrix, check_option, ensure_float, ensure_int
 from ..errors import FitConvergenceWarning, ModelError
 from ..logs import logger
+from ._covariance import (
+    _MATRIX,
+    _TIED,
+    COVARIANCE_TYPES,
+    _cov_to_prec_chol,
+    _diag_factor,
+    _log_det_prec,
+    _log_gauss,
+    _matrix_factors,
+    _param_shape,
+    _prec_chol_to_cov,
+    _prec_chol_to_prec,
+    _prec_to_prec_chol,
+)
+from ._fitted import check_is_fitted
+from ._gmm_init import _init_block_resp, _kmeans_plusplus  # noqa: F401 (tests import it here)
 from .source import SourceComponents
 
 __all__ = ["LabelledGMM", "COVARIANCE_TYPES"]
 
-#: Supported covariance structures.
-COVARIANCE_TYPES = ("full", "tied", "diag", "tied_diag", "spherical", "tied_spherical")
-_TIED = frozenset({"tied", "tied_diag", "tied_spherical"})
-_MATRIX = frozenset({"full", "tied"})
 _INIT_PARAMS = ("k-means++", "kmeans", "random", "random_from_data")
-_LOG_2PI = np.log(2.0 * np.pi)
 _FILE_FORMAT = "emtl_stream.LabelledGMM/1"
 # Added to every component's soft count (as scikit-learn does) so that an empty
 # component gives a finite mean instead of 0/0.
 _NK_EPS = 10.0 * np.finfo(np.float64).eps
 
 
-# --------------------------------------------------------------------------------------
-# Shape helpers: expected shapes of the covariance-like arrays per type
-# --------------------------------------------------------------------------------------
-
-
-def _param_shape(cov_type: str, K: int, m: int) -> tuple:
-    return {
-        "full": (K, m, m),
-        "tied": (m, m),
-        "diag": (K, m),
-        "tied_diag": (m,),
-        "spherical": (K,),
-        "tied_spherical": (),
-    }[cov_type]
-
-
-# --------------------------------------------------------------------------------------
-# Conversions between covariances, precisions and precision factors
-# --------------------------------------------------------------------------------------
-
-
-def _cov_to_prec_chol(cov: np.ndarray, cov_type: str) -> np.ndarray:
-    """Precision factor P (Λ = P Pᵀ, upper triangular for matrix types) from covariances."""
-    msg = ("LabelledGMM: a fitted covariance is not positive definite (a component "
-           "collapsed onto too few or identical points); increase reg_covar, lower the "
-           "number of components, or scale the features.")
-    if cov_type in _MATRIX:
-        mats = cov[None] if cov_type == "tied" else cov
-        if not np.all(np.isfinite(mats)):
-            raise ValueError(msg)
-        try:
-            chol = np.linalg.cholesky(mats)  # batched; Σ = C Cᵀ, C lower
-        except np.linalg.LinAlgError:
-            raise ValueError(msg) from None
-        # P = C⁻ᵀ (upper triangular) so that P Pᵀ = C⁻ᵀ C⁻¹ = Σ⁻¹ = Λ.
-        eye = np.broadcast_to(np.eye(mats.shape[-1]), mats.shape)
-        out = np.swapaxes(np.linalg.solve(chol, eye), -1, -2)
-        return out[0] if cov_type == "tied" else out
-    if np.any(cov <= 0.0) or not np.all(np.isfinite(cov)):
-        raise ValueError(msg)
-    return 1.0 / np.sqrt(cov)
-
-
-def _prec_to_prec_chol(prec: np.ndarray, cov_type: str) -> np.ndarray:
-    """Precision factor from precisions (lower Cholesky for matrix types)."""
-    if cov_type in _MATRIX:
-        mats = prec[None] if cov_type == "tied" else prec
-        if not np.allclose(mats, np.swapaxes(mats, -1, -2), rtol=1e-10, atol=0.0):
-            raise np.linalg.LinAlgError("precision matrix is not symmetric")
-        out = np.linalg.cholesky(mats)  # LinAlgError handled by callers
-        return out[0] if cov_type == "tied" else out
-    if np.any(prec <= 0.0):
-        raise np.linalg.LinAlgError("non-positive precision")
-    return np.sqrt(prec)
-
-
-def _prec_chol_to_prec(prec_chol: np.ndarray, cov_type: str) -> np.ndarray:
-    if cov_type == "full":
-        return np.einsum("kij,klj->kil", prec_chol, prec_chol)
-    if cov_type == "tied":
-        return prec_chol @ prec_chol.T
-    return prec_chol**2
-
-
-def _prec_chol_to_cov(prec_chol: np.ndarray, cov_type: str) -> np.ndarray:
-    if cov_type in _MATRIX:
-        mats = prec_chol[None] if cov_type == "tied" else prec_chol
-        out = np.empty_like(mats)
-        for k, p in enumerate(mats):
-            # Σ = (P Pᵀ)⁻¹ = P⁻ᵀ P⁻¹, through a triangular-agnostic solve.
-            pinv = np.linalg.solve(p, np.eye(p.shape[0]))
-            out[k] = pinv.T @ pinv
-        return out[0] if cov_type == "tied" else out
-    return 1.0 / prec_chol**2
-
-
-def _diag_factor(prec_chol: np.ndarray, cov_type: str, K: int, m: int) -> np.ndarray:
-    """Per-component diagonal precision factors, shape (K, m), for the diagonal types."""
-    if cov_type == "diag":
-        return prec_chol
-    if cov_type == "spherical":
-        return np.repeat(prec_chol[:, None], m, axis=1)
-    if cov_type == "tied_diag":
-        return np.broadcast_to(prec_chol, (K, m))
-    return np.full((K, m), float(prec_chol))  # tied_spherical
-
-
-def _matrix_factors(prec_chol: np.ndarray, cov_type: str, K: int, m: int) -> np.ndarray:
-    """Every type's precision factor expanded to (K, m, m)."""
-    if cov_type == "full":
-        return prec_chol.copy()
-    if cov_type == "tied":
-        return np.repeat(prec_chol[None], K, axis=0)
-    d = _diag_factor(prec_chol, cov_type, K, m)
-    out = np.zeros((K, m, m))
-    idx = np.arange(m)
-    out[:, idx, idx] = d
-    return out
-
-
-def _log_det_prec(prec_chol: np.ndarray, cov_type: str, K: int, m: int) -> np.ndarray:
-    """log det Λ_k per component, from the diagonal of the (triangular) factors."""
-    if cov_type in _MATRIX:
-        mats = prec_chol[None] if cov_type == "tied" else prec_chol
-        ld = 2.0 * np.log(np.abs(np.diagonal(mats, axis1=1, axis2=2))).sum(axis=1)
-        return np.broadcast_to(ld, (K,)).copy()
-    return 2.0 * np.log(_diag_factor(prec_chol, cov_type, K, m)).sum(axis=1)
-
-
-# --------------------------------------------------------------------------------------
-# Probabilities (row-wise, log space)
-# --------------------------------------------------------------------------------------
-
-
-def _log_gauss(X: np.ndarray, means: np.ndarray, prec_chol: np.ndarray,
-               cov_type: str) -> np.ndarray:
-    """log N(x_j | μ_k, Λ_k⁻¹), shape (N, K); every row is computed on its own."""
-    N, m = X.shape
-    K = means.shape[0]
-    maha = np.empty((N, K))
-    if cov_type in _MATRIX:
-        for k in range(K):
-            P = prec_chol[k] if cov_type == "full" else prec_chol
-            y = (X - means[k]) @ P
-            maha[:, k] = np.einsum("ij,ij->i", y, y)
-    else:
-        D = _diag_factor(prec_chol, cov_type, K, m)
-        for k in range(K):
-            y = (X - means[k]) * D[k]
-            maha[:, k] = np.einsum("ij,ij->i", y, y)
-    half_logdet = 0.5 * _log_det_prec(prec_chol, cov_type, K, m)
-    return -0.5 * (m * _LOG_2PI + maha) + half_logdet
-
-
-def logsumexp(a: np.ndarray, axis: int = -1, keepdims: bool = False) -> np.ndarray:
-    """log Σ exp(a) along ``axis``, shifted by each slice's own maximum.
-
-    Slices that are all −inf give −inf (no NaN).
-    """
-    amax = np.max(a, axis=axis, keepdims=True)
-    amax = np.where(np.isfinite(amax), amax, 0.0)
-    with np.errstate(divide="ignore"):
-        out = np.log(np.sum(np.exp(a - amax), axis=axis, keepdims=True)) + amax
-    return out if keepdims else np.squeeze(out, axis=axis)
-
-
 def _log_rho(rho: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore"):
         return np.log(rho)
-
-
-# --------------------------------------------------------------------------------------
-# Initialisation
-# --------------------------------------------------------------------------------------
-
-
-def _kmeans_plusplus(X: np.ndarray, n_clusters: int, rng: np.random.Generator) -> np.ndarray:
-    """Indices of ``n_clusters`` k-means++ seeds among the rows of X (D² sampling)."""
-    n = X.shape[0]
-    chosen = [int(rng.integers(n))]
-    d2 = np.einsum("ij,ij->i", X - X[chosen[0]], X - X[chosen[0]])
-    for _ in range(1, n_clusters):
-        total = d2.sum()
-        if total > 0.0:
-            nxt = int(rng.choice(n, p=d2 / total))
-        else:  # all remaining points coincide with a centre: pick any unused row
-            free = np.setdiff1d(np.arange(n), chosen)
-            nxt = int(rng.choice(free))
-        chosen.append(nxt)
-        diff = X - X[nxt]
-        d2 = np.minimum(d2, np.einsum("ij,ij->i", diff, diff))
-    return np.asarray(chosen)
-
-
-def _nearest(X: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    d2 = ((X[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)
-    return np.argmin(d2, axis=1)
-
-
-def _init_block_resp(X: np.ndarray, n_clusters: int, method: str,
-                     rng: np.random.Generator) -> np.ndarray:
-    """Initial responsibilities (len(X), n_clusters) of one block of points."""
-    n = X.shape[0]
-    if method == "random":
-        resp = rng.uniform(size=(n, n_clusters))
-        return resp / resp.sum(axis=1, keepdims=True)
-    if method == "random_from_data":
-        centres = X[rng.choice(n, size=n_clusters, replace=False)]
-    else:
-        centres = X[_kmeans_plusplus(X, n_clusters, rng)]
-        if method == "kmeans":  # Lloyd iterations from the k-means++ seeds
-            for _ in range(100):
-                lab = _nearest(X, centres)
-                new = np.array([X[lab == c].mean(axis=0) if np.any(lab == c) else centres[c]
-                                for c in range(n_clusters)])
-                if np.allclose(new, centres, rtol=0.0, atol=0.0):
-                    break
-                centres = new
-    resp = np.zeros((n, n_clusters))
-    resp[np.arange(n), _nearest(X, centres)] = 1.0
-    return resp
 
 
 # --------------------------------------------------------------------------------------
@@ -375,12 +190,32 @@ class LabelledGMM:
     # ------------------------------------------------------------------ parameters
 
     def get_params(self, deep: bool = True) -> dict:
-        """Constructor arguments as a dict (scikit-learn convention)."""
+        """Return the constructor arguments as a dict (scikit-learn convention).
+
+        Parameters
+        ----------
+        deep : bool
+            Accepted for scikit-learn compatibility; there are no nested estimators.
+
+        Returns
+        -------
+        dict
+        """
         names = [p for p in inspect.signature(type(self).__init__).parameters if p != "self"]
         return {n: getattr(self, n) for n in names}
 
     def set_params(self, **params) -> "LabelledGMM":
-        """Set constructor arguments; unknown names raise ``ValueError``."""
+        """Set constructor arguments; unknown names raise ``ValueError``.
+
+        Parameters
+        ----------
+        **params
+            Constructor arguments by name.
+
+        Returns
+        -------
+        self
+        """
         valid = self.get_params()
         for key, value in params.items():
             if key not in valid:
@@ -410,7 +245,7 @@ class LabelledGMM:
     # ------------------------------------------------------------------ fitting
 
     def _rng(self, rng=None) -> np.random.Generator:
-        """A Generator from ``rng`` or ``random_state``; never numpy's global RNG."""
+        """Return a Generator from ``rng`` or ``random_state``; never numpy's global RNG."""
         source = self.random_state if rng is None else rng
         if isinstance(source, np.random.Generator):
             return source
@@ -589,9 +424,9 @@ class LabelledGMM:
         N = X.shape[0]
         resp = np.zeros((N, K))
         if comp_labels is not None:
-            for l in range(L):
-                rows = np.flatnonzero(y_idx == l)
-                cols = np.flatnonzero(comp_labels == l)
+            for cl in range(L):
+                rows = np.flatnonzero(y_idx == cl)
+                cols = np.flatnonzero(comp_labels == cl)
                 resp[np.ix_(rows, cols)] = _init_block_resp(X[rows], len(cols),
                                                             self.init_params, rng)
             rho = np.zeros((L, K))
@@ -723,12 +558,11 @@ class LabelledGMM:
     # ------------------------------------------------------------------ prediction
 
     def _check_fitted(self):
-        if not hasattr(self, "means_"):
-            raise ModelError("this LabelledGMM is not fitted; call fit(X, y) or build it with "
-                             "LabelledGMM.from_params(...).")
+        check_is_fitted(self, "means_", "call fit(X, y) or build it with "
+                        "LabelledGMM.from_params(...)")
 
     def _log_joint_comp(self, X) -> np.ndarray:
-        """log π_k + log N(x | k), shape (N, K)."""
+        """Log π_k + log N(x | k), shape (N, K)."""
         self._check_fitted()
         X = as_float_matrix(X, "X", n_columns=self.means_.shape[1])
         with np.errstate(divide="ignore"):
@@ -736,13 +570,22 @@ class LabelledGMM:
         return _log_gauss(X, self.means_, self.precisions_cholesky_, self._fitted_cov_type) + log_w
 
     def _log_joint_class(self, X) -> np.ndarray:
-        """log p(x, y = classes_[l]), shape (N, L)."""
+        """Log p(x, y = classes_[l]), shape (N, L)."""
         lj = self._log_joint_comp(X)
         log_rho = _log_rho(self.label_distribution_)
         return logsumexp(lj[:, None, :] + log_rho[None, :, :], axis=2)
 
     def predict_log_proba(self, X) -> np.ndarray:
-        """Class log-posteriors log P(y | x), shape (n_samples, n_classes) in ``classes_`` order."""
+        """Class log-posteriors log P(y | x), shape (n_samples, n_classes) in ``classes_`` order.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples, n_classes)
+        """
         lj = self._log_joint_class(X)
         return lj - logsumexp(lj, axis=1, keepdims=True)
 
@@ -761,16 +604,45 @@ class LabelledGMM:
         return np.exp(self.predict_log_proba(X))
 
     def predict(self, X) -> np.ndarray:
-        """Most probable class of every row, shape (n_samples,), values from ``classes_``."""
+        """Most probable class of every row, shape (n_samples,), values from ``classes_``.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
         self._check_fitted()
         return self.classes_[np.argmax(self._log_joint_class(X), axis=1)]
 
     def score_samples(self, X) -> np.ndarray:
-        """log p(x) (label marginal) of every row, shape (n_samples,)."""
+        """Log p(x) (label marginal) of every row, shape (n_samples,).
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+
+        Returns
+        -------
+        ndarray of shape (n_samples,)
+        """
         return logsumexp(self._log_joint_comp(X), axis=1)
 
     def score(self, X, y=None) -> float:
-        """Mean log p(x, y) over the rows, or mean log p(x) when ``y`` is None."""
+        """Mean log p(x, y) over the rows, or mean log p(x) when ``y`` is None.
+
+        Parameters
+        ----------
+        X : array-like of shape (n_samples, n_features)
+        y : array-like of shape (n_samples,), optional
+            Labels from ``classes_``.
+
+        Returns
+        -------
+        float
+        """
         if y is None:
             return float(np.mean(self.score_samples(X)))
         lj = self._log_joint_class(X)
@@ -812,8 +684,8 @@ class LabelledGMM:
         if class_ is None:
             p_comp = self.weights_
         else:
-            l = int(self._label_index(np.asarray([class_]), 1)[0])
-            p_comp = self.weights_ * rho[l]
+            cl = int(self._label_index(np.asarray([class_]), 1)[0])
+            p_comp = self.weights_ * rho[cl]
         p_comp = p_comp / p_comp.sum()
         comp = gen.choice(K, size=n_samples, p=p_comp)
         cov = self.covariances_
@@ -835,7 +707,7 @@ class LabelledGMM:
                 p_lab = rho[:, k] / rho[:, k].sum()
                 y_idx[rows] = gen.choice(len(self.classes_), size=rows.size, p=p_lab)
             else:
-                y_idx[rows] = l
+                y_idx[rows] = cl
         return X, self.classes_[y_idx]
 
     # ------------------------------------------------------------------ conversions
@@ -904,7 +776,7 @@ class LabelledGMM:
         return model
 
     def to_components(self) -> SourceComponents:
-        """The model as transfer EM consumes it (precision factors expanded to (K, m, m))."""
+        """Return the model as transfer EM consumes it (precision factors expanded to (K, m, m))."""
         self._check_fitted()
         K, m = self.means_.shape
         ct = self._fitted_cov_type
@@ -972,6 +844,11 @@ class LabelledGMM:
     def load(cls, path) -> "LabelledGMM":
         """Read a model written by :meth:`save`.
 
+        Parameters
+        ----------
+        path : str or Path
+            A ``.npz`` file written by :meth:`save`.
+
         Raises
         ------
         ModelError
@@ -1016,7 +893,7 @@ class LabelledGMM:
         model.lower_bound_ = float(meta["lower_bound"])
         return model
 
-    def __repr__(self) -> str:
+    def __repr__(self) -> str:  # noqa: D105
         nondefault = []
         sig = inspect.signature(type(self).__init__).parameters
         defaults = {k: v.default for k, v in sig.items() if k != "self"}

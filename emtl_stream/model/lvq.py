@@ -45,6 +45,7 @@ from scipy import optimize
 from .._atomic import atomic_write, model_file_error, read_model_npz
 from .._checks import as_float_matrix, ensure_float, ensure_int
 from ..errors import FitConvergenceWarning, ModelError
+from ._fitted import check_is_fitted
 from ..logs import logger
 from .source import SourceComponents
 
@@ -279,13 +280,13 @@ class _BaseLVQ:
         proto_labels = np.repeat(np.arange(len(classes)), c)
         K = len(proto_labels)
         W0 = np.empty((K, m))
-        for l in range(len(classes)):
-            Xl = Xs[y_idx == l]
-            W0[l * c:(l + 1) * c] = Xl.mean(axis=0)
+        for cl in range(len(classes)):
+            Xl = Xs[y_idx == cl]
+            W0[cl * c:(cl + 1) * c] = Xl.mean(axis=0)
             if c > 1:
                 # Identical starting prototypes would get identical gradients: break
                 # the tie with a seeded jitter of a tenth of the class spread.
-                W0[l * c:(l + 1) * c] += 0.1 * Xl.std(axis=0) * rng.standard_normal((c, m))
+                W0[cl * c:(cl + 1) * c] += 0.1 * Xl.std(axis=0) * rng.standard_normal((c, m))
         omega0 = self._initial_omega(Xs, r)
         n_om = K if self._local else 1
         fixed = None
@@ -301,9 +302,11 @@ class _BaseLVQ:
             cost, _ = _cost_grad(theta0, *args)
             theta, nit, ok, msg = theta0, 0, False, "max_iter=0"
         else:
+            options = {"maxiter": int(self.max_iter), "gtol": float(self.gtol)}
             res = optimize.minimize(_cost_grad, theta0, args=args, jac=True, method="L-BFGS-B",
-                                    options={"maxiter": int(self.max_iter), "gtol": float(self.gtol)})
-            theta, cost, nit, ok, msg = res.x, float(res.fun), int(res.nit), res.status == 0, res.message
+                                    options=options)
+            theta, cost, nit = res.x, float(res.fun), int(res.nit)
+            ok, msg = res.status == 0, res.message
         W, raw = _unpack(theta, K, r, m, self._local, self.learn_metric, fixed)
         om = raw / np.sqrt(np.einsum("krm,krm->k", raw, raw))[:, None, None]
 
@@ -346,8 +349,7 @@ class _BaseLVQ:
     # -- prediction ---------------------------------------------------------
 
     def _check_fitted(self):
-        if not hasattr(self, "prototypes_"):
-            raise ModelError(f"this {type(self).__name__} is not fitted yet; call fit(X, y) first.")
+        check_is_fitted(self, "prototypes_")
 
     def decision_function(self, X) -> np.ndarray:
         """Squared distance of every row to every prototype under its metric.
@@ -379,7 +381,7 @@ class _BaseLVQ:
     # -- conversion ---------------------------------------------------------
 
     def to_components(self, sigma=None, min_rel=1e-3) -> SourceComponents:
-        """The labelled-GMM form of this model (the paper's scaling trick).
+        """Return the labelled-GMM form of this model (the paper's scaling trick).
 
         Means are the prototypes, labels crisp, weights uniform and the precisions
         Λ_k = Ω_kᵀΩ_k / σ² with ``prec_factor[k] = Ω_kᵀ / σ`` (zero-padded to

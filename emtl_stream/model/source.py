@@ -26,7 +26,8 @@ import numpy as np
 
 from ..errors import ModelError
 
-_LOG_2PI = np.log(2.0 * np.pi)
+#: log(2π), the Gaussian normalising constant per dimension (the one definition in model/).
+LOG_2PI = float(np.log(2.0 * np.pi))
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,7 +54,7 @@ class SourceComponents:
     classes: np.ndarray
     shared_precision: bool
 
-    def __post_init__(self):
+    def __post_init__(self):  # noqa: D105
         f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)  # noqa: E731
         object.__setattr__(self, "means", f64(self.means))
         object.__setattr__(self, "prec_factor", f64(self.prec_factor))
@@ -63,13 +64,15 @@ class SourceComponents:
         object.__setattr__(self, "classes", np.asarray(self.classes))
         K, m = self.means.shape
         if self.prec_factor.shape != (K, m, m):
-            raise ModelError(f"prec_factor must have shape {(K, m, m)}, got {self.prec_factor.shape}.")
+            raise ModelError(
+                f"prec_factor must have shape {(K, m, m)}, got {self.prec_factor.shape}.")
         if self.log_det_prec.shape != (K,) or self.log_weights.shape != (K,):
             raise ModelError("log_det_prec and log_weights must have one entry per component.")
         L = len(self.classes)
         if self.log_label_given_comp.shape != (L, K):
             raise ModelError(
-                f"log_label_given_comp must have shape {(L, K)}, got {self.log_label_given_comp.shape}."
+                f"log_label_given_comp must have shape {(L, K)}, got "
+                f"{self.log_label_given_comp.shape}."
             )
         for name in ("means", "prec_factor", "log_det_prec", "log_weights"):
             if not np.all(np.isfinite(getattr(self, name))):
@@ -91,7 +94,7 @@ class SourceComponents:
         return np.einsum("kij,klj->kil", self.prec_factor, self.prec_factor)
 
     def log_gauss(self, Z: np.ndarray) -> np.ndarray:
-        """log N(z_j | μ_k, Λ_k⁻¹) for every row and component, plain numpy.
+        """Log N(z_j | μ_k, Λ_k⁻¹) for every row and component, plain numpy.
 
         Parameters
         ----------
@@ -105,7 +108,7 @@ class SourceComponents:
         out = np.empty((Z.shape[0], self.n_components))
         for k in range(self.n_components):
             y = (Z - self.means[k]) @ self.prec_factor[k]
-            out[:, k] = -0.5 * (self.n_features * _LOG_2PI + np.einsum("ij,ij->i", y, y))
+            out[:, k] = -0.5 * (self.n_features * LOG_2PI + np.einsum("ij,ij->i", y, y))
             out[:, k] += 0.5 * self.log_det_prec[k]
         return out
 
@@ -117,13 +120,24 @@ class SourceComponents:
             "log_det_prec": self.log_det_prec,
             "log_weights": self.log_weights,
             "log_label_given_comp": self.log_label_given_comp,
-            "classes": self.classes.astype(str) if self.classes.dtype.kind in "OU" else self.classes,
+            "classes": (self.classes.astype(str) if self.classes.dtype.kind in "OU"
+                        else self.classes),
             "shared_precision": np.asarray(bool(self.shared_precision)),
         }
 
     @classmethod
     def from_arrays(cls, arrays) -> "SourceComponents":
-        """Inverse of :meth:`to_arrays`."""
+        """Inverse of :meth:`to_arrays`.
+
+        Parameters
+        ----------
+        arrays : mapping of str to ndarray
+            The dict :meth:`to_arrays` returns (or an opened ``.npz``).
+
+        Returns
+        -------
+        SourceComponents
+        """
         return cls(
             means=arrays["means"],
             prec_factor=arrays["prec_factor"],

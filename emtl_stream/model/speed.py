@@ -302,6 +302,11 @@ class SpeedCalibration:
     def from_dict(cls, d) -> "SpeedCalibration":
         """Rebuild from :meth:`to_dict` output (e.g. a bundle's ``meta["speed"]``).
 
+        Parameters
+        ----------
+        d : dict
+            The output of :meth:`to_dict`.
+
         Raises
         ------
         ValueError
@@ -413,7 +418,17 @@ class SpeedSmoother:
 
 
 def speed_kwargs(config) -> dict:
-    """:meth:`SpeedCalibration.fit` keyword arguments from a config's ``[speed]`` section."""
+    """:meth:`SpeedCalibration.fit` keyword arguments from a config's ``[speed]`` section.
+
+    Parameters
+    ----------
+    config : Config
+        The daemon configuration.
+
+    Returns
+    -------
+    dict
+    """
     s = config.speed
     return dict(measure=s.measure, low_percentile=float(s.low_percentile),
                 high_percentile=float(s.high_percentile))
@@ -478,7 +493,7 @@ class LiveSpeed:
         self.smoother.reset()
 
     def update(self, z, x, index: int, rejected: bool = False) -> tuple[float, str | None]:
-        """Published speed of one window.
+        """Return the published speed of one window.
 
         Parameters
         ----------

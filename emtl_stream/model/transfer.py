@@ -45,18 +45,23 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg
 
 from .. import _checks
-from ..errors import BurstTooShort, DegenerateBurst, TransferConvergenceWarning
-from ..kernels import estep, linalg as klinalg, mstep
+from ..errors import BurstTooShort, DegenerateBurst, FitCancelled, TransferConvergenceWarning
+from ..kernels import estep, mstep
 from ..logs import logger
+from . import _transfer_mstep as ms
+from ._fitted import check_is_fitted
+from ._transfer_mstep import channel_mask
 from .classify import MappedClassifier, as_components
 from .rotation import rotation_prior
+from .source import LOG_2PI
 
-_LOG_2PI = float(np.log(2.0 * np.pi))
+__all__ = ["TransferEM", "channel_mask", "rectangular_identity", "ring_roll_matrix",
+           "ring_rotation_matrix", "rotation_inverse"]
 
 #: Largest number of unknowns m·n' for which the per-component M-step assembles
 #: and factors the dense Kronecker system; above it, preconditioned CG. Measured
@@ -86,7 +91,7 @@ SEARCH_MAX_ROWS = 128
 _SEARCH_RIDGE = 1e-6
 
 #: Solve the channel-structured shared M-step (Π = I, no offset) by CG with the exact
-#: per-feature-type block preconditioner (:meth:`TransferEM._setup_blocks`) instead of the
+#: per-feature-type block preconditioner (:class:`_transfer_mstep.BlockPlan`) instead of the
 #: generic Kronecker-preconditioned CG kernel. Measured at 64 channels x 4 features
 #: (tools/bench_transfer.py --ring64): about 3x fewer CG iterations. False restores the
 #: kernel (the benchmark times both side by side).
@@ -112,29 +117,18 @@ ROLL_PRUNE_KEEP = 5
 ROTATION_RIDGE = 0.05
 
 
-def channel_mask(n: int, n_channels: int) -> np.ndarray:
-    """Per-feature-type channel mixing: H[i, j] free only when i % f == j % f.
-
-    With channel-major features (f = n // C features per channel), every mapped
-    feature is then a mixture of the *same feature type* across electrodes.
+def rectangular_identity(m: int, n: int) -> np.ndarray:
+    """Identity padded with zeros, shape (m, n).
 
     Parameters
     ----------
-    n : int
-        Feature dimension (source and target), divisible by ``n_channels``.
-    n_channels : int
+    m, n : int
+        Rows and columns.
 
     Returns
     -------
-    ndarray of shape (n, n), bool
+    ndarray of shape (m, n)
     """
-    f = n // n_channels
-    t = np.arange(n) % f
-    return t[:, None] == t[None, :]
-
-
-def rectangular_identity(m: int, n: int) -> np.ndarray:
-    """Identity padded with zeros, shape (m, n)."""
     return np.eye(m, n)
 
 
@@ -209,15 +203,212 @@ def rotation_inverse(n: int, n_channels: int, rotation: float, ridge: float) -> 
     return np.linalg.solve(R.T @ R + ridge * np.eye(n), R.T)
 
 
-def _factor_masked(S):
-    """Cholesky factor of a masked M-step system, or DegenerateBurst."""
-    try:
-        return linalg.cho_factor(S, lower=True, check_finite=False)
-    except linalg.LinAlgError:
-        raise DegenerateBurst(
-            "the structured M-step system is singular (rank-deficient burst with reg=0?); "
-            "increase reg."
-        ) from None
+def _label_indices(src, y, n_rows: int) -> np.ndarray:
+    """Class indices of labels (see :meth:`TransferEM.label_indices`)."""
+    if y is None:
+        return np.full(n_rows, -1, dtype=np.int64)
+    impossible = np.all(src.log_label_given_comp == -np.inf, axis=1)
+    without = set(np.flatnonzero(impossible).tolist())
+    fast = _label_indices_int(src, y, n_rows, without)
+    if fast is not None:
+        return fast
+    y = list(y) if not isinstance(y, np.ndarray) else y.tolist()
+    if len(y) != n_rows:
+        raise ValueError(f"y must have one label per row of X ({n_rows}), got {len(y)}.")
+    classes = src.classes
+    lookup = {c: i for i, c in enumerate(classes.tolist())}
+    int_classes = classes.dtype.kind in "iu"
+    out = np.empty(n_rows, dtype=np.int64)
+    for j, lab in enumerate(y):
+        if lab is None or (int_classes and isinstance(lab, numbers.Integral)
+                           and not isinstance(lab, bool) and lab == -1
+                           and -1 not in lookup):
+            out[j] = -1
+            continue
+        if isinstance(lab, float) and math.isnan(lab):
+            out[j] = -1
+            continue
+        try:
+            idx = lookup[lab]
+        except (KeyError, TypeError):
+            raise ValueError(
+                f"y contains label {lab!r} (row {j}) that the source model does not know; "
+                f"known classes: {classes.tolist()}. Use None"
+                f"{' or -1' if int_classes else ''} for unlabelled rows."
+            ) from None
+        if idx in without:
+            raise ValueError(f"class {lab!r} has no component in the source model.")
+        out[j] = idx
+    return out
+
+
+def _label_indices_int(src, y, n_rows, without):
+    """Vectorised label lookup for integer arrays; None → use the general path."""
+    classes = src.classes
+    if not (isinstance(y, np.ndarray) and y.ndim == 1 and y.dtype.kind in "iu"
+            and classes.dtype.kind in "iu" and len(y) == n_rows):
+        return None
+    sorter = np.argsort(classes, kind="stable")
+    pos = np.minimum(np.searchsorted(classes, y, sorter=sorter), len(classes) - 1)
+    idx = sorter[pos]
+    found = classes[idx] == y
+    if not np.any(classes == -1):
+        unl = y == -1
+        found |= unl
+        idx = np.where(unl, -1, idx)
+    if not found.all():
+        return None  # the general path names the unknown label
+    if without and np.isin(idx, list(without)).any():
+        return None
+    return idx.astype(np.int64)
+
+
+def _check_structure(structure, m):
+    """``structure`` validated: "dense", "channel" or a copy of a boolean (m, n) mask."""
+    if isinstance(structure, str):
+        return _checks.check_option(structure, ("dense", "channel"), "structure")
+    mask = np.asarray(structure)
+    if mask.dtype != bool:
+        raise TypeError(
+            f"structure must be 'dense', 'channel' or a boolean mask, got an array of dtype "
+            f"{mask.dtype}; pass mask.astype(bool)."
+        )
+    if mask.ndim != 2 or mask.shape[0] != m:
+        raise ValueError(
+            f"structure mask must have shape ({m}, n) (one row per source feature), "
+            f"got {mask.shape}."
+        )
+    empty = np.flatnonzero(~mask.any(axis=1))
+    if empty.size:
+        raise ValueError(
+            f"structure mask has no free entry in row(s) {empty[:10].tolist()}; every mapped "
+            "feature needs at least one True (else it is the constant offset only)."
+        )
+    return mask.copy()
+
+
+def _augment(X, bias):
+    """X with a column of ones appended when fitting an offset."""
+    if bias:
+        return np.ascontiguousarray(np.hstack([X, np.ones((X.shape[0], 1))]))
+    return X
+
+
+def _log_base(src, yi):
+    """(N, K) per-row constants: log π + log ρ_{y_j} (0 if unlabelled) + ½ log det − ½ m log 2π."""
+    c = src.log_weights + 0.5 * src.log_det_prec - 0.5 * src.n_features * LOG_2PI
+    base = np.tile(c, (len(yi), 1))
+    lab = yi >= 0
+    base[lab] += src.log_label_given_comp[yi[lab]]
+    return np.ascontiguousarray(base)
+
+
+def _resolve_H0(shrink_to, m, n):
+    """Return the shrink target H₀ (m, n) named or given by ``shrink_to``."""
+    st = shrink_to
+    if isinstance(st, str):
+        return np.zeros((m, n)) if st == "zero" else rectangular_identity(m, n)
+    H0 = np.ascontiguousarray(st, dtype=np.float64)
+    if H0.shape != (m, n):
+        raise ValueError(f"shrink_to must have shape ({m}, {n}), got {H0.shape}.")
+    if not np.all(np.isfinite(H0)):
+        raise ValueError("shrink_to contains NaN or inf.")
+    return H0
+
+
+def _penalty(terms, Ht, H0, n):
+    """tr((H − H₀)ᵀ Π (H − H₀)) of the first n columns of ``Ht``."""
+    Dlt = Ht[:, :n] - H0
+    return float(np.sum(Dlt * (terms.Pen @ Dlt)))
+
+
+def _log_joint(terms, Z, log_base, log_a):
+    """Fill ``log_a`` (N, K) with log p(z_j, k) (+ ``log_base``) of mapped rows Z (N, m)."""
+    if terms.shared:
+        estep.log_joint_shared(np.ascontiguousarray(Z @ terms.prec_factor[0]), terms.nu,
+                               log_base, log_a)
+    else:
+        estep.log_joint_full(Z, terms.means, terms.prec_factor, log_base, log_a)
+
+
+def _estep(terms, Xt, Ht, log_base, log_a, resp):
+    """E-step under the map Ht: fills ``resp`` (N, K), returns the row log-likelihoods (N,)."""
+    _log_joint(terms, np.ascontiguousarray(Xt @ Ht.T), log_base, log_a)
+    return estep.log_responsibilities(log_a, resp)
+
+
+_NONFINITE_H = "the M-step produced a non-finite H (singular burst); increase reg."
+
+
+def _diverged(obj, n_iter):
+    """Return the DegenerateBurst of an objective that became non-finite."""
+    return DegenerateBurst(
+        f"the penalised log-likelihood became {obj} at iteration {n_iter}; the burst is too "
+        "far from the source model (check feature scaling)."
+    )
+
+
+def _check_stop(should_stop):
+    """Raise :class:`FitCancelled` when the caller's ``should_stop()`` says so."""
+    if should_stop is not None and should_stop():
+        raise FitCancelled("transfer EM stopped by request")
+
+
+def _run_em_fused(plan, terms, Xt, log_base, Hstart, H0t):
+    """Shared precision, dense map, Λ̄ penalty: the whole loop in one kernel call."""
+    Ht = np.array(Hstart, dtype=np.float64, order="C")
+    trace = np.empty(plan.max_iter + 1)
+    n_iter, status, nt = mstep.em_shared(
+        Xt, Ht, H0t, np.ascontiguousarray(terms.prec_factor[0]), terms.nu, log_base,
+        terms.means, plan.Ainv, plan.lam, plan.n, plan.tol, plan.max_iter, trace)
+    if status == -1:
+        raise _diverged(trace[nt - 1], n_iter)
+    if status == -2:
+        raise DegenerateBurst(_NONFINITE_H)
+    return Ht, trace[:nt].tolist(), n_iter, status == 1, []
+
+
+def _rotation_map(s, n, rot, per_kind=False):
+    """Start map of the rotation search at ``rot`` spacings.
+
+    ``S(θ)`` (:func:`rotation_inverse`), or per feature kind
+    (:func:`~emtl_stream.model.rotation.rotation_prior`) when ``per_kind`` and
+    ``s.rotation_counts`` is set.
+    """
+    if not per_kind or s.rotation_counts is None:
+        return rotation_inverse(n, s.ring_channels, rot, s.rotation_ridge)
+    return rotation_prior(n, s.ring_channels, rot, s.rotation_ridge, s.rotation_counts)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    """The constructor arguments of a :class:`TransferEM`, validated and resolved."""
+
+    source: object  # SourceComponents
+    m: int
+    kind: str
+    penalty: str
+    structure: object  # "dense", "channel" or a bool mask
+    shrink_to: object  # "identity", "zero" or an (m, n) array
+    bias: bool
+    reg: float
+    reg_scale: str
+    max_iter: int
+    tol: float
+    ring_channels: int | None
+    solver: str
+    dense_max: int
+    cg_rtol: float
+    masked_dense_max: int
+    rotation_search: str
+    n_refine: int
+    roll_starts: int | None
+    search_iter: int | None
+    guard: bool | None
+    jacobian_floor: float
+    rotation_ridge: float
+    rotation_step: float
+    rotation_counts: tuple | None = None
 
 
 class TransferEM:
@@ -366,6 +557,12 @@ class TransferEM:
         Free entries of H (None for a dense map solved in closed form).
     penalty_ : str
         "precision" or "identity" (``penalty`` with "auto" resolved).
+    source_ : SourceComponents
+        ``source`` as components.
+    source_terms_ : SourceTerms
+        Precisions, their mixture average and the penalty metric of the fit.
+    cg_iters_ : list of int
+        CG iterations of every CG M-step of the fit (empty for direct solves).
     """
 
     def __init__(self, source, kind="auto", bias=False, reg=1.0, reg_scale="relative",
@@ -376,108 +573,97 @@ class TransferEM:
                  n_refine=1, roll_starts=None, search_iter=None, rotation_step=0.25,
                  rotation_ridge=ROTATION_RIDGE, jacobian_floor=0.6,
                  guard=None, rotation_counts=None):
-        self.source = as_components(source)
-        self.kind = _checks.check_option(kind, ("auto", "shared", "full"), "kind")
-        self.bias = bool(bias)
-        self.reg = _checks.ensure_float(reg, "reg", minimum=0.0)
-        self.reg_scale = _checks.check_option(reg_scale, ("relative", "absolute"), "reg_scale")
+        self.source = source
+        self.kind = kind
+        self.bias = bias
+        self.reg = reg
+        self.reg_scale = reg_scale
         self.shrink_to = shrink_to
-        if isinstance(shrink_to, str):
-            _checks.check_option(shrink_to, ("identity", "zero"), "shrink_to")
-        self.max_iter = _checks.ensure_int(max_iter, "max_iter", minimum=1)
-        self.tol = _checks.ensure_float(tol, "tol", minimum=0.0)
-        self.ring_channels = (None if ring_channels is None
-                              else _checks.ensure_int(ring_channels, "ring_channels", minimum=1))
-        self.solver = _checks.check_option(solver, ("auto", "dense", "cg"), "solver")
-        self.dense_max = _checks.ensure_int(dense_max, "dense_max", minimum=0)
-        self.cg_rtol = _checks.ensure_float(cg_rtol, "cg_rtol", minimum=0.0)
-        self.masked_dense_max = _checks.ensure_int(masked_dense_max, "masked_dense_max",
-                                                   minimum=0)
-        self.rotation_search = _checks.check_option(rotation_search, ("continuous", "roll"),
-                                                    "rotation_search")
-        self.n_refine = _checks.ensure_int(n_refine, "n_refine", minimum=1, maximum=64)
-        self.roll_starts = (None if roll_starts is None else
-                            _checks.ensure_int(roll_starts, "roll_starts", minimum=1))
-        self.search_iter = (None if search_iter is None else
-                            _checks.ensure_int(search_iter, "search_iter", minimum=1,
-                                               maximum=1000))
-        self.guard = None if guard is None else bool(guard)
-        self.jacobian_floor = _checks.ensure_float(jacobian_floor, "jacobian_floor",
-                                                   minimum=0.0, maximum=1.0)
-        self.rotation_ridge = _checks.ensure_float(rotation_ridge, "rotation_ridge",
-                                                   minimum=0.0, strict_min=True)
-        self.rotation_step = _checks.ensure_float(rotation_step, "rotation_step",
-                                                  minimum=1.0 / 64, maximum=1.0)
-        self.rotation_counts = (None if rotation_counts is None else
-                                tuple(int(t) for t in rotation_counts))
-        src = self.source
-        self._m = src.n_features
-        self.structure = self._check_structure(structure)
-        self.penalty = _checks.check_option(penalty, ("auto", "precision", "identity"), "penalty")
-        self._pi = np.exp(src.log_weights - np.logaddexp.reduce(src.log_weights))
-        # Λ_k = P_k P_kᵀ through batched BLAS (an unoptimised einsum costs ~10 ms at m = 128).
-        if src.shared_precision:
-            P0 = src.prec_factor[0]
-            lam0 = P0 @ P0.T
-            self._Lam = np.ascontiguousarray(np.broadcast_to(lam0, src.prec_factor.shape))
-            self._Lam_bar = np.ascontiguousarray(lam0)
-        else:
-            self._Lam = np.ascontiguousarray(src.prec_factor @ src.prec_factor.transpose(0, 2, 1))
-            self._Lam_bar = np.ascontiguousarray(np.tensordot(self._pi, self._Lam, axes=1))
-        pen = self.penalty
-        if pen == "auto":
-            pen = "precision" if isinstance(structure, str) and structure == "dense" else "identity"
-        self.penalty_ = pen
-        #: Π of the penalty λ‖H − H₀‖²_Π = λ tr((H − H₀)ᵀ Π (H − H₀)).
-        self._Pen = self._Lam_bar if pen == "precision" else np.eye(self._m)
-        impossible = np.all(src.log_label_given_comp == -np.inf, axis=1)
-        self._class_without_comp = set(np.flatnonzero(impossible).tolist())
-        self._class_lookup_set = set(src.classes.tolist())
+        self.max_iter = max_iter
+        self.tol = tol
+        self.ring_channels = ring_channels
+        self.solver = solver
+        self.dense_max = dense_max
+        self.cg_rtol = cg_rtol
+        self.structure = structure
+        self.penalty = penalty
+        self.masked_dense_max = masked_dense_max
+        self.rotation_search = rotation_search
+        self.n_refine = n_refine
+        self.roll_starts = roll_starts
+        self.search_iter = search_iter
+        self.rotation_step = rotation_step
+        self.rotation_ridge = rotation_ridge
+        self.jacobian_floor = jacobian_floor
+        self.guard = guard
+        self.rotation_counts = rotation_counts
+
+    # ---------------------------------------------------------------- validation
+    def _validate(self) -> "_Settings":
+        """Check the constructor arguments; return them normalised (``fit`` calls this)."""
+        c = _checks
+        src = as_components(self.source)
+        m = src.n_features
+        if isinstance(self.shrink_to, str):
+            c.check_option(self.shrink_to, ("identity", "zero"), "shrink_to")
+        structure = _check_structure(self.structure, m)
+        penalty = c.check_option(self.penalty, ("auto", "precision", "identity"), "penalty")
+        if penalty == "auto":
+            dense = isinstance(structure, str) and structure == "dense"
+            penalty = "precision" if dense else "identity"
+        kind = c.check_option(self.kind, ("auto", "shared", "full"), "kind")
+        if kind == "auto":
+            kind = "shared" if src.shared_precision else "full"
+        opt = None if self.ring_channels is None else c.ensure_int(
+            self.ring_channels, "ring_channels", minimum=1)
+        return _Settings(
+            source=src, m=m, kind=kind, penalty=penalty, structure=structure,
+            shrink_to=self.shrink_to,
+            bias=bool(self.bias), reg=c.ensure_float(self.reg, "reg", minimum=0.0),
+            reg_scale=c.check_option(self.reg_scale, ("relative", "absolute"), "reg_scale"),
+            max_iter=c.ensure_int(self.max_iter, "max_iter", minimum=1),
+            tol=c.ensure_float(self.tol, "tol", minimum=0.0),
+            ring_channels=opt,
+            solver=c.check_option(self.solver, ("auto", "dense", "cg"), "solver"),
+            dense_max=c.ensure_int(self.dense_max, "dense_max", minimum=0),
+            cg_rtol=c.ensure_float(self.cg_rtol, "cg_rtol", minimum=0.0),
+            masked_dense_max=c.ensure_int(self.masked_dense_max, "masked_dense_max", minimum=0),
+            rotation_search=c.check_option(self.rotation_search, ("continuous", "roll"),
+                                           "rotation_search"),
+            n_refine=c.ensure_int(self.n_refine, "n_refine", minimum=1, maximum=64),
+            roll_starts=(None if self.roll_starts is None else
+                         c.ensure_int(self.roll_starts, "roll_starts", minimum=1)),
+            search_iter=(None if self.search_iter is None else
+                         c.ensure_int(self.search_iter, "search_iter", minimum=1, maximum=1000)),
+            guard=None if self.guard is None else bool(self.guard),
+            jacobian_floor=c.ensure_float(self.jacobian_floor, "jacobian_floor", minimum=0.0,
+                                          maximum=1.0),
+            rotation_ridge=c.ensure_float(self.rotation_ridge, "rotation_ridge", minimum=0.0,
+                                          strict_min=True),
+            rotation_step=c.ensure_float(self.rotation_step, "rotation_step",
+                                         minimum=1.0 / 64, maximum=1.0),
+            rotation_counts=(None if self.rotation_counts is None else
+                             tuple(int(t) for t in self.rotation_counts)),
+        )
 
     # ---------------------------------------------------------------- helpers
-    def _check_structure(self, structure):
-        if isinstance(structure, str):
-            return _checks.check_option(structure, ("dense", "channel"), "structure")
-        mask = np.asarray(structure)
-        if mask.dtype != bool:
-            raise TypeError(
-                f"structure must be 'dense', 'channel' or a boolean mask, got an array of dtype "
-                f"{mask.dtype}; pass mask.astype(bool)."
-            )
-        if mask.ndim != 2 or mask.shape[0] != self._m:
-            raise ValueError(
-                f"structure mask must have shape ({self._m}, n) (one row per source feature), "
-                f"got {mask.shape}."
-            )
-        empty = np.flatnonzero(~mask.any(axis=1))
-        if empty.size:
-            raise ValueError(
-                f"structure mask has no free entry in row(s) {empty[:10].tolist()}; every mapped "
-                "feature needs at least one True (else it is the constant offset only)."
-            )
-        return mask.copy()
-
-    def _resolve_mask(self, n):
+    @staticmethod
+    def _resolve_mask(s: "_Settings", n):
         """Boolean (m, n) mask of free entries, or None for a dense map."""
-        st = self.structure
+        st = s.structure
         if isinstance(st, str):
             if st == "dense":
                 return None
-            C = self.ring_channels
-            if C is None or self._m != n or n % C:
+            C = s.ring_channels
+            if C is None or s.m != n or n % C:
                 raise ValueError(
                     f"structure='channel' needs ring_channels=C with a square map and n divisible "
-                    f"by C (channel-major features); got ring_channels={C}, m={self._m}, n={n}."
+                    f"by C (channel-major features); got ring_channels={C}, m={s.m}, n={n}."
                 )
             return channel_mask(n, C)
-        if st.shape != (self._m, n):
-            raise ValueError(f"structure mask must have shape ({self._m}, {n}), got {st.shape}.")
+        if st.shape != (s.m, n):
+            raise ValueError(f"structure mask must have shape ({s.m}, {n}), got {st.shape}.")
         return st
-
-    def _kind(self):
-        if self.kind == "auto":
-            return "shared" if self.source.shared_precision else "full"
-        return self.kind
 
     def label_indices(self, y, n_rows: int) -> np.ndarray:
         """Map labels to class indices; −1 for unlabelled (None, or −1 for integer classes).
@@ -485,67 +671,18 @@ class TransferEM:
         Parameters
         ----------
         y : sequence of length N or None
+            Labels in ``source.classes``' type.
         n_rows : int
+            N, the number of rows the labels belong to.
 
         Returns
         -------
         ndarray of shape (N,), int64
         """
-        if y is None:
-            return np.full(n_rows, -1, dtype=np.int64)
-        fast = self._label_indices_int(y, n_rows)
-        if fast is not None:
-            return fast
-        y = list(y) if not isinstance(y, np.ndarray) else y.tolist()
-        if len(y) != n_rows:
-            raise ValueError(f"y must have one label per row of X ({n_rows}), got {len(y)}.")
-        classes = self.source.classes
-        lookup = {c: i for i, c in enumerate(classes.tolist())}
-        int_classes = classes.dtype.kind in "iu"
-        out = np.empty(n_rows, dtype=np.int64)
-        for j, lab in enumerate(y):
-            if lab is None or (int_classes and isinstance(lab, numbers.Integral)
-                               and not isinstance(lab, bool) and lab == -1
-                               and -1 not in lookup):
-                out[j] = -1
-                continue
-            if isinstance(lab, float) and math.isnan(lab):
-                out[j] = -1
-                continue
-            try:
-                idx = lookup[lab]
-            except (KeyError, TypeError):
-                raise ValueError(
-                    f"y contains label {lab!r} (row {j}) that the source model does not know; "
-                    f"known classes: {classes.tolist()}. Use None"
-                    f"{' or -1' if int_classes else ''} for unlabelled rows."
-                ) from None
-            if idx in self._class_without_comp:
-                raise ValueError(f"class {lab!r} has no component in the source model.")
-            out[j] = idx
-        return out
+        return _label_indices(as_components(self.source), y, n_rows)
 
-    def _label_indices_int(self, y, n_rows):
-        """Vectorised label lookup for integer arrays; None → use the general path."""
-        classes = self.source.classes
-        if not (isinstance(y, np.ndarray) and y.ndim == 1 and y.dtype.kind in "iu"
-                and classes.dtype.kind in "iu" and len(y) == n_rows):
-            return None
-        sorter = np.argsort(classes, kind="stable")
-        pos = np.minimum(np.searchsorted(classes, y, sorter=sorter), len(classes) - 1)
-        idx = sorter[pos]
-        found = classes[idx] == y
-        if -1 not in self._class_lookup_set:
-            unl = y == -1
-            found |= unl
-            idx = np.where(unl, -1, idx)
-        if not found.all():
-            return None  # the general path names the unknown label
-        if self._class_without_comp and np.isin(idx, list(self._class_without_comp)).any():
-            return None
-        return idx.astype(np.int64)
-
-    def _prepare_X(self, X):
+    @staticmethod
+    def _prepare_X(X):
         X = _checks.as_float_matrix(X, "X", allow_nonfinite=True)
         if X.shape[0] < 2:
             raise BurstTooShort(
@@ -559,358 +696,86 @@ class TransferEM:
             )
         return X
 
-    def _augment(self, X):
-        if self.bias:
-            return np.ascontiguousarray(np.hstack([X, np.ones((X.shape[0], 1))]))
-        return X
-
-    def _log_base(self, yi):
-        """(N, K) per-row constants: log π + log ρ_{y_j} (0 if unlabelled) + ½ log det − ½ m log 2π."""
-        src = self.source
-        c = src.log_weights + 0.5 * src.log_det_prec - 0.5 * self._m * _LOG_2PI
-        base = np.tile(c, (len(yi), 1))
-        lab = yi >= 0
-        base[lab] += src.log_label_given_comp[yi[lab]]
-        return np.ascontiguousarray(base)
-
-    def _resolve_H0(self, n, shrink_to=None):
-        st = self.shrink_to if shrink_to is None else shrink_to
-        if isinstance(st, str):
-            return np.zeros((self._m, n)) if st == "zero" else rectangular_identity(self._m, n)
-        H0 = np.ascontiguousarray(st, dtype=np.float64)
-        if H0.shape != (self._m, n):
-            raise ValueError(f"shrink_to must have shape ({self._m}, {n}), got {H0.shape}.")
-        if not np.all(np.isfinite(H0)):
-            raise ValueError("shrink_to contains NaN or inf.")
-        return H0
-
-    def _penalty(self, Ht, H0, n):
-        Dlt = Ht[:, :n] - H0
-        return float(np.sum(Dlt * (self._Pen @ Dlt)))
-
-    def _estep(self, Xt, Ht, log_base, log_a, resp):
-        Z = np.ascontiguousarray(Xt @ Ht.T)
-        src = self.source
-        if src.shared_precision:
-            P = src.prec_factor[0]
-            estep.log_joint_shared(np.ascontiguousarray(Z @ P), self._nu, log_base, log_a)
-        else:
-            estep.log_joint_full(Z, src.means, src.prec_factor, log_base, log_a)
-        return estep.log_responsibilities(log_a, resp)
-
-    # ---------------------------------------------------------------- M-steps
-    def _mstep_shared(self, Xt, resp, H0t, lam, chol):
-        rhs = np.empty((Xt.shape[1], self._m))
-        mstep.shared_rhs(resp, self.source.means, Xt, rhs)
-        rhs += lam * H0t.T
-        return np.ascontiguousarray(linalg.cho_solve(chol, rhs).T)
-
-    def _mstep_full(self, Xt, resp, Ht, H0t, lam, Dvec, Pr, use_dense):
-        K = self._Lam.shape[0]
-        n1 = Xt.shape[1]
-        C = np.empty((K, n1, n1))
-        c = np.empty((K, n1))
-        mstep.weighted_stats(Xt, resp, C, c)
-        A = C + (lam * self._pi)[:, None, None] * np.diag(Dvec)[None]
-        A = np.ascontiguousarray(A)
-        R = self._Lam_mu.T @ c + lam * (self._Lam_bar @ H0t)
-        R = np.ascontiguousarray(R)
-        if use_dense:
-            p = self._m * n1
-            S = np.empty((p, p))
-            mstep.kron_assemble(self._Lam, A, S)
-            try:
-                sol = linalg.cho_solve(linalg.cho_factor(S, lower=True, check_finite=False),
-                                       R.ravel(), check_finite=False)
-            except linalg.LinAlgError:
-                raise DegenerateBurst(
-                    "the per-component M-step system is singular (rank-deficient burst with "
-                    "reg=0?); increase reg."
-                ) from None
-            return sol.reshape(self._m, n1)
-        w = np.trace(A, axis1=1, axis2=2)
-        Lw = np.ascontiguousarray(np.einsum("k,kij->ij", w / w.sum(), self._Lam))
-        Pl = klinalg.spd_inverse(Lw)
-        if not np.all(np.isfinite(Pl)):
-            Pl = np.ascontiguousarray(np.linalg.pinv(Lw))
-        H = np.array(Ht, copy=True)
-        maxiter = max(50, 10 * self._m * n1) if self.cg_rtol > 0 else 10 * self._m * n1
-        it, rel = mstep.pcg_sylvester(self._Lam, A, R, Pl, Pr, H, self.cg_rtol, maxiter)
-        self._cg_iters.append(int(it))
-        if rel > 1e-6:
-            logger.warning("CG M-step stopped at relative residual %s after %s iterations",
-                           rel, int(it))
-        return H
-
-    def _mstep_masked(self, Xt, resp, Ht, H0t, lam, setup):
-        """Exact minimiser over the free entries (shared or per-component precisions)."""
-        fr = setup["free"]
-        # S = Σ_k Λ_k ⊗ C_k + λ Π ⊗ D, handed to the kernels as the K+1 terms
-        # (Λ_1, C_1), …, (Λ_K, C_K), (Π, λD); shared: (Λ, X̃ᵀX̃), (Π, λD), or one term
-        # Λ ⊗ (X̃ᵀX̃ + λD) when Π = Λ.
-        if setup["kind"] == "shared":
-            rhs = np.empty((Xt.shape[1], self._m))
-            mstep.shared_rhs(resp, self.source.means, Xt, rhs)
-            R = setup["Lam_s"] @ rhs.T + lam * (self._Pen @ H0t)
-            Lam, A = setup["Lam_terms"], setup["A_terms"]
-            chol = setup.get("S_chol")
-        else:
-            K = self._Lam.shape[0]
-            n1 = Xt.shape[1]
-            C = np.empty((K + 1, n1, n1))
-            c = np.empty((K, n1))
-            mstep.weighted_stats(Xt, resp, C[:K], c)
-            C[K] = lam * np.diag(setup["Dvec"])
-            Lam = setup["Lam_terms"]
-            A = C
-            R = self._Lam_mu.T @ c + lam * (self._Pen @ H0t)
-            chol = None
-            if setup["dense"]:
-                S = np.empty((fr.size, fr.size))
-                mstep.kron_assemble_masked(Lam, A, setup["fi"], setup["fa"], S)
-                chol = _factor_masked(S)
-        if setup["dense"]:
-            H = np.zeros_like(Ht)
-            H.ravel()[fr] = linalg.cho_solve(chol, R.ravel()[fr], check_finite=False)
-            return H
-        if "blocks" in setup:
-            return self._block_pcg(setup, R, Ht)
-        if setup["kind"] == "shared" and self.penalty_ == "precision":
-            Pl, Pr = setup["Pl_s"], setup["Pr"]
-        else:
-            w = np.trace(A, axis1=1, axis2=2)
-            Lw = np.ascontiguousarray(np.einsum("k,kij->ij", w / w.sum(), Lam))
-            Pl = klinalg.spd_inverse(Lw)
-            if not np.all(np.isfinite(Pl)):
-                Pl = np.ascontiguousarray(np.linalg.pinv(Lw))
-            Pr = setup["Pr"]
-        H = np.array(Ht, copy=True)
-        p = fr.size
-        maxiter = max(50, 10 * p) if self.cg_rtol > 0 else 10 * p
-        it, rel = mstep.pcg_sylvester_masked(np.ascontiguousarray(Lam), A,
-                                             np.ascontiguousarray(R), Pl, Pr, setup["Mf"], H,
-                                             self.cg_rtol, maxiter)
-        self._cg_iters.append(int(it))
-        if rel > 1e-6:
-            logger.warning("masked CG M-step stopped at relative residual %s after %s iterations",
-                           rel, int(it))
-        return H
-
     # ---------------------------------------------------------------- one EM run
-    def _run_em_fused(self, Xt, log_base, Hstart, H0t, lam, n, setup):
-        """Shared precision, dense map, Λ̄ penalty: the whole loop in one kernel call."""
-        Ht = np.array(Hstart, dtype=np.float64, order="C")
-        trace = np.empty(self.max_iter + 1)
-        n_iter, status, nt = mstep.em_shared(Xt, Ht, H0t, setup["P"], self._nu, log_base,
-                                             setup["means"], setup["Ainv"], lam, n, self.tol,
-                                             self.max_iter, trace)
-        if status == -1:
-            raise DegenerateBurst(
-                f"the penalised log-likelihood became {trace[nt - 1]} at iteration {n_iter}; the "
-                "burst is too far from the source model (check feature scaling)."
-            )
-        if status == -2:
-            raise DegenerateBurst(
-                "the M-step produced a non-finite H (singular burst); increase reg."
-            )
-        return Ht, trace[:nt].tolist(), n_iter, status == 1
+    def _run_em(self, plan, terms, Xt, log_base, Hstart, H0, should_stop=None):
+        """EM from ``Hstart`` towards the shrink target ``H0``; ``should_stop`` as in :meth:`fit`.
 
-    def _run_em(self, Xt, log_base, Hstart, H0, lam, n, setup):
+        Returns the map (m, n1), the objective trace, the number of M-steps, whether it
+        converged and the CG iterations of its M-steps.
+        """
         N, n1 = Xt.shape
-        kind = setup["kind"]
-        H0t = np.zeros((self._m, n1))
+        n = plan.n
+        H0t = np.zeros((plan.m, n1))
         H0t[:, :n] = H0
-        if setup.get("fast"):
-            return self._run_em_fused(Xt, log_base, Hstart, H0t, lam, n, setup)
+        if plan.fused:
+            return _run_em_fused(plan, terms, Xt, log_base, Hstart, H0t)
         Ht = np.ascontiguousarray(Hstart, dtype=np.float64)
-        K = self.source.n_components
+        K = terms.means.shape[0]
         log_a = np.empty((N, K))
         resp = np.empty((N, K))
         trace = []
+        cg_iters = []
         converged = False
         n_iter = 0
         prev = None
         while True:
-            ll = self._estep(Xt, Ht, log_base, log_a, resp)
-            obj = (float(ll.sum()) - 0.5 * lam * self._penalty(Ht, H0, n)) / N
+            _check_stop(should_stop)
+            ll = _estep(terms, Xt, Ht, log_base, log_a, resp)
+            obj = (float(ll.sum()) - 0.5 * plan.lam * _penalty(terms, Ht, H0, n)) / N
             if not np.isfinite(obj):
-                raise DegenerateBurst(
-                    f"the penalised log-likelihood became {obj} at iteration {n_iter}; the burst "
-                    "is too far from the source model (check feature scaling)."
-                )
+                raise _diverged(obj, n_iter)
             trace.append(obj)
-            if prev is not None and abs(obj - prev) <= self.tol * max(1.0, abs(prev)):
+            if prev is not None and abs(obj - prev) <= plan.tol * max(1.0, abs(prev)):
                 converged = True
                 break
-            if n_iter >= self.max_iter:
+            if n_iter >= plan.max_iter:
                 break
             prev = obj
-            if setup["mask"] is not None:
-                Hn = self._mstep_masked(Xt, resp, Ht, H0t, lam, setup)
-            elif kind == "shared":
-                Hn = self._mstep_shared(Xt, resp, H0t, lam, setup["chol"])
-            else:
-                Hn = self._mstep_full(Xt, resp, Ht, H0t, lam, setup["Dvec"], setup["Pr"],
-                                      setup["dense"])
+            Hn, it = self._mstep(plan, terms, Xt, resp, Ht, H0t)
+            if it is not None:
+                cg_iters.append(it)
             if not np.all(np.isfinite(Hn)):
-                raise DegenerateBurst(
-                    "the M-step produced a non-finite H (singular burst); increase reg."
-                )
+                raise DegenerateBurst(_NONFINITE_H)
             Ht = np.ascontiguousarray(Hn)
             n_iter += 1
-        return Ht, trace, n_iter, converged
+        return Ht, trace, n_iter, converged, cg_iters
 
-    def _setup_masked(self, setup, mask, A_bar, chol, kind, m, n1, lam):
-        """Free-entry indices and, for the shared kind, the once-per-fit factor."""
-        Mt = np.ones((m, n1), dtype=bool)
-        Mt[:, :mask.shape[1]] = mask
-        free = np.flatnonzero(Mt.ravel())
-        setup["free"] = free
-        setup["fi"] = np.ascontiguousarray(free // n1, dtype=np.int64)
-        setup["fa"] = np.ascontiguousarray(free % n1, dtype=np.int64)
-        setup["Mf"] = np.ascontiguousarray(Mt, dtype=np.float64)
-        if self.solver == "auto":
-            setup["dense"] = free.size <= self.masked_dense_max
-        else:
-            setup["dense"] = self.solver == "dense"
-        setup["Pr"] = np.ascontiguousarray(linalg.cho_solve(chol, np.eye(n1)))
-        if kind != "shared":
-            setup["Lam_terms"] = np.ascontiguousarray(np.concatenate([self._Lam, self._Pen[None]]))
-            return
-        # Shared kind: S does not depend on the responsibilities, so it is factored once.
-        # On a source with per-component precisions ("shared" forced) Λ̄ stands in for Λ.
-        setup["Lam_s"] = np.ascontiguousarray(self._Lam_bar)
-        if self.penalty_ == "precision":
-            setup["Lam_terms"] = np.ascontiguousarray(self._Lam_bar[None])
-            setup["A_terms"] = np.ascontiguousarray(A_bar[None])
-        else:
-            setup["Lam_terms"] = np.ascontiguousarray(np.stack([self._Lam_bar, self._Pen]))
-            setup["A_terms"] = np.ascontiguousarray(np.stack([A_bar - lam * np.diag(setup["Dvec"]),
-                                                              lam * np.diag(setup["Dvec"])]))
-        if setup["dense"]:
-            S = np.empty((free.size, free.size))
-            mstep.kron_assemble_masked(setup["Lam_terms"], setup["A_terms"],
-                                       setup["fi"], setup["fa"], S)
-            setup["S_chol"] = _factor_masked(S)
-        else:
-            # the channel structure, whether named or given as its mask
-            n_ch = int(mask[0].sum()) if mask.shape == (m, m) else 0
-            if (BLOCK_JACOBI_CG and self.penalty_ == "identity" and not self.bias and n_ch > 0
-                    and m % n_ch == 0
-                    and np.array_equal(mask, channel_mask(m, n_ch))):
-                self._setup_blocks(setup, A_bar - lam * np.diag(setup["Dvec"]), lam, n_ch)
-                return
-            Pl = klinalg.spd_inverse(setup["Lam_s"])
-            if not np.all(np.isfinite(Pl)):
-                Pl = np.ascontiguousarray(np.linalg.pinv(setup["Lam_s"]))
-            setup["Pl_s"] = Pl
+    def _mstep(self, plan, terms, Xt, resp, Ht, H0t):
+        """Run the M-step the plan chose; return (next map, CG iterations or None)."""
+        if plan.masked is None:
+            if plan.kind == "shared":
+                return ms.mstep_shared(plan, terms, Xt, resp, H0t), None
+            return ms.mstep_full(plan, terms, Xt, resp, Ht, H0t)
+        Lam, A, R, chol = ms.masked_system(plan, terms, Xt, resp, H0t)
+        if plan.masked.blocks is not None:
+            return self._block_pcg(plan, R, Ht)
+        return ms.mstep_masked(plan, Lam, A, R, chol, Ht)
 
-    def _setup_blocks(self, setup, G, lam, n_channels):
-        """Block-Jacobi preconditioner of the channel-structured shared system.
-
-        With ``structure="channel"`` the free entries split into f blocks H_t (C x C: type
-        t mixed across electrodes), and the diagonal block of S for type t is the Kronecker
-        sum Λ_tt ⊗ G_tt + λ I (Λ_tt, G_tt the type-t rows and columns of Λ and X̃ᵀX̃). Its
-        exact inverse costs two eigendecompositions of C x C matrices once per fit and four
-        C x C products per application; only the couplings between feature types (Λ_tt',
-        G_tt') are left to CG.
-        """
-        f = self._m // n_channels
-        C = n_channels
-        # type-major order: the free entries become the f diagonal C x C blocks
-        perm = np.arange(self._m).reshape(C, f).T.ravel()
-        Lp = self._Lam_bar[np.ix_(perm, perm)].reshape(f, C, f, C).transpose(0, 2, 1, 3)
-        Gp = G[np.ix_(perm, perm)].reshape(f, C, f, C).transpose(0, 2, 1, 3)
-        a, U = np.linalg.eigh(Lp[np.arange(f), np.arange(f)])
-        b, V = np.linalg.eigh(Gp[np.arange(f), np.arange(f)])
-        X = setup["Xt"]
-        N = X.shape[0]
-        setup["blocks"] = dict(
-            perm=perm, f=f, C=C, Lp=np.ascontiguousarray(Lp),
-            # a short burst (N < m): Λ H XᵀX through the rows, rank N instead of m
-            Xb=(np.ascontiguousarray(X[:, perm].reshape(N, f, C).transpose(1, 0, 2))
-                if N < self._m else None),
-            Lam_tm=np.ascontiguousarray(self._Lam_bar[np.ix_(perm, perm)]),
-            GpT=np.ascontiguousarray(Gp.transpose(1, 0, 2, 3)), lam=lam, U=U, V=V,
-            inv=1.0 / (np.maximum(a, 0.0)[:, :, None] * np.maximum(b, 0.0)[:, None, :] + lam))
-
-    def _block_pcg(self, setup, R, Ht):
-        """CG on Mask ⊙ (Λ̄ H G + λ H) = Mask ⊙ R over the f blocks, block-Jacobi
-        preconditioned (:meth:`_setup_blocks`). Stops at ``cg_rtol`` relative residual."""
-        bl = setup["blocks"]
-        perm, f, C, Lp, GpT, lam = bl["perm"], bl["f"], bl["C"], bl["Lp"], bl["GpT"], bl["lam"]
-        U, V, inv = bl["U"], bl["V"], bl["inv"]
-        diag = np.arange(f)
-        UT, VT = U.transpose(0, 2, 1), V.transpose(0, 2, 1)
-
-        def to_blocks(M):
-            return M[np.ix_(perm, perm)].reshape(f, C, f, C).transpose(0, 2, 1, 3)[diag, diag]
-
-        Xb, Lam_tm = bl["Xb"], bl["Lam_tm"]
-        XbT = None if Xb is None else Xb.transpose(0, 2, 1)
-
-        def apply(Hb):
-            # (Λ H G)_tt = Σ_s Λ_ts H_s G_st, G = XᵀX
-            if Xb is None:
-                return ((Lp @ Hb[None]) @ GpT).sum(axis=1) + lam * Hb
-            W = (Lam_tm @ (Hb @ XbT).reshape(f * C, -1)).reshape(f, C, -1)
-            return W @ Xb + lam * Hb
-
-        def precond(Rb):
-            return U @ ((UT @ Rb @ V) * inv) @ VT
-
-        Rb = to_blocks(R)
-        bnorm = float(np.linalg.norm(Rb)) or 1.0
-        Hb = to_blocks(Ht)
-        r = Rb - apply(Hb)
-        z = precond(r)
-        d = z
-        rz = float(np.vdot(r, z))
-        maxiter = max(50, 10 * f * C * C)
-        it = 0
-        rel = float(np.linalg.norm(r)) / bnorm
-        while rel > self.cg_rtol and it < maxiter:
-            Ad = apply(d)
-            alpha = rz / float(np.vdot(d, Ad))
-            Hb = Hb + alpha * d
-            r = r - alpha * Ad
-            it += 1
-            rel = float(np.linalg.norm(r)) / bnorm
-            if rel <= self.cg_rtol:
-                break
-            z = precond(r)
-            rz_new = float(np.vdot(r, z))
-            d = z + (rz_new / rz) * d
-            rz = rz_new
-        self._cg_iters.append(it)
-        if rel > 1e-6:
-            logger.warning("block CG M-step stopped at relative residual %s after %s "
-                           "iterations", rel, it)
-        H = np.zeros_like(Ht)
-        for t in range(f):
-            idx = perm[t * C:(t + 1) * C]
-            H[np.ix_(idx, idx)] = Hb[t]
-        return H
+    def _block_pcg(self, plan, R, Ht):
+        """Block-Jacobi CG of the channel-structured shared M-step (:func:`ms.block_pcg`)."""
+        return ms.block_pcg(plan.masked.blocks, R, Ht, plan.cg_rtol)
 
     # ---------------------------------------------------------------- ring search
-    def _roll_scores(self, Xt, log_base, n, mask, b0):
-        """(C,) objective of every roll's start map, the value EM reports before its first
-        M-step (the penalty is zero: each roll is its own shrink target).
+    @staticmethod
+    def _roll_scores(s, terms, Xt, log_base, n, mask, b0):
+        """Score every roll's start map: (C,) objectives before the first M-step.
+
+        The score is the value EM reports before its first M-step (the penalty is zero:
+        each roll is its own shrink target).
 
         Rolling the map is permuting X's channel blocks (``X R_rᵀ``), so no matrix
         product is formed unless a mask cuts into a roll. A burst longer than
         ``SEARCH_MAX_ROWS`` is scored on an evenly strided subset (the scores only rank
         the starts).
         """
-        C = self.ring_channels
+        C = s.ring_channels
         N = Xt.shape[0]
         if N > SEARCH_MAX_ROWS:
             keep = np.linspace(0, N - 1, SEARCH_MAX_ROWS).round().astype(np.int64)
             Xt, log_base = Xt[keep], np.ascontiguousarray(log_base[keep])
             N = SEARCH_MAX_ROWS
         X = Xt[:, :n]
-        K = self.source.n_components
-        src = self.source
+        K = terms.means.shape[0]
         log_a = np.empty((N, K))
         resp = np.empty((N, K))
         out = np.empty(C)
@@ -921,28 +786,13 @@ class TransferEM:
                 Z = X[:, np.roll(blocks, r, axis=0).ravel()]
             else:
                 Z = X @ (Rr * mask).T
-            Z = np.ascontiguousarray(Z + b0)
-            if src.shared_precision:
-                estep.log_joint_shared(np.ascontiguousarray(Z @ src.prec_factor[0]), self._nu,
-                                       log_base, log_a)
-            else:
-                estep.log_joint_full(Z, src.means, src.prec_factor, log_base, log_a)
+            _log_joint(terms, np.ascontiguousarray(Z + b0), log_base, log_a)
             out[r] = float(estep.log_responsibilities(log_a, resp).sum()) / N
         out[~np.isfinite(out)] = -np.inf
         return out
 
-    def _rotation_map(self, n, rot, per_kind=False):
-        """Start map of the search at rotation ``rot``.
-
-        ``S(θ)``, or per feature kind (:func:`~emtl_stream.model.rotation.rotation_prior`)
-        when ``per_kind`` and ``rotation_counts`` is set.
-        """
-        if not per_kind or self.rotation_counts is None:
-            return rotation_inverse(n, self.ring_channels, rot, self.rotation_ridge)
-        return rotation_prior(n, self.ring_channels, rot, self.rotation_ridge,
-                              self.rotation_counts)
-
-    def _rotation_search(self, X, yi, n):
+    @staticmethod
+    def _rotation_search(s, terms, X, yi, n):
         """Score every rotated-and-scaled map ``diag(g) S(θ)`` on a grid of rotations θ.
 
         S(θ) is :func:`rotation_inverse`; g holds one gain per feature type (g_t on the
@@ -950,38 +800,38 @@ class TransferEM:
         matches the source model's and are refined by EM on the target-space density
         log p(H x) + log|det H| (a coordinate-wise closed form), batched over all θ.
 
-        Returns a list of (θ, H (m, n), score, gains (f,)), best score first; the
-        scores use the mixture-average precision Λ̄ (exact for a shared precision, a
-        ranking device otherwise).
+        Returns a list of (θ, H (m, n), score, gains (f,)), best score first, and the
+        dict θ → score of every θ; the scores use the mixture-average precision Λ̄ (exact
+        for a shared precision, a ranking device otherwise).
         """
-        C = self.ring_channels
+        C = s.ring_channels
         if X.shape[0] > SEARCH_MAX_ROWS:
             # The search only ranks starts: an evenly strided subset keeps its cost flat.
             keep = np.linspace(0, X.shape[0] - 1, SEARCH_MAX_ROWS).round().astype(np.int64)
             X, yi = X[keep], yi[keep]
         N = X.shape[0]
-        m = self._m
+        m = s.m
         f = n // C
-        src = self.source
-        Lam = self._Lam_bar
-        rots = np.arange(0.0, C, self.rotation_step)
+        src = s.source
+        Lam = terms.Lam_bar
+        rots = np.arange(0.0, C, s.rotation_step)
         S = rots.size
         # Per feature kind without labels only: a labelled burst's 30 gain updates absorb
         # the blur, and there the per-kind maps chose worse rotations (docs/evaluation.md).
         per_kind = not np.any(yi >= 0)
-        R = np.stack([self._rotation_map(n, r, per_kind) for r in rots])  # (S, m, n)
+        R = np.stack([_rotation_map(s, n, r, per_kind) for r in rots])  # (S, m, n)
         # log|det S(θ)| with the singular values floored: at half a spacing S is singular
         # (the blur removed the alternating pattern), and an unfloored Jacobian would
         # rule out exactly the rotation that happened.
         sv = np.linalg.svd(R, compute_uv=False)
-        logdet_R = np.log(np.maximum(sv, self.jacobian_floor * sv[:, :1])).sum(axis=1)
+        logdet_R = np.log(np.maximum(sv, s.jacobian_floor * sv[:, :1])).sum(axis=1)
         U = X[None] @ R.transpose(0, 2, 1)  # (S, N, m): the burst mapped by each S(θ)
         if src.shared_precision:
             P = src.prec_factor[0]
-            base = self._log_base(yi)
+            base = _log_base(src, yi)
         else:
             P = np.linalg.cholesky(Lam)
-            base = (self._log_base(yi) - 0.5 * src.log_det_prec[None]
+            base = (_log_base(src, yi) - 0.5 * src.log_det_prec[None]
                     + 0.5 * float(np.linalg.slogdet(Lam)[1]))
         nu = src.means @ P
         nu2 = np.einsum("ki,ki->k", nu, nu)
@@ -995,7 +845,7 @@ class TransferEM:
         # Normal matrices of the gains: G_s = Tᵀ (Λ ⊙ Σ_j u_j u_jᵀ) T (+ a tiny ridge).
         G = T.T @ (UU * Lam[None]) @ T
         G += _SEARCH_RIDGE * (np.trace(G, axis1=1, axis2=2) / f)[:, None, None] * np.eye(f)
-        n_it = self.search_iter
+        n_it = s.search_iter
         if n_it is None:
             n_it = SEARCH_ITER_LABELLED if np.any(yi >= 0) else SEARCH_ITER_UNLABELLED
         prev = np.full(S, np.nan)
@@ -1026,16 +876,16 @@ class TransferEM:
                     Gtt = G[:, t, t]
                     b_t = rhs[:, t] - np.einsum("su,su->s", G[:, t], g) + Gtt * g[:, t]
                     g[:, t] = (b_t + np.sqrt(b_t ** 2 + 4.0 * Gtt * N * C)) / (2.0 * Gtt)
-        self._search_objectives = {float(r): float(o) for r, o in zip(rots, obj)}
+        objectives = {float(r): float(o) for r, o in zip(rots, obj)}
         out = []
         for s_ in np.argsort(-obj):
             if not (np.isfinite(obj[s_]) and np.all(np.isfinite(g[s_]))):
                 continue
             out.append((float(rots[s_]), (g[s_] @ T.T)[:, None] * R[s_], float(obj[s_]), g[s_]))
-        return out
+        return out, objectives
 
     # ---------------------------------------------------------------- public
-    def fit(self, X, y=None, *, H_init=None, b_init=None) -> "TransferEM":
+    def fit(self, X, y=None, *, H_init=None, b_init=None, should_stop=None) -> "TransferEM":
         """Learn H (and b) from a calibration burst.
 
         Parameters
@@ -1049,83 +899,43 @@ class TransferEM:
             Start of EM (e.g. the current H on recalibration).
         b_init : ndarray of shape (m,), optional
             Start of the offset (only with ``bias=True``).
+        should_stop : callable, optional
+            Called without arguments before every EM start and every iteration (the
+            fused shared-precision kernel runs a start in one call); when it returns
+            True the fit raises :class:`~emtl_stream.errors.FitCancelled`.
 
         Returns
         -------
         self
         """
+        s = self._validate()
         X = self._prepare_X(X)
         N, n = X.shape
-        m = self._m
-        yi = self.label_indices(y, N)
-        kind = self._kind()
-        if self.ring_channels is not None:
-            C = self.ring_channels
+        m = s.m
+        src = s.source
+        yi = _label_indices(src, y, N)
+        kind = s.kind
+        if s.ring_channels is not None:
+            C = s.ring_channels
             if m != n or n % C:
                 raise ValueError(
                     f"ring_channels={C} needs a square map with n divisible by it; got m={m}, "
                     f"n={n}."
                 )
-        mask = self._resolve_mask(n)
-        if mask is None and self.penalty_ == "identity":
+        mask = self._resolve_mask(s, n)
+        if mask is None and s.penalty == "identity":
             mask = np.ones((m, n), dtype=bool)  # Λ no longer drops out: general solver
-        Xt = self._augment(X)
+        Xt = _augment(X, s.bias)
         n1 = Xt.shape[1]
+        terms = ms.source_terms(src, s.penalty, kind)
         # λ from the feature columns only, so the unpenalised offset column cannot
         # break scale invariance.
-        if self.reg_scale == "relative":
-            if mask is None:
-                energy = float(np.einsum("ij,ij->", X, X)) / n
-            else:
-                # tr of the data / penalty normal matrices over the free entries; equals
-                # tr(XᵀX)/n for an all-True mask and Π = Λ̄.
-                dL = np.diag(self._Lam_bar)
-                energy = float(dL @ mask @ np.einsum("ij,ij->j", X, X)) / float(
-                    np.diag(self._Pen) @ mask.sum(axis=1))
-            if energy == 0.0:
-                raise DegenerateBurst("X is all zeros; a relative regulariser has no scale.")
-            lam = self.reg * energy
-        else:
-            lam = self.reg
-        Dvec = np.ones(n1)
-        if self.bias:
-            Dvec[-1] = 0.0
-        A_bar = Xt.T @ Xt + lam * np.diag(Dvec)
-        setup = {"kind": kind, "Dvec": Dvec, "mask": mask}
-        try:
-            chol = linalg.cho_factor(A_bar, lower=True, check_finite=False)
-        except linalg.LinAlgError:
-            raise DegenerateBurst(
-                f"X̃ᵀX̃ + λI is singular (λ={lam:g}, rank-deficient burst); use reg > 0."
-            ) from None
-        dg = np.abs(np.diag(chol[0]))
-        if not dg.min() > 1e-7 * dg.max():  # condition number of X̃ᵀX̃ + λD above ~1e14
-            raise DegenerateBurst(
-                f"X̃ᵀX̃ + λI is numerically singular (λ={lam:g}, rank-deficient or constant "
-                "features); use reg > 0."
-            )
-        setup["chol"] = chol
-        src = self.source
-        if src.shared_precision:
-            self._nu = np.ascontiguousarray(src.means @ src.prec_factor[0])
-        if kind == "full":
-            self._Lam_mu = np.einsum("kij,kj->ki", self._Lam, src.means)
-            setup["Pr"] = np.ascontiguousarray(linalg.cho_solve(chol, np.eye(n1)))
-            if self.solver == "auto":
-                setup["dense"] = m * n1 <= self.dense_max
-            else:
-                setup["dense"] = self.solver == "dense"
-        if (kind == "shared" and src.shared_precision and mask is None
-                and self.penalty_ == "precision"):
-            setup["fast"] = True
-            setup["P"] = np.ascontiguousarray(src.prec_factor[0])
-            setup["means"] = np.ascontiguousarray(src.means)
-            setup["Ainv"] = np.ascontiguousarray(linalg.cho_solve(chol, np.eye(n1)))
-        if mask is not None:
-            setup["Xt"] = Xt
-            self._setup_masked(setup, mask, A_bar, chol, kind, m, n1, lam)
-        self._cg_iters = []
-        log_base = self._log_base(yi)
+        lam = ms.penalty_weight(X, mask, terms, s.reg, s.reg_scale)
+        plan = ms.build_plan(terms, X, Xt, mask, kind=kind, penalty=s.penalty, lam=lam,
+                             bias=s.bias, solver=s.solver, dense_max=s.dense_max,
+                             masked_dense_max=s.masked_dense_max, block_jacobi=BLOCK_JACOBI_CG,
+                             max_iter=s.max_iter, tol=s.tol, cg_rtol=s.cg_rtol)
+        log_base = _log_base(src, yi)
         if np.any(np.all(log_base == -np.inf, axis=1)):
             raise ValueError("a labelled row has no component that can carry its label.")
 
@@ -1138,12 +948,12 @@ class TransferEM:
         def start(Hs, bs=None):
             Ht = np.zeros((m, n1))
             Ht[:, :n] = Hs if mask is None else Hs * mask
-            if self.bias:
+            if s.bias:
                 Ht[:, n] = b0 if bs is None else bs
             return Ht
 
         starts = []  # (label, H start, shrink target, offset start, rotation, taps)
-        H0_user = self._resolve_H0(n)
+        H0_user = _resolve_H0(s.shrink_to, m, n)
         if mask is not None:
             H0_user = H0_user * mask  # a penalty on fixed entries would only add a constant
         if H_init is not None:
@@ -1151,17 +961,17 @@ class TransferEM:
             if Hi.shape != (m, n) or not np.all(np.isfinite(Hi)):
                 raise ValueError(f"H_init must be a finite array of shape ({m}, {n}).")
         search_obj = None
-        if self.ring_channels is not None and self.rotation_search == "continuous":
-            cands = self._rotation_search(X, yi, n)
-            search_obj = self._search_objectives if cands else None
+        if s.ring_channels is not None and s.rotation_search == "continuous":
+            cands, objectives = self._rotation_search(s, terms, X, yi, n)
+            search_obj = objectives if cands else None
             picked = []
             for rot, Hc, _, gains in cands:
                 # distinct rotations only: neighbours of the winner are the same basin
-                if any(min(abs(rot - r), self.ring_channels - abs(rot - r)) < 0.75
+                if any(min(abs(rot - r), s.ring_channels - abs(rot - r)) < 0.75
                        for r in picked):
                     continue
                 picked.append(rot)
-                label = int(round(rot)) % self.ring_channels
+                label = int(round(rot)) % s.ring_channels
                 Hc = Hc if mask is None else Hc * mask  # a no-op for structure="channel"
                 starts.append((label, Hc, Hc, None, rot, gains))
                 if np.any(yi >= 0):
@@ -1169,20 +979,20 @@ class TransferEM:
                     # first half second of each prompt (the onset of the contraction) can
                     # be far off; the refined fits decide. Unlabelled bursts span whole
                     # contractions, and their moment-matched gain is the better one.
-                    Hu = self._rotation_map(n, rot)
+                    Hu = rotation_inverse(n, s.ring_channels, rot, s.rotation_ridge)
                     Hu = Hu if mask is None else Hu * mask
                     starts.append((label, Hu, Hu, None, rot, np.ones_like(gains)))
-                if len(picked) == self.n_refine:
+                if len(picked) == s.n_refine:
                     break
         roll_scores = None
-        if self.ring_channels is not None and not starts:
-            C = self.ring_channels
-            keep = self.roll_starts
+        if s.ring_channels is not None and not starts:
+            C = s.ring_channels
+            keep = s.roll_starts
             if keep is None:
                 keep = C if C <= ROLL_PRUNE_MIN_CHANNELS else ROLL_PRUNE_KEEP
             rolls = range(C)
             if keep < C:
-                sc = self._roll_scores(Xt, log_base, n, mask, b0)
+                sc = self._roll_scores(s, terms, Xt, log_base, n, mask, b0)
                 roll_scores = {r: float(v) for r, v in enumerate(sc)}
                 # stable order: a tie keeps the smaller roll, as the full search does
                 rolls = sorted(np.argsort(-sc, kind="stable")[:keep].tolist())
@@ -1191,13 +1001,13 @@ class TransferEM:
                 if mask is not None:
                     Pr_ = Pr_ * mask  # a no-op for structure="channel"
                 starts.append((r, Pr_, Pr_, None, float(r), None))
-        if self.ring_channels is not None:
+        if s.ring_channels is not None:
             if H_init is not None:
                 starts.append((None, Hi, H0_user, None, None, None))
         else:
             if H_init is not None:
                 Hs = Hi
-            elif isinstance(self.shrink_to, str):
+            elif isinstance(s.shrink_to, str):
                 Hs = rectangular_identity(m, n)
             else:
                 Hs = H0_user
@@ -1205,9 +1015,13 @@ class TransferEM:
 
         best = None
         roll_obj = {}
+        cg_iters = []
         for label, Hs, H0, bs, rot, taps in starts:
+            _check_stop(should_stop)
             Hst = start(Hs, bs)
-            Ht, trace, n_iter, conv = self._run_em(Xt, log_base, Hst, H0, lam, n, setup)
+            Ht, trace, n_iter, conv, cg = self._run_em(plan, terms, Xt, log_base, Hst, H0,
+                                                       should_stop)
+            cg_iters += cg
             if label is not None and search_obj is None:
                 roll_obj[label] = trace[-1]
             logger.debug("transfer EM start %s (rotation %s): objective %s after %s iterations",
@@ -1223,8 +1037,12 @@ class TransferEM:
         if search_obj is not None:
             roll_obj = search_obj
         Ht, trace, n_iter, conv, label, H0, rot, taps, Hst, _ = best
+        self.source_ = src
+        self.source_terms_ = terms
+        self.penalty_ = s.penalty
+        self.cg_iters_ = cg_iters
         self.H_ = np.ascontiguousarray(Ht[:, :n])
-        self.b_ = np.ascontiguousarray(Ht[:, n]) if self.bias else np.zeros(m)
+        self.b_ = np.ascontiguousarray(Ht[:, n]) if s.bias else np.zeros(m)
         self.n_iter_ = n_iter
         self.converged_ = conv
         self.log_likelihood_ = trace
@@ -1240,20 +1058,25 @@ class TransferEM:
         self.classifier_ = MappedClassifier(src, self.H_, self.b_)
         self.mask_ = mask
         self.guard_ = None
-        guard = self.guard if self.guard is not None else self.rotation_search == "continuous"
+        guard = s.guard if s.guard is not None else s.rotation_search == "continuous"
         if guard:
-            self._apply_guard(X, yi, H_init, b_init)
+            self._apply_guard(s, X, yi, H_init, b_init)
         if not conv:
             warnings.warn(
-                f"transfer EM stopped at max_iter={self.max_iter} before the objective changed "
-                f"by less than tol={self.tol:g}; increase max_iter or tol.",
+                f"transfer EM stopped at max_iter={s.max_iter} before the objective changed "
+                f"by less than tol={s.tol:g}; increase max_iter or tol.",
                 TransferConvergenceWarning, stacklevel=2,
             )
         logger.info("transfer EM (%s) fitted: %s iterations, objective %.6g, roll %s", kind,
                     n_iter, trace[-1], label)
         return self
 
-    def _apply_guard(self, X, yi, H_init, b_init):
+    @property
+    def _cg_iters(self):
+        """Older name of ``cg_iters_``."""
+        return self.cg_iters_
+
+    def _apply_guard(self, s, X, yi, H_init, b_init):
         """Fall back to the live map when it predicts held-out burst windows better."""
         lab = np.flatnonzero(yi >= 0)
         classes, counts = np.unique(yi[lab], return_counts=True)
@@ -1265,8 +1088,8 @@ class TransferEM:
             fold[sel] = np.arange(sel.size) % 2
         m, n = self.H_.shape
         H_live = (np.eye(m, n) if H_init is None else np.asarray(H_init, dtype=np.float64))
-        b_live = np.zeros(m) if b_init is None or not self.bias else np.asarray(b_init, float)
-        live = MappedClassifier(self.source, H_live, b_live)
+        b_live = np.zeros(m) if b_init is None or not s.bias else np.asarray(b_init, float)
+        live = MappedClassifier(s.source, H_live, b_live)
         # The half fits refine the winning start towards the same prior (no new search):
         # the guard asks whether adapting helps, not which rotation is best.
         params = {k: getattr(self, k) for k in (
@@ -1274,14 +1097,14 @@ class TransferEM:
             "cg_rtol", "penalty", "masked_dense_max")}
         params["structure"] = self.mask_ if self.mask_ is not None else self.structure
         params["shrink_to"] = self.H0_
-        cls = self.source.classes.tolist()
+        cls = s.source.classes.tolist()
         score_new = score_live = 0.0
         for k in (1,):  # one split: a second would double the guard's cost for little
             train, held = lab[fold != k], lab[fold == k]
             yt = np.full(X.shape[0], -1, dtype=np.int64)
             yt[train] = yi[train]
             keep = np.flatnonzero((yi < 0) | (yt >= 0))  # unlabelled rows stay in
-            half = TransferEM(self.source, guard=False, **params)
+            half = TransferEM(s.source, guard=False, **params)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", TransferConvergenceWarning)
                 half.fit(X[keep], [None if v < 0 else cls[v] for v in yt[keep]],
@@ -1301,27 +1124,56 @@ class TransferEM:
             self.classifier_ = live
 
     def _check_fitted(self):
-        if not hasattr(self, "H_"):
-            raise RuntimeError("this TransferEM is not fitted yet; call fit(X, y) first.")
+        check_is_fitted(self, "H_")
 
     def transform(self, X) -> np.ndarray:
-        """Map target features to the source space: ``X @ H_.T + b_``, shape (N, m)."""
+        """Map target features to the source space: ``X @ H_.T + b_``, shape (N, m).
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n)
+            Target-space features, one window per row.
+
+        Returns
+        -------
+        ndarray of shape (N, m)
+        """
         self._check_fitted()
         X = _checks.as_float_matrix(X, "X", allow_nonfinite=True, n_columns=self.H_.shape[1])
         return X @ self.H_.T + self.b_
 
     def predict_proba(self, X) -> np.ndarray:
-        """Class probabilities of mapped rows, shape (N, L), columns in ``source.classes`` order."""
+        """Class probabilities of mapped rows, shape (N, L), columns in ``source.classes`` order.
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n)
+            Target-space features, one window per row.
+
+        Returns
+        -------
+        ndarray of shape (N, L)
+        """
         self._check_fitted()
         return self.classifier_.predict_proba(X)
 
     def predict(self, X) -> np.ndarray:
-        """Most probable class (values of ``source.classes``), shape (N,)."""
+        """Most probable class (values of ``source.classes``), shape (N,).
+
+        Parameters
+        ----------
+        X : array-like of shape (N, n)
+            Target-space features, one window per row.
+
+        Returns
+        -------
+        ndarray of shape (N,)
+        """
         self._check_fitted()
         idx = self.classifier_.predict_index(X)
         if np.any(idx < 0):
             raise ValueError("X contains NaN or inf rows; drop them before predict().")
-        return self.source.classes[idx]
+        return self.source_.classes[idx]
 
     def objective(self, X, y=None, H=None, b=None) -> float:
         """Penalised mean log-likelihood of a burst under a given map.
@@ -1353,11 +1205,11 @@ class TransferEM:
         b = self.b_ if b is None else np.asarray(b, dtype=np.float64).reshape(-1)
         if not (np.all(np.isfinite(H)) and np.all(np.isfinite(b))):
             return -np.inf
-        yi = self.label_indices(y, N)
+        src = self.source_
+        yi = _label_indices(src, y, N)
         Ht = np.ascontiguousarray(np.hstack([H, b[:, None]]))
         Xt = np.ascontiguousarray(np.hstack([X, np.ones((N, 1))]))
-        K = self.source.n_components
-        if self.source.shared_precision and not hasattr(self, "_nu"):
-            self._nu = np.ascontiguousarray(self.source.means @ self.source.prec_factor[0])
-        ll = self._estep(Xt, Ht, self._log_base(yi), np.empty((N, K)), np.empty((N, K)))
-        return (float(ll.sum()) - 0.5 * self.lambda_ * self._penalty(Ht, self.H0_, n)) / N
+        K = src.n_components
+        terms = self.source_terms_
+        ll = _estep(terms, Xt, Ht, _log_base(src, yi), np.empty((N, K)), np.empty((N, K)))
+        return (float(ll.sum()) - 0.5 * self.lambda_ * _penalty(terms, Ht, self.H0_, n)) / N

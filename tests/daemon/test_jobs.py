@@ -99,3 +99,74 @@ def test_continuous_rotation_search_is_a_config_choice_the_jobs_honour(source):
                                      ring_channels=ring)
     assert r.accepted, r.reason
     assert _acc(bundle, H, b, X, y) < 0.6 < 0.9 < _acc(bundle, r.H, r.b, X, y)
+
+
+class CountingEvent(threading.Event):
+    """A cancel event that counts how often the job looks at it.
+
+    It is set (as if a ``cancel`` request arrived) at the ``set_at``-th look.
+    """
+
+    def __init__(self, set_at=None):
+        super().__init__()
+        self.calls, self.set_at = 0, set_at
+
+    def is_set(self):
+        self.calls += 1
+        if self.calls == self.set_at:
+            self.set()
+        return super().is_set()
+
+
+def _slow_burst(bundle):
+    """Unlabelled windows halfway between two movements.
+
+    Their responsibilities are soft, so EM takes many iterations (the plain bursts
+    converge in two).
+    """
+    X, _ = _windows(bundle, 1.0)
+    i, j = np.random.default_rng(0).integers(0, len(X), (2, 200))
+    return 0.5 * (X[i] + X[j])
+
+
+def test_cancel_stops_a_running_transfer_fit_within_one_iteration(settings):
+    bundle, H, b, kw, ring = settings
+    X = _slow_burst(bundle)
+    labels = [None] * len(X)
+    # the general (masked) solver iterates in Python, checking the hook every iteration
+    slow_kw = dict(kw, max_iter=1000, tol=0.0, penalty="identity", structure="dense")
+    full = CountingEvent()
+    r = jobs.transfer_job(bundle.components, X, labels, H, b, transfer_kwargs=slow_kw,
+                          ring_channels=None, cancel=full)
+    # uncancelled: one look before the job, one per start, one per iteration, one after
+    assert r["n_iter"] >= 8 and full.calls == 1 + 1 + (r["n_iter"] + 1) + 1
+    for set_at in (3, 6):  # a cancel arriving during the 1st and the 4th iteration
+        cancel = CountingEvent(set_at=set_at)
+        with pytest.raises(jobs.FitCancelled):
+            jobs.transfer_job(bundle.components, X, labels, H, b, transfer_kwargs=slow_kw,
+                              ring_channels=None, cancel=cancel)
+        assert cancel.calls == set_at  # stopped at that very check, nothing ran after it
+
+
+def test_should_stop_is_checked_before_every_start_and_iteration(settings):
+    from emtl_stream.errors import FitCancelled
+    from emtl_stream.model.transfer import TransferEM
+
+    bundle, H, b, kw, ring = settings
+    X = _slow_burst(bundle)
+    # structure="channel" with the ring: one EM per roll start, each checked
+    tem = TransferEM(bundle.components, ring_channels=ring, **dict(kw, tol=0.0))
+    looks = []
+    tem.fit(X, None, H_init=H, should_stop=lambda: looks.append(1) and False)
+    assert len(looks) > tem.n_iter_ + 1  # more than the winning start's iterations
+    for stop_at in (1, 2, len(looks) - 1):
+        calls = []
+
+        def should_stop():
+            calls.append(1)
+            return len(calls) >= stop_at
+
+        tem = TransferEM(bundle.components, ring_channels=ring, **dict(kw, tol=0.0))
+        with pytest.raises(FitCancelled):
+            tem.fit(X, None, H_init=H, should_stop=should_stop)
+        assert len(calls) == stop_at

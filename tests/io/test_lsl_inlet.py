@@ -191,3 +191,27 @@ def test_a_replacement_source_with_a_new_source_id_is_found_by_resolving_again()
     np.testing.assert_array_equal(data[:, 0], np.arange(100, 200))
     assert inlet.connected and inlet.n_reconnects == 1
     inlet.close()
+
+
+def test_a_pull_with_min_samples_waits_for_that_many_across_chunks():
+    # The source sends 2-sample chunks; one pull asking for 12 returns only when all
+    # 12 are there (or the timeout ends), so the caller wakes once, not six times.
+    sid = unique_id()
+    fs, n_ch = 200.0, 4
+    outlet = EMGOutlet("minsamp", n_ch, fs, sid)
+    inlet = EMGInlet(source_id=sid, resolve_timeout=5.0, expected_channels=n_ch,
+                     expected_rate=fs)
+    inlet.connect()
+    CounterSource(outlet, fs, 400, chunk=2)
+    s, _ = pull_until_first(inlet)
+    got = list(s[:, 0])
+    for _ in range(5):
+        s, _ = inlet.pull(timeout=2.0, min_samples=12)
+        assert len(s) >= 12  # 60 ms of signal, well within the timeout
+        got += list(s[:, 0])
+    np.testing.assert_array_equal(got, np.arange(len(got)))
+    # without a timeout min_samples does not wait
+    t0 = time.monotonic()
+    inlet.pull(timeout=0.0, min_samples=1000)
+    assert time.monotonic() - t0 < 1.0
+    inlet.close()

@@ -58,20 +58,22 @@ def test_rotation_prior_is_the_roll_at_a_whole_electrode():
 
 def test_transfer_em_takes_the_count_types():
     from emtl_stream.model.source import SourceComponents
+    from emtl_stream.model.transfer import _rotation_map
 
     rng = np.random.default_rng(0)
     L, n = 3, 16
     P = np.repeat(np.eye(n)[None], L, 0)
     src = SourceComponents(rng.normal(size=(L, n)), P, np.zeros(L), np.full(L, -np.log(L)),
                            np.where(np.eye(L) > 0, 0.0, -np.inf), np.arange(L), True)
-    tem = TransferEM(src, ring_channels=8, rotation_search="continuous", rotation_counts=[1])
-    assert tem.rotation_counts == (1,)
-    np.testing.assert_allclose(tem._rotation_map(n, 0.5, per_kind=True),
-                               rotation_prior(n, 8, 0.5, tem.rotation_ridge, (1,)))
-    np.testing.assert_allclose(tem._rotation_map(n, 0.5),  # a labelled burst: S(θ)
-                               rotation_inverse(n, 8, 0.5, tem.rotation_ridge))
-    plain = TransferEM(src, ring_channels=8, rotation_search="continuous")
-    np.testing.assert_allclose(plain._rotation_map(n, 0.5, per_kind=True),
+    s = TransferEM(src, ring_channels=8, rotation_search="continuous",
+                   rotation_counts=[1])._validate()
+    assert s.rotation_counts == (1,)
+    np.testing.assert_allclose(_rotation_map(s, n, 0.5, per_kind=True),
+                               rotation_prior(n, 8, 0.5, s.rotation_ridge, (1,)))
+    np.testing.assert_allclose(_rotation_map(s, n, 0.5),  # a labelled burst: S(θ)
+                               rotation_inverse(n, 8, 0.5, s.rotation_ridge))
+    plain = TransferEM(src, ring_channels=8, rotation_search="continuous")._validate()
+    np.testing.assert_allclose(_rotation_map(plain, n, 0.5, per_kind=True),
                                rotation_inverse(n, 8, 0.5, plain.rotation_ridge))
 
 

@@ -5,7 +5,7 @@ import warnings
 import numpy as np
 import pytest
 
-from emtl_stream.errors import TransferConvergenceWarning
+from emtl_stream.errors import ModelError, TransferConvergenceWarning
 from emtl_stream.model.classify import MappedClassifier
 from emtl_stream.model.source import SourceComponents
 from emtl_stream.model.transfer import TransferEM, channel_mask, ring_roll_matrix
@@ -208,24 +208,38 @@ def test_h_init_and_shrink_target_are_projected(rng):
 def test_bad_masks_are_named(rng):
     src = make_source(rng, 4, 2, 1, True)
     X = rng.normal(size=(6, 4))
+    y = [0, 1] * 3
     with pytest.raises(TypeError, match="astype\\(bool\\)"):
-        TransferEM(src, structure=np.ones((4, 4)))
+        TransferEM(src, structure=np.ones((4, 4))).fit(X, y)
     with pytest.raises(ValueError, match=r"shape \(4, n\)"):
-        TransferEM(src, structure=np.ones((3, 4), bool))
+        TransferEM(src, structure=np.ones((3, 4), bool)).fit(X, y)
     bad = np.ones((4, 4), bool)
     bad[2] = False
     with pytest.raises(ValueError, match=r"row\(s\) \[2\]"):
-        TransferEM(src, structure=bad)
+        TransferEM(src, structure=bad).fit(X, y)
     with pytest.raises(ValueError, match=r"shape \(4, 4\)"):
-        TransferEM(src, structure=np.ones((4, 5), bool)).fit(X, [0, 1] * 3)
+        TransferEM(src, structure=np.ones((4, 5), bool)).fit(X, y)
     with pytest.raises(ValueError, match="structure must be one of"):
-        TransferEM(src, structure="diagonal")
+        TransferEM(src, structure="diagonal").fit(X, y)
     with pytest.raises(ValueError, match="ring_channels=C"):
-        TransferEM(src, structure="channel").fit(X, [0, 1] * 3)
+        TransferEM(src, structure="channel").fit(X, y)
     with pytest.raises(ValueError, match="ring_channels=3"):
-        TransferEM(src, structure="channel", ring_channels=3).fit(X, [0, 1] * 3)
+        TransferEM(src, structure="channel", ring_channels=3).fit(X, y)
     with pytest.raises(ValueError, match="penalty must be one of"):
-        TransferEM(src, penalty="l1")
+        TransferEM(src, penalty="l1").fit(X, y)
+
+
+def test_constructor_stores_arguments_and_fit_validates_them(rng):
+    src = make_source(rng, 4, 2, 1, True)
+    mask = np.ones((4, 4))  # not boolean: an error, but only when fitting
+    te = TransferEM(src, structure=mask, penalty="auto", reg=3, max_iter=7)
+    assert te.structure is mask and te.penalty == "auto" and te.reg == 3 and te.max_iter == 7
+    assert not hasattr(te, "penalty_")
+    with pytest.raises(ModelError, match="TransferEM is not fitted"):
+        te.predict(np.zeros((2, 4)))
+    te.structure = np.ones((4, 4), bool)
+    te.fit(rng.normal(size=(6, 4)), [0, 1] * 3)
+    assert te.penalty_ == "identity"
 
 
 @pytest.mark.parametrize("k", [1, 4])
