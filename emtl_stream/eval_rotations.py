@@ -126,6 +126,7 @@ def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
     from .evaluate import _accuracy, _reference_transfer
     from .model.baselines import ShrinkageLDA
     from .model.gmm import LabelledGMM
+    from .model.rotation import count_types
     from .model.transfer import TransferEM
 
     s = grid.settings
@@ -153,7 +154,7 @@ def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
                 row["transfer"] = _accuracy(tem.predict(Xt), yt)
                 tz = TransferEM(source, ring_channels=s.ring_channels, **kw).fit(X[cal], None)
                 row["zero_label"] = _accuracy(tz.predict(Xt), yt)
-                kc = dict(kw, **CONTINUOUS)
+                kc = dict(kw, **CONTINUOUS, rotation_counts=count_types(s.feature_names))
                 tc = TransferEM(source, ring_channels=s.ring_channels, **kc)
                 tc.fit(X[burst], y[burst])
                 row["transfer_cont"] = _accuracy(tc.predict(Xt), yt)
@@ -310,6 +311,7 @@ def evaluate_synthetic(proto: SyntheticProtocol | None = None) -> dict:
     from .evaluate import _accuracy
     from .model.baselines import ShrinkageLDA
     from .model.gmm import LabelledGMM
+    from .model.rotation import count_types
     from .model.transfer import TransferEM
     from .pipeline.features import FeatureExtractor
     from .sim.synthetic import SyntheticArmband
@@ -337,7 +339,8 @@ def evaluate_synthetic(proto: SyntheticProtocol | None = None) -> dict:
                     warnings.simplefilter("ignore")
                     tem = TransferEM(source, ring_channels=8, **p.transfer).fit(Xb, yb)
                     tz = TransferEM(source, ring_channels=8, **p.transfer).fit(Xu, None)
-                    kc = dict(p.transfer, **CONTINUOUS)
+                    kc = dict(p.transfer, **CONTINUOUS,
+                              rotation_counts=count_types(("mav", "wl", "zc", "ssc")))
                     tc = TransferEM(source, ring_channels=8, **kc).fit(Xb, yb)
                     tcz = TransferEM(source, ring_channels=8, **kc).fit(Xu, None)
                 row = {"transfer_cont": _accuracy(tc.predict(Xt), yt),
@@ -497,5 +500,196 @@ def time_fits(ns=(25, 40, 200), repeats=15, seed=0) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ where the loss is
+#: Cells of the loss breakdown: the continuous search's weak cells and one integer shift.
+BREAKDOWN_CELLS = ((0.5, 1.0), (0.75, 1.0), (0.75, 1.4), (0.0, 1.4), (1.0, 1.0))
+
+#: Rows of the loss breakdown, from what the method does to what no user has.
+BREAKDOWN_ROWS = ("no_adapt", "search", "true_start", "true_refined", "true_oracle_gain",
+                  "mixed_oracle_gain", "oracle_map")
+
+#: Count features: the count of a mixed signal is close to the mix of the counts, so their
+#: inverse is the plain back-interpolation R(θ)ᵀ rather than the sharpening S(θ).
+COUNT_FEATURES = ("zc", "ssc")
+
+
+def paired_channel_map(X_new, X_old, n_channels: int) -> np.ndarray:
+    """Least-squares channel-structured map from paired windows (an oracle, no offset).
+
+    Row i of H regresses ``X_old[:, i]`` on the columns of ``X_new`` of the same feature
+    type (the free entries of :func:`~emtl_stream.model.transfer.channel_mask`).
+
+    Parameters
+    ----------
+    X_new : ndarray of shape (N, n)
+        Windows after the rotation.
+    X_old : ndarray of shape (N, n)
+        The same windows before it.
+    n_channels : int
+
+    Returns
+    -------
+    ndarray of shape (n, n)
+    """
+    from .model.transfer import channel_mask
+
+    n = X_new.shape[1]
+    mask = channel_mask(n, n_channels)
+    H = np.zeros((n, n))
+    for i in range(n):
+        idx = np.flatnonzero(mask[i])
+        H[i, idx] = np.linalg.lstsq(X_new[:, idx], X_old[:, i], rcond=None)[0]
+    return H
+
+
+def paired_type_gains(S, X_new, X_old, n_types: int) -> np.ndarray:
+    """``diag(g) S`` with one least-squares gain per feature type on paired windows.
+
+    Parameters
+    ----------
+    S : ndarray of shape (n, n)
+    X_new, X_old : ndarray of shape (N, n)
+        Paired windows after and before the rotation.
+    n_types : int
+        Feature types per channel (channel-major features: type = column % n_types).
+
+    Returns
+    -------
+    ndarray of shape (n, n)
+    """
+    U = X_new @ S.T
+    t = np.arange(S.shape[0]) % n_types
+    g = np.array([np.sum(U[:, t == k] * X_old[:, t == k]) / np.sum(U[:, t == k] ** 2)
+                  for k in range(n_types)])
+    return g[t][:, None] * S
+
+
+def breakdown_subject(baseline: Path, settings, cells=BREAKDOWN_CELLS,
+                      burst_s: float = BURST_S) -> dict:
+    """Where a labelled burst loses at each cell: ratios to within-session of one subject.
+
+    Rows (:data:`BREAKDOWN_ROWS`): ``search`` the continuous search as the daemon runs it;
+    ``true_start`` its candidate at the true rotation (search gains), not refined;
+    ``true_refined`` that candidate refined by EM and shrunk towards it (what a perfect
+    rotation choice would give); ``true_oracle_gain`` ``S(θ)`` at the true rotation with
+    per-type gains fitted on paired rep-3 windows, not refined; ``oracle_map`` the
+    channel-structured map fitted on those paired windows (:func:`paired_channel_map`);
+    ``mixed_oracle_gain`` as ``true_oracle_gain`` with ``R(θ)ᵀ`` in place of ``S(θ)`` on
+    the rows of :data:`COUNT_FEATURES`.
+
+    Parameters
+    ----------
+    baseline : Path
+        The subject's baseline recording (npz of the shared format).
+    settings : EvalSettings
+        Features, source model and TransferEM settings (the daemon's).
+    cells : sequence of (rotation, gain)
+    burst_s : float
+        Seconds per class of the labelled burst.
+
+    Returns
+    -------
+    dict
+        ``{(rotation, gain): {row: accuracy / within}}``.
+    """
+    from .evaluate import _accuracy
+    from .model.gmm import LabelledGMM
+    from .model.transfer import TransferEM, channel_mask
+
+    s = settings
+    rots = sorted({c[0] for c in cells})
+    gains = sorted({c[1] for c in cells})
+    feats, meta = _subject_features(baseline, s, rots, gains)
+    y, rep = meta["y"], meta["rep"]
+    train, cal, test = np.isin(rep, TRAIN_REPS), rep == CAL_REP, rep == TEST_REP
+    burst = cal & (meta["offset_s"] <= burst_s + 1e-9)
+    X0 = feats[(0.0, 1.0)]
+    source = LabelledGMM(n_components_per_class=s.n_components_per_class,
+                         covariance_type=s.covariance_type, random_state=0)
+    source.fit(X0[train], y[train])
+    within = _accuracy(source.predict(X0[test]), y[test])
+    C = s.ring_channels
+    n = X0.shape[1]
+    mask = channel_mask(n, C)
+    kw = dict(s.transfer, **CONTINUOUS)
+    out = {}
+    for cell in cells:
+        X = feats[(float(cell[0]), float(cell[1]))]
+        Xt, yt = X[test], y[test]
+
+        def ratio(H, X=X, Xt=Xt, yt=yt):
+            return _accuracy(source.predict(Xt @ H.T), yt) / within
+
+        row = {"no_adapt": _accuracy(source.predict(Xt), yt) / within}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tem = TransferEM(source, ring_channels=C, **kw).fit(X[burst], y[burst])
+            row["search"] = _accuracy(tem.predict(Xt), yt) / within
+            yi = tem.label_indices(y[burst], int(burst.sum()))
+            cands, _ = tem._rotation_search(tem._validate(), tem.source_terms_,
+                                            tem._prepare_X(X[burst]), yi, n)
+            true = float(cell[0]) % C
+            rot, Hc, _, _ = min(cands, key=lambda c: min(abs(c[0] - true), C - abs(c[0] - true)))
+            row["true_start"] = ratio(Hc)
+            ref = TransferEM(source, **dict(s.transfer, structure=mask, shrink_to=Hc))
+            ref.fit(X[burst], y[burst], H_init=Hc)
+            row["true_refined"] = ratio(ref.H_)
+        from .model.transfer import ring_rotation_matrix, rotation_inverse
+
+        S = rotation_inverse(n, C, true, tem.rotation_ridge)
+        row["true_oracle_gain"] = ratio(paired_type_gains(S, X[cal], X0[cal], n // C))
+        count = np.isin(np.array(s.feature_names)[np.arange(n) % (n // C)], COUNT_FEATURES)
+        Sm = np.where(count[:, None], ring_rotation_matrix(n, C, true).T, S)
+        row["mixed_oracle_gain"] = ratio(paired_type_gains(Sm, X[cal], X0[cal], n // C))
+        row["oracle_map"] = ratio(paired_channel_map(X[cal], X0[cal], C))
+        out[(float(cell[0]), float(cell[1]))] = row
+    return out
+
+
+def loss_breakdown(data_dir, settings=None, cells=BREAKDOWN_CELLS, subjects=None) -> str:
+    """Mean over subjects of :func:`breakdown_subject`, as a Markdown table.
+
+    Parameters
+    ----------
+    data_dir : path
+        Folder of ``ciil_es_sNN_{baseline,shifted}.npz`` files.
+    settings : EvalSettings, optional
+        Default: the daemon's settings.
+    cells : sequence of (rotation, gain)
+    subjects : set of int, optional
+        Subject ids (default all).
+
+    Returns
+    -------
+    str
+    """
+    from .evaluate import require_subjects
+
+    if settings is None:
+        from .config import load_config
+        from .evaluate import EvalSettings
+
+        settings = EvalSettings.from_config(load_config(None, env={}))
+    rows = [breakdown_subject(b, settings, cells) for _, b, _ in
+            require_subjects(data_dir, subjects)]
+    lines = ["| rotation | gain | " + " | ".join(BREAKDOWN_ROWS) + " |",
+             "|---" * (len(BREAKDOWN_ROWS) + 2) + "|"]
+    for cell in cells:
+        key = (float(cell[0]), float(cell[1]))
+        vals = [f"{100 * np.mean([r[key][m] for r in rows]):.1f} %" for m in BREAKDOWN_ROWS]
+        lines.append(f"| {key[0]:g} | {key[1]:g} | " + " | ".join(vals) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":  # pragma: no cover - benchmark entry
-    print(time_fits())
+    import argparse
+
+    ap = argparse.ArgumentParser(description="fit times, or the loss breakdown on real EMG")
+    ap.add_argument("--breakdown", metavar="DATA_DIR", help="loss breakdown on this folder")
+    ap.add_argument("--subjects", help="comma-separated subject ids (default all)")
+    a = ap.parse_args()
+    if a.breakdown:
+        subs = {int(v) for v in a.subjects.split(",")} if a.subjects else None
+        print(loss_breakdown(a.breakdown, subjects=subs))
+    else:
+        print(time_fits())

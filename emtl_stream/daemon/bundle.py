@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import ModelError
 from .._atomic import atomic_write, model_file_error, read_model_npz
 from ..model.source import SourceComponents
+from ..model.rotation import count_types
 
 BUNDLE_FORMAT = "emtl_stream.source_bundle/1"
 _WHAT = "an emtl_stream source model"
@@ -416,6 +417,7 @@ def transfer_settings(config, n_channels: int, *, n_features: int | None = None,
               structure=t.structure if ring else "dense")
     if ring and t.rotation_search != "roll":  # only passed when asked: the default is unchanged
         kw["rotation_search"] = t.rotation_search
+        kw["rotation_counts"] = count_types(config.features.names)
     return kw, ring
 
 

@@ -57,6 +57,7 @@ from . import _transfer_mstep as ms
 from ._fitted import check_is_fitted
 from ._transfer_mstep import channel_mask
 from .classify import MappedClassifier, as_components
+from .rotation import rotation_prior
 from .source import LOG_2PI
 
 __all__ = ["TransferEM", "channel_mask", "rectangular_identity", "ring_roll_matrix",
@@ -367,6 +368,18 @@ def _run_em_fused(plan, terms, Xt, log_base, Hstart, H0t):
     return Ht, trace[:nt].tolist(), n_iter, status == 1, []
 
 
+def _rotation_map(s, n, rot, per_kind=False):
+    """Start map of the rotation search at ``rot`` spacings.
+
+    ``S(θ)`` (:func:`rotation_inverse`), or per feature kind
+    (:func:`~emtl_stream.model.rotation.rotation_prior`) when ``per_kind`` and
+    ``s.rotation_counts`` is set.
+    """
+    if not per_kind or s.rotation_counts is None:
+        return rotation_inverse(n, s.ring_channels, rot, s.rotation_ridge)
+    return rotation_prior(n, s.ring_channels, rot, s.rotation_ridge, s.rotation_counts)
+
+
 @dataclass(frozen=True)
 class _Settings:
     """The constructor arguments of a :class:`TransferEM`, validated and resolved."""
@@ -395,6 +408,7 @@ class _Settings:
     jacobian_floor: float
     rotation_ridge: float
     rotation_step: float
+    rotation_counts: tuple | None = None
 
 
 class TransferEM:
@@ -500,6 +514,12 @@ class TransferEM:
         winning start towards the same prior, and the held-out accuracies are compared
         (a tie keeps the live map). Needs at least 2 labelled rows per class in the burst, else it
         is skipped. Default: on with ``rotation_search="continuous"``, off otherwise.
+    rotation_counts : sequence of int, optional
+        Count feature types (e.g. ZC, SSC; :func:`~emtl_stream.model.rotation.count_types`)
+        for the "continuous" search of an unlabelled burst: its maps become per feature
+        kind (:func:`~emtl_stream.model.rotation.rotation_prior`: ``R(θ)ᵀ`` on counts,
+        ``S(θ)`` times the blur gain elsewhere). None, or a labelled burst, keeps ``S(θ)``
+        on every type.
 
     Attributes
     ----------
@@ -552,7 +572,7 @@ class TransferEM:
                  masked_dense_max=MASKED_DENSE_MAX_UNKNOWNS, rotation_search="roll",
                  n_refine=1, roll_starts=None, search_iter=None, rotation_step=0.25,
                  rotation_ridge=ROTATION_RIDGE, jacobian_floor=0.6,
-                 guard=None):
+                 guard=None, rotation_counts=None):
         self.source = source
         self.kind = kind
         self.bias = bias
@@ -576,6 +596,7 @@ class TransferEM:
         self.rotation_ridge = rotation_ridge
         self.jacobian_floor = jacobian_floor
         self.guard = guard
+        self.rotation_counts = rotation_counts
 
     # ---------------------------------------------------------------- validation
     def _validate(self) -> "_Settings":
@@ -621,6 +642,8 @@ class TransferEM:
                                           strict_min=True),
             rotation_step=c.ensure_float(self.rotation_step, "rotation_step",
                                          minimum=1.0 / 64, maximum=1.0),
+            rotation_counts=(None if self.rotation_counts is None else
+                             tuple(int(t) for t in self.rotation_counts)),
         )
 
     # ---------------------------------------------------------------- helpers
@@ -793,7 +816,10 @@ class TransferEM:
         Lam = terms.Lam_bar
         rots = np.arange(0.0, C, s.rotation_step)
         S = rots.size
-        R = np.stack([rotation_inverse(n, C, r, s.rotation_ridge) for r in rots])  # (S, m, n)
+        # Per feature kind without labels only: a labelled burst's 30 gain updates absorb
+        # the blur, and there the per-kind maps chose worse rotations (docs/evaluation.md).
+        per_kind = not np.any(yi >= 0)
+        R = np.stack([_rotation_map(s, n, r, per_kind) for r in rots])  # (S, m, n)
         # log|det S(θ)| with the singular values floored: at half a spacing S is singular
         # (the blur removed the alternating pattern), and an unfloored Jacobian would
         # rule out exactly the rotation that happened.
