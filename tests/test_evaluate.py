@@ -106,7 +106,7 @@ def test_evaluate_and_the_daemon_derive_the_same_transfer_settings(ring, ring_se
     assert ev.transfer.pop("shrink_to") == "identity"
     assert ev.transfer == daemon_kw and daemon_kw["reg"] == 0.25
     seen = {}
-    monkeypatch.setattr(warmup, "warm_up", lambda *a: seen.setdefault("args", a))
+    monkeypatch.setattr(warmup, "warm_up", lambda *a, **kw: seen.setdefault("args", a))
     warmup.warm_up_for(cfg)
     assert seen["args"][-1] is on and seen["args"][-2]["structure"] == ev.transfer["structure"]
 

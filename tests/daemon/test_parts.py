@@ -113,7 +113,7 @@ def test_refusals_are_new_once_and_the_reason_follows_what_happened():
 # ---------------------------------------------------------------- status
 def test_status_is_built_from_plain_values():
     desc = SimpleNamespace(name="emg", n_channels=8, rate=200.0)
-    inlet = SimpleNamespace(n_lost_samples=3, outage_s=1.5, n_outages=2)
+    inlet = SimpleNamespace(n_lost_samples=3, total_outage_s=1.5, n_outages=2)  # ongoing included
     pipeline = SimpleNamespace(n_skipped_nonfinite=4)
     maps = [{"version": v, "reason": f"r{v}", "extra": 1} for v in range(1, 26)]
     session = SimpleNamespace(purpose="recalibrate", t0=10.0, duration_s=6.0, n_windows=40)
