@@ -123,3 +123,43 @@ def lda_source(X, y):
     return SourceComponents(means, np.repeat(P[None], L, 0),
                             np.full(L, 2 * np.log(np.diag(P)).sum()), np.full(L, -np.log(L)),
                             log_rho, classes, True)
+
+
+def shared_hudgins(emg_dir, subject, condition):
+    """Hudgins features of one shared recording, written out in plain numpy.
+
+    MAV, WL, ZC, SSC per channel (channel-major), 200 ms windows every 50 ms at 200 Hz,
+    cut inside each labelled segment.
+
+    Parameters
+    ----------
+    emg_dir : pathlib.Path
+        Folder of the CIIL electrode-shift npz files.
+    subject : int
+    condition : {"baseline", "shifted"}
+
+    Returns
+    -------
+    X : ndarray of shape (n, 4 * channels)
+    y, rep : ndarray of shape (n,)
+        Class and repetition of each window.
+    t : ndarray of shape (n,)
+        Window end in seconds from its segment's start.
+    """
+    z = np.load(emg_dir / f"ciil_es_s{subject:02d}_{condition}.npz")
+    emg = z["emg"].astype(float)
+    win, step = 40, 10
+    X, y, rep, t = [], [], [], []
+    for s, n, c, r in zip(z["seg_start"], z["seg_len"], z["seg_class"], z["seg_rep"]):
+        seg = emg[s:s + n]
+        starts = np.arange(0, n - win + 1, step)
+        W = np.stack([seg[a:a + win] for a in starts])  # (w, win, ch)
+        d = np.diff(W, axis=1)
+        feats = np.stack([np.abs(W).mean(1), np.abs(d).sum(1),
+                          (W[:, :-1] * W[:, 1:] < 0).sum(1),
+                          (d[:, :-1] * d[:, 1:] < 0).sum(1)], axis=2)  # (w, ch, 4)
+        X.append(feats.reshape(len(starts), -1))
+        y += [c] * len(starts)
+        rep += [r] * len(starts)
+        t += list((starts + win) / 200.0)
+    return np.vstack(X), np.array(y), np.array(rep), np.array(t)

@@ -748,12 +748,8 @@ class TransferEM:
             return ms.mstep_full(plan, terms, Xt, resp, Ht, H0t)
         Lam, A, R, chol = ms.masked_system(plan, terms, Xt, resp, H0t)
         if plan.masked.blocks is not None:
-            return self._block_pcg(plan, R, Ht)
+            return ms.block_pcg(plan.masked.blocks, R, Ht, plan.cg_rtol)
         return ms.mstep_masked(plan, Lam, A, R, chol, Ht)
-
-    def _block_pcg(self, plan, R, Ht):
-        """Block-Jacobi CG of the channel-structured shared M-step (:func:`ms.block_pcg`)."""
-        return ms.block_pcg(plan.masked.blocks, R, Ht, plan.cg_rtol)
 
     # ---------------------------------------------------------------- ring search
     @staticmethod
@@ -1070,11 +1066,6 @@ class TransferEM:
         logger.info("transfer EM (%s) fitted: %s iterations, objective %.6g, roll %s", kind,
                     n_iter, trace[-1], label)
         return self
-
-    @property
-    def _cg_iters(self):
-        """Older name of ``cg_iters_``."""
-        return self.cg_iters_
 
     def _apply_guard(self, s, X, yi, H_init, b_init):
         """Fall back to the live map when it predicts held-out burst windows better."""

@@ -126,6 +126,26 @@ def wait_joined(sub, timeout_s: float = 10.0, seen: list | None = None) -> dict:
     return wait_for(sub, lambda topic, m: topic == "pred", timeout_s, seen)
 
 
+def wait_joined_idle(client, sub, label: str, timeout_s: float = 10.0) -> dict:
+    """Make an idle daemon publish until ``sub`` (subscribed to ``event``) hears it.
+
+    With no stream there is no prediction to prove the subscription (see
+    :func:`wait_joined`), so the probe asks for one: ``label`` then ``fit`` with no
+    labelled window fails and publishes ``calibration_failed``, again until one
+    arrives. Returns that event; the daemon is idle again afterwards.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        client.label(label)
+        assert client.request("fit")["ok"] is False
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            got = sub.recv(timeout_s=0.05)
+            if got and got[0] == "event" and got[1].get("kind") == "calibration_failed":
+                return got[1]
+    pytest.fail(f"no calibration_failed event within {timeout_s} s")
+
+
 def wait_event(sub, kinds, timeout_s: float, seen: list | None = None) -> dict:
     """Wait for an ``event`` of one of ``kinds`` (a str or a tuple)."""
     kinds = (kinds,) if isinstance(kinds, str) else tuple(kinds)

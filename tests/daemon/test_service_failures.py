@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import zmq
 from daemon.conftest import (FS, accuracy, armband, collect, daemon_config, unique_id,
-                             wait_event, wait_for, wait_joined)
+                             wait_event, wait_for, wait_joined, wait_joined_idle)
 
 from emtl_stream.io.client import Client
 from emtl_stream.io.lsl_inlet import local_clock
@@ -129,7 +129,7 @@ def test_wrong_channel_count_is_refused(tmp_path, source, start_player, start_da
     start_daemon(config, bundle=source[0])  # the model has 8 channels
     client = Client(config.zmq.control, config.zmq.pub, timeout_s=5.0)
     with client.subscribe(("pred", "event")) as sub:
-        time.sleep(0.3)
+        wait_joined_idle(client, sub, source[0].classes[0])
         start_player(sid, armband(n_channels=6))
         seen = []
         ev = wait_event(sub, "stream_refused", 15.0, seen)

@@ -13,8 +13,7 @@ from emtl_stream.model.transfer import (ROLL_PRUNE_KEEP, ROLL_PRUNE_MIN_CHANNELS
                                         ring_roll_matrix)
 from emtl_stream.pipeline.features import FeatureExtractor
 from emtl_stream.sim.synthetic import SyntheticArmband
-from sources import lda_source, make_source
-from test_transfer_structure import _hudgins
+from sources import lda_source, make_source, shared_hudgins
 
 
 def _numpy_start_objective(src, X, y, H, b):
@@ -71,8 +70,8 @@ def _fit(src, X, y, **kw):
 def test_pruned_search_picks_the_full_searchs_roll_on_real_emg(emg_dir):
     """8 electrodes, channel-structured map: labelled 0.5 s burst and unlabelled 2 s."""
     for subject in (1, 7, 13):
-        Xb, yb, rb, _ = _hudgins(emg_dir, subject, "baseline")
-        Xs, ys, rs, ts = _hudgins(emg_dir, subject, "shifted")
+        Xb, yb, rb, _ = shared_hudgins(emg_dir, subject, "baseline")
+        Xs, ys, rs, ts = shared_hudgins(emg_dir, subject, "shifted")
         src = lda_source(Xb[rb <= 2], yb[rb <= 2])
         cal = (rs == 0) & (ts <= 0.5 + 1e-9)
         unl = (rs == 1) & (ts <= 2.0 + 1e-9)

@@ -43,7 +43,7 @@ def test_full_fit_equals_plain_numpy_em(rng, bias, solver):
         np.testing.assert_allclose(te.b_, Ht[:, 4], rtol=1e-7, atol=1e-9)
     np.testing.assert_allclose(te.log_likelihood_, trace, rtol=1e-9)
     if solver == "cg":
-        assert te._cg_iters and max(te._cg_iters) > 0  # the CG path really ran
+        assert te.cg_iters_ and max(te.cg_iters_) > 0  # the CG path really ran
 
 
 def test_shared_step_equals_exact_full_step_on_a_tied_source(rng):

@@ -10,7 +10,7 @@ from emtl_stream.model.classify import MappedClassifier
 from emtl_stream.model.source import SourceComponents
 from emtl_stream.model.transfer import TransferEM, channel_mask, ring_roll_matrix
 from naive import transfer as nv
-from sources import lda_source, make_source, shifted
+from sources import lda_source, make_source, shared_hudgins, shifted
 
 
 def fit_quiet(src, X, y, **kw):
@@ -60,7 +60,7 @@ def test_masked_fit_equals_plain_numpy_em(rng, penalty, bias, solver, shared):
     np.testing.assert_allclose(te.log_likelihood_, trace, rtol=1e-9)
     assert not np.any(te.H_[~mask])
     if solver == "cg":
-        assert te._cg_iters and max(te._cg_iters) > 0
+        assert te.cg_iters_ and max(te.cg_iters_) > 0
 
 
 @pytest.mark.parametrize("shared", [True, False])
@@ -235,32 +235,11 @@ def test_channel_ring_recovers_the_right_roll(k):
 
 
 # ---------------------------------------------------------------- real data
-def _hudgins(emg_dir, subject, condition):
-    """MAV, WL, ZC, SSC per channel (channel-major), 200 ms / 50 ms windows at 200 Hz."""
-    z = np.load(emg_dir / f"ciil_es_s{subject:02d}_{condition}.npz")
-    emg = z["emg"].astype(float)
-    win, step = 40, 10
-    X, y, rep, t = [], [], [], []
-    for s, n, c, r in zip(z["seg_start"], z["seg_len"], z["seg_class"], z["seg_rep"]):
-        seg = emg[s:s + n]
-        starts = np.arange(0, n - win + 1, step)
-        W = np.stack([seg[a:a + win] for a in starts])  # (w, win, ch)
-        d = np.diff(W, axis=1)
-        feats = np.stack([np.abs(W).mean(1), np.abs(d).sum(1),
-                          (W[:, :-1] * W[:, 1:] < 0).sum(1),
-                          (d[:, :-1] * d[:, 1:] < 0).sum(1)], axis=2)  # (w, ch, 4)
-        X.append(feats.reshape(len(starts), -1))
-        y += [c] * len(starts)
-        rep += [r] * len(starts)
-        t += list((starts + win) / 200.0)
-    return np.vstack(X), np.array(y), np.array(rep), np.array(t)
-
-
 def test_real_emg_channel_structure_at_least_as_good_as_dense(emg_dir):
     acc_dense, acc_chan = [], []
     for subject in (1, 7, 13):
-        Xb, yb, rb, _ = _hudgins(emg_dir, subject, "baseline")
-        Xs, ys, rs, ts = _hudgins(emg_dir, subject, "shifted")
+        Xb, yb, rb, _ = shared_hudgins(emg_dir, subject, "baseline")
+        Xs, ys, rs, ts = shared_hudgins(emg_dir, subject, "shifted")
         src = lda_source(Xb[rb <= 2], yb[rb <= 2])
         cal = (rs == 0) & (ts <= 0.5 + 1e-9)  # the first 0.5 s of each class, shifted rep 0
         test = rs >= 2
