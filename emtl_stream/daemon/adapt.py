@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import EmtlError, TransferConvergenceWarning
+from ..errors import EmtlError, FitCancelled, TransferConvergenceWarning
 from ..logs import logger
 
 #: Fewest finite windows a zero-label fit runs on (3 s at a 50 ms step): each half
@@ -107,7 +107,7 @@ def _mean_ll(components, H, b, X) -> float:
     return float(np.mean(MappedClassifier(components, H, b).log_marginal(X)))
 
 
-def _fit(components, X, H_live, b_live, transfer_kwargs, ring_channels):
+def _fit(components, X, H_live, b_live, transfer_kwargs, ring_channels, should_stop=None):
     """One TransferEM fit; returns (H, b, roll, converged)."""
     from ..model.transfer import TransferEM
 
@@ -116,14 +116,15 @@ def _fit(components, X, H_live, b_live, transfer_kwargs, ring_channels):
     tem = TransferEM(components, ring_channels=ring_channels, **kw)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", TransferConvergenceWarning)
-        tem.fit(X, None, H_init=H_live, b_init=b_live if tem.bias else None)
+        tem.fit(X, None, H_init=H_live, b_init=b_live if tem.bias else None,
+                should_stop=should_stop)
     converged = bool(tem.converged_) and not any(
         issubclass(w.category, TransferConvergenceWarning) for w in caught)
     return tem.H_, tem.b_, tem.best_roll_, converged
 
 
 def fit_unlabelled(components, X, H_live, b_live, *, transfer_kwargs: dict,
-                   ring_channels: int | None) -> UnlabelledFit:
+                   ring_channels: int | None, should_stop=None) -> UnlabelledFit:
     """Fit a new map on unlabelled windows and decide whether it may go live.
 
     Parameters
@@ -140,11 +141,19 @@ def fit_unlabelled(components, X, H_live, b_live, *, transfer_kwargs: dict,
         ``shrink_to`` is replaced by the live map.
     ring_channels : int or None
         Electrodes on a ring (roll starts), or None.
+    should_stop : callable, optional
+        Asked between EM iterations of each of the three fits; when it returns true
+        the fit stops with :class:`~emtl_stream.errors.FitCancelled`.
 
     Returns
     -------
     UnlabelledFit
         Never raises for bad data or a failed fit: those are refusals with a reason.
+
+    Raises
+    ------
+    FitCancelled
+        ``should_stop()`` said so (the only exception this function lets through).
     """
     t0 = time.perf_counter()
     H_live = np.ascontiguousarray(H_live, dtype=np.float64)
@@ -180,7 +189,8 @@ def fit_unlabelled(components, X, H_live, b_live, *, transfer_kwargs: dict,
             return refuse("the windows show fewer than "
                           f"{MIN_CLASSES} distinct movements (e.g. a rest-only stretch); "
                           "they say nothing about where the electrodes are.")
-        H, b, roll, conv = _fit(comp, X, H_live, b_live, transfer_kwargs, ring_channels)
+        H, b, roll, conv = _fit(comp, X, H_live, b_live, transfer_kwargs, ring_channels,
+                                should_stop)
         metrics.update(roll=roll, converged=conv)
         if not conv:
             return refuse("transfer EM did not converge on the windows; the live map stays.")
@@ -203,7 +213,7 @@ def fit_unlabelled(components, X, H_live, b_live, *, transfer_kwargs: dict,
         gains, rolls = [], []
         for i in (0, 1):
             Hh, bh, rh, ch = _fit(comp, parts[i], H_live, b_live, transfer_kwargs,
-                                  ring_channels)
+                                  ring_channels, should_stop)
             rolls.append(rh)
             other = parts[1 - i]
             gains.append(_mean_ll(comp, Hh, bh, other) - _mean_ll(comp, H_live, b_live, other))
@@ -219,6 +229,8 @@ def fit_unlabelled(components, X, H_live, b_live, *, transfer_kwargs: dict,
             return refuse(f"the new map explains held-out windows only {gain:.3g} nats per "
                           f"feature better than the live map (needs "
                           f"{MIN_GAIN_NATS_PER_FEATURE:g}); the live map stays.")
+    except FitCancelled:
+        raise
     except (EmtlError, ValueError, ArithmeticError, np.linalg.LinAlgError) as exc:
         return refuse(f"transfer EM failed on the windows: {exc}")
     metrics["fit_ms"] = 1e3 * (time.perf_counter() - t0)

@@ -133,7 +133,8 @@ def unlabelled_transfer_job(components, X, H_live, b_live, *, transfer_kwargs: d
     _check_cancel(cancel)
     t0 = time.perf_counter()
     result = fit_unlabelled(components, X, H_live, b_live, transfer_kwargs=transfer_kwargs,
-                            ring_channels=ring_channels)
+                            ring_channels=ring_channels,
+                            should_stop=None if cancel is None else cancel.is_set)
     _check_cancel(cancel)
     result.metrics["fit_s"] = time.perf_counter() - t0
     return result

@@ -187,3 +187,42 @@ def test_a_map_that_stops_predicting_a_seen_movement_is_refused():
     # a class the live map hardly sees may vanish (a shifted live map mislabels)
     live2 = np.array([0.5, 0.01, 0.19, 0.15, 0.15])
     assert adapt.lost_classes(classes, live2, np.array([0.3, 0.0, 0.3, 0.2, 0.2])) == []
+
+
+def test_a_cancelled_fit_stops_mid_em_and_is_not_a_refusal(setup):
+    """``should_stop`` reaches the EM iterations: the fit stops at the next check."""
+    from emtl_stream.daemon.jobs import unlabelled_transfer_job
+    from emtl_stream.errors import FitCancelled
+
+    arm, comp = setup
+    m = comp.n_features
+    I, z = np.eye(m), np.zeros(m)
+    X, _ = _shifted(arm, 2.0, 1.5, 3)
+    asked = []
+
+    def stop_on_third_question():
+        asked.append(1)
+        return len(asked) >= 3
+
+    with pytest.raises(FitCancelled):
+        fit_unlabelled(comp, X, I, z, transfer_kwargs=KW, ring_channels=N_CHANNELS,
+                       should_stop=stop_on_third_question)
+    assert len(asked) == 3  # it stopped at the first check that said so
+
+    # the worker's job wires its cancel event to the same checks
+    class SetAfterTwoChecks:
+        def __init__(self):
+            self.n = 0
+
+        def is_set(self):
+            self.n += 1
+            return self.n > 2  # the job's own check before the fit, then one in EM
+
+    event = SetAfterTwoChecks()
+    with pytest.raises(FitCancelled):
+        unlabelled_transfer_job(comp, X, I, z, transfer_kwargs=KW, ring_channels=N_CHANNELS,
+                                cancel=event)
+    assert event.n == 3
+    # without a cancel the same windows give a decision (accepted or refused), no raise
+    assert fit_unlabelled(comp, X, I, z, transfer_kwargs=KW,
+                          ring_channels=N_CHANNELS).reason
