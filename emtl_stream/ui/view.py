@@ -428,8 +428,8 @@ class ViewState:
         known = {k[1] for k in self._history if k[0] == "map"}
         changed = False
         for item in versions:
-            # A bare version (today's status), or a map's stored metadata if the daemon
-            # publishes it: then its own time, objective and roll are used.
+            # A map's stored metadata (map_history): its own time, objective and roll;
+            # or a bare version (older than the history, or an older daemon).
             meta = item if isinstance(item, dict) else {"version": item}
             v = meta.get("version")
             if v in known or not isinstance(v, int) or isinstance(v, bool):
