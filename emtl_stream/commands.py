@@ -184,37 +184,27 @@ def _describe_model(daemon, cfg) -> None:
 
 
 def _watch_stream(daemon, cfg, stop) -> None:
-    """Until ``stop`` or the daemon ends: report stream (dis)connections, once each."""
-    from .io.client import Client, CurveClient
+    """Until ``stop`` or the daemon ends: report stream (dis)connections, once each.
 
-    client = Client(cfg.zmq.control, cfg.zmq.pub, timeout_s=2.0,
-                    curve=CurveClient.from_config(cfg.zmq))
+    Reads the daemon's own flags: a ``status`` request every half second would wake
+    its loop and list the state directory twice a second for one bit of news.
+    """
     connected = None
     thread = getattr(daemon, "_thread", None)
-    try:
-        while not stop.wait(0.5):
-            if thread is not None and not thread.is_alive():
-                return  # a shutdown request
-            try:
-                reply = client.status()
-            except (TimeoutError, ConnectionError):
-                continue  # busy or stopping; the next poll tells
-            if not reply.get("ok"):
-                continue
-            s = reply.get("stream") or {}
-            now = bool(s.get("connected"))
-            if now == connected:
-                continue
-            if now:
-                _say("run", f"stream {s.get('name')!r} connected: {s.get('channels')} ch @ "
-                            f"{s.get('rate'):g} Hz")
-            elif connected is None:
-                _say("run", f"waiting for stream {_stream_query(cfg)} ...")
-            else:
-                _say("run", f"stream {s.get('name')!r} lost; waiting for it to come back ...")
-            connected = now
-    finally:
-        client.close()
+    while not stop.wait(0.5):
+        if thread is not None and not thread.is_alive():
+            return  # a shutdown request
+        now, desc = bool(daemon.connected), daemon.stream_desc
+        if now == connected or (now and desc is None):
+            continue
+        if now:
+            _say("run", f"stream {desc.name!r} connected: {desc.n_channels} ch @ "
+                        f"{desc.rate:g} Hz")
+        elif connected is None:
+            _say("run", f"waiting for stream {_stream_query(cfg)} ...")
+        else:
+            _say("run", f"stream {desc.name!r} lost; waiting for it to come back ...")
+        connected = now
 
 
 # --------------------------------------------------------------------------- replay, record

@@ -86,10 +86,24 @@ class LiveModel:
         fp = fingerprint or source_fingerprint(bundle.components)
         return cls(bundle, clf, H, b, int(version), fp)
 
+    def __post_init__(self):
+        # the names once: the loop asks for one at every window
+        object.__setattr__(self, "_labels", tuple(self.bundle.classes))
+
     @property
     def classes(self) -> list:
         """Class names in index order."""
-        return list(self.bundle.classes)
+        return list(self._labels)
+
+    def label(self, index: int) -> str:
+        """Name of the class at ``index`` (a prediction's index).
+
+        Parameters
+        ----------
+        index : int
+            In ``range(len(classes))``.
+        """
+        return self._labels[index]
 
     def with_map(self, H, b, version: int) -> "LiveModel":
         """Return the same source model with another map (for a swap or a rollback).

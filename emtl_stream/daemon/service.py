@@ -514,7 +514,7 @@ class Daemon:
             if bad is not None:
                 self.events.bad_speed(bad)
         self.publisher.publish("pred", protocol.pred_msg(
-            seq=seq, t=float(w.t_last), t_pub=float(self.clock()), label=live.classes[index],
+            seq=seq, t=float(w.t_last), t_pub=float(self.clock()), label=live.label(index),
             index=int(index), proba=proba, confidence=confidence, rejected=bool(rejected),
             model=int(live.version), stale=bool(stale), **extra))
         if self.config.zmq.publish_features:

@@ -116,9 +116,9 @@ def _project_simplex(v: np.ndarray) -> np.ndarray:
     """Euclidean projection onto the probability simplex (sort-based, exact)."""
     u = np.sort(v)[::-1]
     css = np.cumsum(u) - 1.0
-    k = np.arange(1, v.size + 1)
-    rho = np.nonzero(u - css / k > 0)[0][-1]
-    return np.maximum(v - css[rho] / (rho + 1.0), 0.0)
+    # u_i - css_i / i > 0 holds exactly for a prefix i = 1..ρ of the sorted values
+    rho = int(np.count_nonzero(u * np.arange(1, v.size + 1) > css))
+    return np.maximum(v - css[rho - 1] / rho, 0.0)
 
 
 class MixtureMMD:
@@ -178,6 +178,13 @@ class MixtureMMD:
                     logc = -0.5 * np.linalg.slogdet(np.eye(m) + (S[k] + S[j]) / s2)[1]
                     B[k, j] += math.exp(logc - 0.5 * d @ np.linalg.solve(A, d))
         self._B = B / len(self._s2)
+        # the same factors stacked bandwidth-major for _terms, and the fixed step of
+        # the best-mix descent (1 / largest eigenvalue of B)
+        self._neg_half_inv_s2 = np.array([-0.5 / s2 for s2 in self._s2])
+        self._cross_chol = np.stack([cf for per in self._cross for cf, _ in per])
+        self._cross_logc = np.array([logc for per in self._cross for _, logc in per])
+        self._nu_rep = np.tile(self._nu, (len(self._s2), 1))
+        self._step = 1.0 / max(float(np.linalg.eigvalsh(self._B)[-1]), 1e-12)
 
     def whiten(self, Z: np.ndarray) -> np.ndarray:
         """Map features (N, m) to the whitened space, shape (N, m).
@@ -194,15 +201,14 @@ class MixtureMMD:
         N = Y.shape[0]
         sq = np.einsum("ij,ij->i", Y, Y)
         D2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * Y @ Y.T, 0.0)
-        kxx = 0.0
-        a = np.zeros(self.K)
-        for s2, per in zip(self._s2, self._cross):
-            kxx += float(np.exp(-D2 / (2.0 * s2)).sum()) / (N * N)
-            for k, (cf, logc) in enumerate(per):
-                r = (Y - self._nu[k]) @ cf
-                a[k] += float(np.mean(np.exp(logc - 0.5 * np.einsum("ij,ij->i", r, r))))
+        # all bandwidths and components in a few array calls: the daemon runs this
+        # every MMD_EVERY windows, and per-call overhead is most of its cost
+        kxx = float(np.exp(D2[None] * self._neg_half_inv_s2[:, None, None]).sum()) / (N * N)
+        R = np.matmul(Y[None] - self._nu_rep[:, None, :], self._cross_chol)  # (B·K, N, m)
+        quad = np.einsum("pij,pij->pi", R, R)
+        a = np.exp(self._cross_logc[:, None] - 0.5 * quad).mean(axis=1)
         nb = len(self._s2)
-        return kxx / nb, a / nb
+        return kxx / nb, a.reshape(nb, self.K).sum(axis=0) / nb
 
     def mmd2(self, Z: np.ndarray, weights: np.ndarray | None = None) -> float:
         """Squared MK-MMD (V-statistic) of mapped samples to the mixture.
@@ -222,7 +228,8 @@ class MixtureMMD:
         w = self.weights if weights is None else np.asarray(weights, dtype=np.float64)
         return float(kxx - 2.0 * w @ a + w @ self._B @ w)
 
-    def mmd2_best_mix(self, Z: np.ndarray) -> tuple[float, np.ndarray]:
+    def mmd2_best_mix(self, Z: np.ndarray, start: np.ndarray | None = None,
+                      ) -> tuple[float, np.ndarray]:
         """Squared MK-MMD to the closest re-weighting of the mixture.
 
         Minimises the quadratic MMD²(w) over the probability simplex by projected
@@ -231,6 +238,9 @@ class MixtureMMD:
         Parameters
         ----------
         Z : ndarray of shape (N, m)
+        start : ndarray of shape (K,), optional
+            Weights to start the descent from (the previous batch's best mix, which
+            overlapping batches barely move); the source model's weights by default.
 
         Returns
         -------
@@ -238,12 +248,12 @@ class MixtureMMD:
         weights : ndarray of shape (K,)
         """
         kxx, a = self._terms(self.whiten(Z))
-        B = self._B
-        step = 1.0 / max(float(np.linalg.eigvalsh(B)[-1]), 1e-12)
-        w = self.weights.copy()
+        B, step2 = self._B, 2.0 * self._step
+        w = self.weights.copy() if start is None else _project_simplex(
+            np.asarray(start, dtype=np.float64))
         for _ in range(MIX_ITERATIONS):
-            w_new = _project_simplex(w - step * 2.0 * (B @ w - a))
-            done = float(np.max(np.abs(w_new - w))) <= MIX_TOL
+            w_new = _project_simplex(w - step2 * (B @ w - a))
+            done = float(np.abs(w_new - w).max()) <= MIX_TOL
             w = w_new
             if done:
                 break
@@ -389,6 +399,13 @@ class ShiftReference:
         return max(self.mmd_median + spreads * self.mmd_spread, MMD_FLOOR)
 
 
+def _median_of_floats(values) -> float:
+    """``np.median`` of a few Python floats, without building an array (per-window path)."""
+    v = sorted(values)
+    h = len(v) // 2
+    return v[h] if len(v) % 2 else (v[h - 1] + v[h]) / 2.0
+
+
 def _running_medians(v: np.ndarray, w: int) -> np.ndarray:
     """Medians of every full window of ``w`` consecutive values, shape (len(v) − w + 1,)."""
     view = np.lib.stride_tricks.sliding_window_view(v, w)
@@ -484,6 +501,7 @@ class ShiftWatch:
         self._calm = 0
         self._flagged = False
         self.last_mmd2: float | None = None
+        self._mix = None  # the last best-mix weights (the next descent starts there)
         self._cusum = None
         self.last_ring: float | None = None
 
@@ -496,19 +514,19 @@ class ShiftWatch:
         n = H.shape[1]
         if x.shape[0] != n or n % C:
             return None
-        key = (id(H), H.shape)
-        if self._ring_key != key:  # a new live map: the rolled maps, stacked
+        key = (id(H), H.shape, id(b))
+        if self._ring_key != key:  # a new live map: its classifier and the roll indices
             from ..model.classify import MappedClassifier
-            from ..model.transfer import ring_roll_matrix
 
-            self._ring_maps = np.stack([H @ ring_roll_matrix(n, C, r) for r in range(C)])
             m = self.n_features
-            self._ring_clf = MappedClassifier(self._comp, np.eye(m), np.zeros(m))
+            bb = np.zeros(m) if b is None else np.asarray(b, dtype=np.float64)
+            self._ring_clf = MappedClassifier(self._comp, H, bb)
+            # R_r is a permutation, so H R_r x = H x[idx_r]: one batch of C rows
+            self._ring_idx = np.stack([np.roll(np.arange(n).reshape(C, n // C), r, axis=0)
+                                       .ravel() for r in range(C)])
             self._ring_key = key
-            self._ring_H = H  # keeps id(H) valid
-        bb = np.zeros(self.n_features) if b is None else np.asarray(b, dtype=np.float64)
-        Z = self._ring_maps @ x + bb
-        return self._ring_clf.log_marginal(Z)
+            self._ring_keep = (H, b)  # keeps the ids in the key valid
+        return self._ring_clf.log_marginal(x[self._ring_idx])
 
     def _ring_update(self, x, H, b) -> bool:
         """Advance the per-roll CUSUM; True when a roll's sum crosses the threshold."""
@@ -583,7 +601,7 @@ class ShiftWatch:
         ll_beyond = False
         level = thr = None
         if len(self._ll) == LL_WINDOWS:
-            level = float(np.median(self._ll))
+            level = _median_of_floats(self._ll)
             thr = ref.ll_threshold(self.n_features, self._thr[0], self._thr[1])
             ll_beyond = level < thr
         self._since_mmd += 1
@@ -591,7 +609,8 @@ class ShiftWatch:
         mmd_on = self._mmd is not None and mthr is not None
         if mmd_on and len(self._z) == MMD_WINDOWS and self._since_mmd >= MMD_EVERY:
             self._since_mmd = 0
-            self.last_mmd2 = self._mmd.mmd2_best_mix(np.asarray(self._z))[0]
+            self.last_mmd2, self._mix = self._mmd.mmd2_best_mix(np.asarray(self._z),
+                                                                start=self._mix)
             self._mmd_beyond = self.last_mmd2 > mthr  # held until the next evaluation
         if self.rule == "and" and mmd_on:
             beyond = ll_beyond and self._mmd_beyond

@@ -329,3 +329,51 @@ def test_false_alarm_bound_is_the_exact_poisson_upper_limit():
     for k, h in ((1, 0.8), (4, 2.5)):
         lam = brentq(lambda x: poisson.cdf(k, x) - 0.05, 1e-9, 100.0)
         assert poisson_upper(k, h) == pytest.approx(lam / h, rel=1e-7)
+
+
+def test_ring_evidence_under_a_general_map_matches_rolled_matrices(setup):
+    """The ring test scores H R_r x + b for a live map that is not the identity."""
+    from emtl_stream.model.transfer import ring_roll_matrix
+
+    arm, comp, _ = setup
+    m, C = comp.n_features, 8
+    rng = np.random.default_rng(5)
+    H = np.eye(m) + 0.05 * rng.standard_normal((m, m))
+    b = 0.1 * rng.standard_normal(m)
+    X = stream(arm, 1.0, 1)[0][:10]
+    watch = ShiftWatch(m, None, components=comp, ring_channels=C)
+    for x in X:
+        got = watch._ring_evidence(x, H, b)
+        twin = np.array([MappedClassifier(comp, H @ ring_roll_matrix(m, C, r), b)
+                         .log_marginal(x[None])[0] for r in range(C)])
+        np.testing.assert_allclose(got, twin, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 20])
+def test_running_level_is_numpy_median(n):
+    vals = list(np.random.default_rng(n).normal(size=n))
+    assert sh._median_of_floats(vals) == np.median(vals)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_simplex_projection_is_the_closest_point(seed):
+    rng = np.random.default_rng(seed)
+    v = rng.normal(0.0, 2.0, 6)
+    got = sh._project_simplex(v)
+    res = optimize.minimize(lambda w: ((w - v) ** 2).sum(), np.full(6, 1 / 6), method="SLSQP",
+                            bounds=[(0, 1)] * 6,
+                            constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1}],
+                            options={"ftol": 1e-14})
+    np.testing.assert_allclose(got, res.x, atol=1e-6)
+    assert got.sum() == pytest.approx(1.0) and np.all(got >= 0)
+
+
+def test_best_mix_from_a_warm_start_reaches_the_same_optimum():
+    rng = np.random.default_rng(3)
+    comp = _random_components(rng, K=4)
+    mm = MixtureMMD(comp)
+    Z = _sample_mixture(comp, np.array([0.7, 0.3, 0, 0]), 40, rng)
+    cold, w_cold = mm.mmd2_best_mix(Z)
+    warm, w_warm = mm.mmd2_best_mix(Z, start=np.array([0.0, 0.0, 0.2, 0.8]))
+    assert warm == pytest.approx(cold, abs=1e-9)
+    np.testing.assert_allclose(w_warm, w_cold, atol=1e-5)
