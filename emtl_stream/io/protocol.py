@@ -64,6 +64,11 @@ def _json_default(obj):
     raise TypeError(f"{type(obj).__name__} {obj!r} is not JSON serialisable")
 
 
+#: One encoder for every message (``json.dumps`` with options builds a new one per call).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False,
+                            default=_json_default)
+
+
 def dumps(obj: Any) -> bytes:
     """Compact UTF-8 JSON; ``ProtocolError`` on NaN/inf or unserialisable values.
 
@@ -73,8 +78,7 @@ def dumps(obj: Any) -> bytes:
         A JSON-able value; numpy scalars and arrays are accepted.
     """
     try:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
-                          default=_json_default).encode("utf-8")
+        return _ENCODER.encode(obj).encode("utf-8")
     except ValueError as exc:  # allow_nan=False
         raise ProtocolError(f"message contains NaN or infinity, which JSON cannot carry "
                             f"({exc}); replace non-finite numbers before sending.") from exc
@@ -206,7 +210,7 @@ def encode_pub(topic: str, obj: Mapping[str, Any]) -> bytes:
     if not isinstance(obj, Mapping):
         raise ProtocolError(f"a published message must be a JSON object (dict), got "
                             f"{type(obj).__name__}.")
-    return t + b" " + dumps(dict(obj))
+    return t + b" " + dumps(obj if type(obj) is dict else dict(obj))
 
 
 def decode_pub(frame: bytes) -> tuple[str, dict]:
@@ -233,6 +237,8 @@ def decode_pub(frame: bytes) -> tuple[str, dict]:
 
 
 def _finite(value, name: str) -> float:
+    if type(value) is float and math.isfinite(value):  # the daemon's case, without ABCs
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ProtocolError(f"{name} must be a number, got {type(value).__name__} {value!r}.")
     value = float(value)
@@ -242,6 +248,8 @@ def _finite(value, name: str) -> float:
 
 
 def _int(value, name: str, minimum: int | None = 0) -> int:
+    if type(value) is int and (minimum is None or value >= minimum):
+        return value
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise ProtocolError(f"{name} must be an integer, got {type(value).__name__} {value!r}.")
     value = int(value)
@@ -252,10 +260,13 @@ def _int(value, name: str, minimum: int | None = 0) -> int:
 
 def _float_list(values, name: str) -> list[float]:
     arr = np.asarray(values, dtype=np.float64).ravel()
+    out = arr.tolist()
+    if math.isfinite(sum(out)):  # NaN and inf propagate into the sum: all are finite
+        return out
     if not np.all(np.isfinite(arr)):
         bad = int(np.flatnonzero(~np.isfinite(arr))[0])
         raise ProtocolError(f"{name} must be finite, element {bad} is {arr[bad]}.")
-    return arr.tolist()
+    return out  # finite values whose sum overflowed
 
 
 def _with_extra(msg: dict, extra: Mapping[str, Any], builder: str) -> dict:

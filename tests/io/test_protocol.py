@@ -324,3 +324,25 @@ def test_any_bytes_give_a_request_or_a_protocol_error(data):
         P.parse_request(data)
     except ProtocolError:
         pass
+
+
+def test_vectors_whose_sum_overflows_are_finite_and_sent_exactly():
+    msg = P.feat_msg(seq=1, t=0.5, x=[1e308, 1e308, -2.5], model=None)
+    assert msg["x"] == [1e308, 1e308, -2.5]
+    assert P.decode_pub(P.encode_pub("feat", msg))[1]["x"] == [1e308, 1e308, -2.5]
+    for bad in ([1.0, float("nan")], [-1.0, -np.inf], [1e308, np.inf]):
+        with pytest.raises(ProtocolError, match="element 1"):
+            P.feat_msg(seq=1, t=0.5, x=bad, model=None)
+
+
+def test_numbers_of_any_numeric_type_give_the_same_message():
+    plain = P.pred_msg(seq=3, t=1.25, t_pub=1.5, label="rest", index=0, proba=[1.0],
+                              confidence=1.0, rejected=False, model=2)
+    as_numpy = P.pred_msg(seq=np.int64(3), t=np.float64(1.25), t_pub=np.float32(1.5),
+                              label="rest", index=np.int32(0), proba=np.ones(1),
+                              confidence=np.float64(1.0), rejected=np.bool_(False),
+                              model=np.int64(2))
+    assert P.encode_pub("pred", plain) == P.encode_pub("pred", as_numpy)
+    with pytest.raises(ProtocolError, match="seq must be >= 0"):
+        P.pred_msg(seq=-1, t=1.0, t_pub=1.0, label="rest", index=0, proba=[1.0],
+                          confidence=1.0, rejected=False, model=None)
