@@ -492,7 +492,10 @@ class Daemon:
         live = self.live
         if live is None:
             return
-        index, proba, log_marginal, z = live.classifier.classify_window(w.x)
+        watch = self.config.classify.shift_detect and not stale
+        # the ring test's rolled windows are scored in the class decision's kernel call
+        rows = self.watch.ring_rows(w.x.shape[0]) if watch else None
+        index, proba, log_marginal, z, ring_ll = live.classifier.classify_window(w.x, rows)
         if stale:
             self.n_stale += 1
             if index < 0 or not np.all(np.isfinite(proba)):
@@ -517,11 +520,12 @@ class Daemon:
             seq=seq, t=float(w.t_last), t_pub=float(self.clock()), label=live.label(index),
             index=int(index), proba=proba, confidence=confidence, rejected=bool(rejected),
             model=int(live.version), stale=bool(stale), **extra))
-        if self.config.zmq.publish_features:
+        if self.config.zmq.publish_features and self.publisher.wants("feat"):
+            # the feature vector is the largest message: built only when someone listens
             self.publisher.publish("feat", protocol.feat_msg(
                 seq=seq, t=float(w.t_last), x=z, model=int(live.version)))
-        if self.config.classify.shift_detect and not stale:
-            hit = self.watch.update(log_marginal, z, float(w.t_last), x=w.x, H=live.H, b=live.b)
+        if watch:
+            hit = self.watch.update(log_marginal, z, float(w.t_last), ring_ll=ring_ll)
             if hit is not None:
                 self.event("shift_suspected", **hit)
                 self._maybe_auto_adapt()

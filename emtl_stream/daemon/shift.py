@@ -461,6 +461,7 @@ class ShiftWatch:
                           float(ring_ll_spreads))
         self._ring_clf = None
         self._ring_key = None
+        self._ring_idx = None
         self._thr = (float(ll_spreads), float(ll_nats_per_feature), float(mmd_spreads))
         if rule not in ("and", "or"):
             raise ValueError(f"rule must be 'and' or 'or', got {rule!r}.")
@@ -505,32 +506,54 @@ class ShiftWatch:
         self._cusum = None
         self.last_ring: float | None = None
 
+    def ring_rows(self, n: int) -> np.ndarray | None:
+        """Index rows of the ring test's rolled windows, or None when it does not apply.
+
+        A roll R_r of the electrodes is a permutation of the features, so
+        H R_r x = H x[rows[r]]; a caller that classifies the window anyway can score
+        ``x[rows]`` in the same call and pass the result as ``ring_ll`` to :meth:`update`.
+
+        Parameters
+        ----------
+        n : int
+            Number of features before the map (channels x feature types, channel-major
+            within each feature type).
+
+        Returns
+        -------
+        ndarray of shape (C, n), int, or None
+            Row r rolls the electrodes by r (row 0 is the window itself).
+        """
+        C = self.ring_channels
+        if C is None or C < 2 or n % C:
+            return None
+        if self._ring_idx is None or self._ring_idx.shape[1] != n:
+            self._ring_idx = np.stack([np.roll(np.arange(n).reshape(C, n // C), r, axis=0)
+                                       .ravel() for r in range(C)])
+        return self._ring_idx
+
     def _ring_evidence(self, x: np.ndarray, H, b) -> np.ndarray | None:
         """Score every roll: log p(H R_r x + b) for r < C, shape (C,); None if not applicable."""
-        C = self.ring_channels
-        if C is None or H is None or x is None or C < 2:
+        if H is None or x is None:
             return None
         H = np.asarray(H, dtype=np.float64)
         n = H.shape[1]
-        if x.shape[0] != n or n % C:
+        rows = self.ring_rows(n)
+        if rows is None or x.shape[0] != n:
             return None
         key = (id(H), H.shape, id(b))
-        if self._ring_key != key:  # a new live map: its classifier and the roll indices
+        if self._ring_key != key:  # a new live map: its classifier
             from ..model.classify import MappedClassifier
 
             m = self.n_features
             bb = np.zeros(m) if b is None else np.asarray(b, dtype=np.float64)
             self._ring_clf = MappedClassifier(self._comp, H, bb)
-            # R_r is a permutation, so H R_r x = H x[idx_r]: one batch of C rows
-            self._ring_idx = np.stack([np.roll(np.arange(n).reshape(C, n // C), r, axis=0)
-                                       .ravel() for r in range(C)])
             self._ring_key = key
             self._ring_keep = (H, b)  # keeps the ids in the key valid
-        return self._ring_clf.log_marginal(x[self._ring_idx])
+        return self._ring_clf.log_marginal(x[rows])
 
-    def _ring_update(self, x, H, b) -> bool:
-        """Advance the per-roll CUSUM; True when a roll's sum crosses the threshold."""
-        ll = self._ring_evidence(x, H, b)
+    def _ring_update(self, ll) -> bool:
+        """Advance the per-roll CUSUM with log p(H R_r x + b), shape (C,); True on a crossing."""
         if ll is None or not np.all(np.isfinite(ll)):
             return False
         clip, drift, thr, _ = self._ring_thr
@@ -558,7 +581,7 @@ class ShiftWatch:
         self._live_ll, self._live_z = [], []
 
     def update(self, log_marginal: float, z: np.ndarray, t: float, x=None, H=None,
-               b=None) -> dict | None:
+               b=None, ring_ll=None) -> dict | None:
         """Feed one classified window.
 
         Parameters
@@ -575,6 +598,10 @@ class ShiftWatch:
             ... and the live map (read-only; the rolled maps are cached per map) ...
         b : ndarray of shape (m,), optional
             ... and its offset.
+        ring_ll : ndarray of shape (C,), optional
+            The ring test's evidence already computed by the caller,
+            log p(H x[rows[r]] + b) for the rows of :meth:`ring_rows`; then ``x``,
+            ``H`` and ``b`` are not needed.
 
         Returns
         -------
@@ -590,8 +617,11 @@ class ShiftWatch:
         if z.shape[0] != self.n_features or not np.all(np.isfinite(z)):
             return None
         ring_hit = False
-        if x is not None and self.ring_channels is not None:
-            ring_hit = self._ring_update(np.asarray(x, dtype=np.float64).reshape(-1), H, b)
+        if self.ring_channels is not None:
+            if ring_ll is None and x is not None:
+                ring_ll = self._ring_evidence(np.asarray(x, dtype=np.float64).reshape(-1), H, b)
+            if ring_ll is not None:
+                ring_hit = self._ring_update(ring_ll)
         if self.reference is None:
             self._learn_live(ll, z)
             return self._ring_event(t, None, None) if ring_hit else None

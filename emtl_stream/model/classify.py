@@ -246,12 +246,15 @@ class MappedClassifier:
         self._proba[:] = np.nan
         return -1, float("nan")
 
-    def classify_window(self, x):
+    def classify_window(self, x, rows=None):
         """Everything the daemon needs of one window, from one kernel call.
 
         Parameters
         ----------
         x : ndarray of shape (n,)
+        rows : ndarray of shape (R, n), int, optional
+            Index rows of extra windows ``x[rows[r]]`` scored in the same call (the
+            shift watch's rolled windows: a ring roll is a permutation of features).
 
         Returns
         -------
@@ -263,11 +266,19 @@ class MappedClassifier:
             log p(H x + b) under the source mixture (NaN for a non-finite ``x``).
         z : ndarray of shape (m,)
             The mapped features H x + b.
+        row_log_marginals : ndarray of shape (R,) or None
+            log p(H x[rows[r]] + b) (NaN where flagged); None without ``rows``.
         """
-        x = np.ascontiguousarray(x, dtype=np.float64).reshape(1, -1)
-        lp, marg = self._run(x)
-        lp = lp[0]
-        proba = np.exp(lp)
-        index = -1 if not np.all(np.isfinite(lp)) else int(np.argmax(lp))
-        z = self.H @ x[0] + self.b
-        return index, proba, float(marg[0]), z
+        x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+        if rows is None:
+            X = x.reshape(1, -1)
+        else:
+            X = np.empty((1 + len(rows), x.shape[0]))
+            X[0] = x
+            np.take(x, rows, out=X[1:])
+        lp, marg = self._run(X)
+        lp0 = lp[0]
+        proba = np.exp(lp0)
+        index = int(np.argmax(lp0)) if np.isfinite(lp0).all() else -1
+        z = self.H @ x + self.b
+        return index, proba, float(marg[0]), z, (None if rows is None else marg[1:])

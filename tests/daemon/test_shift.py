@@ -349,6 +349,41 @@ def test_ring_evidence_under_a_general_map_matches_rolled_matrices(setup):
         np.testing.assert_allclose(got, twin, rtol=1e-10, atol=1e-9)
 
 
+def test_ring_evidence_scored_with_the_class_decision_matches_rolled_matrices(setup):
+    """The daemon scores the rolled windows in its classification call; same evidence,
+    same CUSUM and the same events as the watch computing them itself."""
+    from emtl_stream.model.transfer import ring_roll_matrix
+
+    arm, comp, ref = setup
+    m, C = comp.n_features, 8
+    rng = np.random.default_rng(6)
+    H = np.eye(m) + 0.05 * rng.standard_normal((m, m))
+    b = 0.1 * rng.standard_normal(m)
+    clf = MappedClassifier(comp, H, b)
+    arm.set_shift(3.0)
+    try:
+        X = np.vstack([stream(arm, 2.0, 1)[0]])
+    finally:
+        arm.set_shift(0.0)
+    X = np.vstack([stream(arm, 2.0, 1)[0], X])
+    inside = ShiftWatch(m, ref, components=comp, ring_channels=C)
+    outside = ShiftWatch(m, ref, components=comp, ring_channels=C)
+    rows = outside.ring_rows(m)
+    assert rows.shape == (C, m) and (rows[0] == np.arange(m)).all()
+    assert ShiftWatch(m, None, components=comp, ring_channels=C).ring_rows(m + 1) is None
+    events = [[], []]
+    for i, x in enumerate(X):
+        index, proba, ll, z, ring_ll = clf.classify_window(x, rows)
+        twin = np.array([MappedClassifier(comp, H @ ring_roll_matrix(m, C, r), b)
+                         .log_marginal(x[None])[0] for r in range(C)])
+        np.testing.assert_allclose(ring_ll, twin, rtol=1e-10, atol=1e-9)
+        events[0].append(inside.update(ll, z, 0.05 * i, x=x, H=H, b=b))
+        events[1].append(outside.update(ll, z, 0.05 * i, ring_ll=ring_ll))
+        assert inside.last_ring == pytest.approx(outside.last_ring, rel=1e-9, abs=1e-9)
+    assert [e is None for e in events[0]] == [e is None for e in events[1]]
+    assert any(e is not None for e in events[1])  # the shifted stretch fired the ring test
+
+
 @pytest.mark.parametrize("n", [1, 2, 7, 20])
 def test_running_level_is_numpy_median(n):
     vals = list(np.random.default_rng(n).normal(size=n))
