@@ -280,8 +280,16 @@ def bind_server_socket(ctx: zmq.Context, socket_type: int, address: str,
     return sock, curve_ref
 
 
+#: Largest message the publisher accepts from a subscriber (a subscription: one flag
+#: byte and a topic prefix, bytes; also bounds the handshake, so CURVE needs about
+#: 1 kB); a bigger one closes that connection.
+MAX_SUBSCRIPTION_BYTES = 4096
+#: Distinct topic prefixes tracked; beyond it every topic counts as wanted.
+MAX_TRACKED_SUBSCRIPTIONS = 64
+
+
 class Publisher:
-    """Binds a PUB socket and publishes one-frame ``<topic> <json>`` messages.
+    """Binds a publishing socket and publishes one-frame ``<topic> <json>`` messages.
 
     Parameters
     ----------
@@ -301,10 +309,14 @@ class Publisher:
 
     Notes
     -----
-    Thread safety: :meth:`publish` and :meth:`close` take an internal lock, so any
-    thread may publish (ZeroMQ sockets themselves are not thread-safe). PUB never
-    blocks: at the high-water mark messages are dropped, so the lock is held for
-    microseconds.
+    Thread safety: :meth:`publish`, :meth:`wants` and :meth:`close` take an internal
+    lock, so any thread may publish (ZeroMQ sockets themselves are not thread-safe).
+    Publishing never blocks: at the high-water mark messages are dropped, so the lock
+    is held for microseconds.
+
+    The socket is an XPUB: it behaves as PUB for subscribers and also reports their
+    subscriptions, so :meth:`wants` tells a caller whether anyone listens to a topic
+    before it builds a message nobody would receive.
     """
 
     def __init__(self, address: str, *, context: zmq.Context | None = None,
@@ -314,10 +326,14 @@ class Publisher:
         self._ctx = context or zmq.Context.instance()
         self._lock = threading.Lock()
         sock, self._curve_ref = bind_server_socket(
-            self._ctx, zmq.PUB, address, curve, "publisher", [(zmq.SNDHWM, int(sndhwm))])
+            self._ctx, zmq.XPUB, address, curve, "publisher",
+            [(zmq.SNDHWM, int(sndhwm)), (zmq.MAXMSGSIZE, MAX_SUBSCRIPTION_BYTES)])
         self._sock = sock
         self.address = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.n_sent = 0
+        self._prefixes: set[bytes] = set()  # the subscribers' topic prefixes
+        self._untracked = False  # more distinct prefixes than MAX_TRACKED_SUBSCRIPTIONS
+        self._wanted: dict[str, bool] = {}  # per topic, from the prefixes
         logger.info("publisher bound to %s%s", self.address, " (CURVE)" if curve else "")
 
     def publish(self, topic: str, obj: Mapping[str, Any]) -> None:
@@ -347,6 +363,52 @@ class Publisher:
                 logger.debug("publish dropped a %s message (high-water mark)", topic)
                 return
             self.n_sent += 1
+
+    def wants(self, topic: str) -> bool:
+        """Whether any subscriber currently receives ``topic``.
+
+        Reads the subscription changes queued since the last call (never waits). A
+        subscriber that has just connected may receive a topic's messages one call
+        after it subscribed, as with any ZeroMQ subscription.
+
+        Parameters
+        ----------
+        topic : str
+            One of :data:`emtl_stream.io.protocol.TOPICS`.
+
+        Returns
+        -------
+        bool
+            False only when no subscriber's prefix matches the topic.
+        """
+        with self._lock:
+            if self._sock is None:
+                raise RuntimeError("publisher is closed")
+            changed = False
+            while True:
+                try:
+                    msg = self._sock.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if not msg or msg[0] not in (0, 1):
+                    continue  # not a subscription (an XSUB peer may send anything)
+                changed = True
+                prefix = bytes(msg[1:])
+                if msg[0] == 0:
+                    self._prefixes.discard(prefix)
+                elif len(self._prefixes) < MAX_TRACKED_SUBSCRIPTIONS:
+                    self._prefixes.add(prefix)
+                else:
+                    self._untracked = True
+            if changed:
+                self._wanted.clear()
+            wanted = self._wanted.get(topic)
+            if wanted is None:
+                frame_start = topic.encode("ascii") + b" "
+                wanted = self._untracked or any(frame_start.startswith(p)
+                                                for p in self._prefixes)
+                self._wanted[topic] = wanted
+            return wanted
 
     def close(self, linger: int = 0) -> None:
         """Close the socket (idempotent). ``linger`` ms to flush queued messages.

@@ -198,3 +198,66 @@ def test_curve_key_from_certificate_files(ctx, tmp_path):
         CurveConfig(pub_file, pub_file).keys()
     with pytest.raises(ValueError, match="40-character Z85 key or a certificate"):
         CurveConfig("nonsense", "nonsense").keys()
+
+
+def _until(predicate, seconds=5.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_wants_follows_the_subscribers_prefixes(ctx):
+    with Publisher("tcp://127.0.0.1:*", context=ctx) as pub:
+        assert not pub.wants("feat") and not pub.wants("pred")  # nobody connected
+        preds = sub_socket(ctx, pub.address, b"pred")
+        assert _until(lambda: pub.wants("pred"))
+        assert not pub.wants("feat") and not pub.wants("event")
+        everything = sub_socket(ctx, pub.address, b"")
+        assert _until(lambda: pub.wants("feat"))
+        assert pub.wants("event") and pub.wants("prompt")
+        everything.close()  # its subscription goes with its connection
+        assert _until(lambda: not pub.wants("feat"))
+        assert pub.wants("pred")
+        preds.setsockopt(zmq.UNSUBSCRIBE, b"pred")
+        assert _until(lambda: not pub.wants("pred"))
+        # "pred " (with the separator) matches pred, not a longer topic name
+        spaced = sub_socket(ctx, pub.address, b"pred ")
+        assert _until(lambda: pub.wants("pred"))
+        assert not pub.wants("predx")
+        spaced.close()
+        preds.close()
+
+
+def test_hostile_subscriptions_cannot_grow_the_publisher(ctx):
+    """Many distinct prefixes: beyond the tracked number every topic counts as wanted
+    (nothing is lost); an oversized message closes that peer's connection."""
+    import time
+
+    from emtl_stream.io.zmq_pub import MAX_SUBSCRIPTION_BYTES, MAX_TRACKED_SUBSCRIPTIONS
+
+    with Publisher("tcp://127.0.0.1:*", context=ctx) as pub:
+        big = ctx.socket(zmq.XSUB)
+        big.linger = 0
+        big.connect(pub.address)
+        big.send(b"\x01" + b"x" * (2 * MAX_SUBSCRIPTION_BYTES))
+        big.send(b"\x01after")  # never arrives: the connection was closed
+        witness = sub_socket(ctx, pub.address, b"event")
+        assert _until(lambda: pub.wants("event"))
+        time.sleep(0.3)
+        assert not pub.wants("feat")
+        assert pub._prefixes == {b"event"}
+        s = ctx.socket(zmq.XSUB)
+        s.linger = 0
+        s.connect(pub.address)
+        s.send(b"not a subscription")  # ignored
+        for i in range(3 * MAX_TRACKED_SUBSCRIPTIONS):
+            s.send(b"\x01zz%d" % i)
+        assert _until(lambda: pub.wants("feat"))  # untracked: everything is wanted
+        assert len(pub._prefixes) == MAX_TRACKED_SUBSCRIPTIONS
+        for sock in (s, big, witness):
+            sock.close()
