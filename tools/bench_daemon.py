@@ -33,7 +33,10 @@ Usage::
 ``/proc/<pid>/stat``) over ``--seconds`` (>= 30) while this process receives and
 times every prediction, at 8 ch x 200 Hz and 64 ch x 2 kHz. With ``--before DIR``
 the same run is repeated with the daemon imported from another checkout (its
-numba cache in a temporary directory), side by side, in one invocation.
+numba cache in a temporary directory), side by side, in one invocation. A
+``floor`` row measures, on the same replayed stream, a Python process that only
+waits, pulls each window's samples, takes their mean absolute value and publishes
+it (:func:`_floor_main`): what this machine charges for the I/O alone.
 """
 
 from __future__ import annotations
@@ -337,6 +340,63 @@ def measure_cpu(n_channels: int, fs: float, chunk_ms: float, seconds: float,
             "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99))}
 
 
+def _floor_main(argv) -> int:
+    """Child process: the least a Python process with the daemon's I/O does per window.
+
+    Blocks in a ZeroMQ poll, then in one LSL pull of a window's new samples, takes
+    their mean absolute value and publishes it as JSON on a PUB socket: no filter,
+    no features, no classifier, no control socket. Prints its CPU share as JSON.
+    """
+    import pylsl
+    import zmq
+
+    sid, n_ch, fs, seconds = argv[0], int(argv[1]), float(argv[2]), float(argv[3])
+    inlet = pylsl.StreamInlet(pylsl.resolve_byprop("source_id", sid, timeout=30)[0],
+                              max_buflen=60)
+    step = int(round(STEP_MS * fs / 1000.0))
+    buf = np.empty((step, n_ch), dtype=np.float32)
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.bind("tcp://127.0.0.1:*")
+
+    def loop(duration):
+        n, t_end = 0, time.monotonic() + duration
+        while time.monotonic() < t_end:
+            pub.poll(int(STEP_MS * 0.8), zmq.POLLIN)  # the daemon's control wait
+            raw, ts = inlet.pull_chunk(timeout=0.5, max_samples=step, dest_obj=buf,
+                                       as_numpy=True)
+            if len(ts):
+                mav = np.abs(raw).mean(axis=0)
+                pub.send(b"pred " + json.dumps({"seq": n, "t": float(ts[-1]),
+                                                 "x": mav.tolist()}).encode())
+                n += 1
+        return n
+
+    loop(3.0)
+    c0, w0 = _cpu_ticks(os.getpid()), time.monotonic()
+    n = loop(seconds)
+    c1, w1 = _cpu_ticks(os.getpid()), time.monotonic()
+    print(json.dumps({"cpu_pct": 100.0 * (c1 - c0) / (w1 - w0), "n": n, "seconds": w1 - w0}))
+    return 0
+
+
+def measure_floor(n_channels: int, fs: float, chunk_ms: float, seconds: float) -> dict:
+    """CPU of :func:`_floor_main` on the same replayed stream (the machine's floor)."""
+    sid = f"emtl-floor-{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMTL_")}
+    replay = subprocess.Popen([sys.executable, __file__, "_replay", "--channels",
+                               str(n_channels), "--fs", str(fs), "--chunk-ms", str(chunk_ms),
+                               "--source-id", sid], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        out = subprocess.run([sys.executable, __file__, "_floor", sid, str(n_channels), str(fs),
+                              str(seconds)], env=env, capture_output=True, text=True,
+                             timeout=seconds + 120, check=True).stdout
+    finally:
+        replay.terminate()
+        replay.wait(10)
+    return json.loads(out.strip().splitlines()[-1])
+
+
 def _daemon_main(argv) -> int:
     """Child process: ``emtl-stream run`` with the small warm-up (see SMALL_WARMUP_ABOVE)."""
     from emtl_stream.config import load_config
@@ -359,6 +419,8 @@ def main(argv=None) -> int:
         return _replay_main(argv[1:])
     if argv and argv[0] == "_daemon":
         return _daemon_main(argv[1:])
+    if argv and argv[0] == "_floor":
+        return _floor_main(argv[1:])
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="short runs (about a minute)")
     p.add_argument("--seconds", type=float, default=None, help="latency run length per cell")
@@ -393,6 +455,10 @@ def main(argv=None) -> int:
                 print(f"| {n_ch} ch × {fs:g} Hz | {r['code']} | {r['seconds']:.0f} | {r['n']} | "
                       f"{r['cpu_pct']:.1f} % | {r['p50']:.2f} ms | {r['p99']:.2f} ms |",
                       flush=True)
+            f = measure_floor(n_ch, fs, 10.0, seconds)
+            rows.append({"channels": n_ch, "fs": fs, "code": "floor", **f})
+            print(f"| {n_ch} ch × {fs:g} Hz | floor: pull, MAV, publish | {f['seconds']:.0f} | "
+                  f"{f['n']} | {f['cpu_pct']:.1f} % | | |", flush=True)
         if a.json:
             Path(a.json).write_text(json.dumps(rows, indent=1))
         return 0
