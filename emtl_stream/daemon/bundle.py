@@ -222,7 +222,8 @@ def filter_spec_from_config(features) -> dict:
 
 
 def fit_source_model(X, y, kind: str = "lgmm", covariance_type: str = "tied",
-                     n_components_per_class: int = 1, random_state: int = 0):
+                     n_components_per_class: int = 1, random_state: int = 0,
+                     should_stop=None):
     """Fit a source classifier on features and return it (it has ``to_components()``).
 
     Parameters
@@ -238,17 +239,21 @@ def fit_source_model(X, y, kind: str = "lgmm", covariance_type: str = "tied",
         Mixture components (or prototypes) per class.
     random_state : int
         Seed of the initialisation.
+    should_stop : callable, optional
+        Asked every iteration; True raises :class:`~emtl_stream.errors.FitCancelled`.
     """
     if kind == "lgmm":
         from ..model.gmm import LabelledGMM
 
         return LabelledGMM(n_components_per_class=n_components_per_class,
-                           covariance_type=covariance_type, random_state=random_state).fit(X, y)
+                           covariance_type=covariance_type,
+                           random_state=random_state).fit(X, y, should_stop=should_stop)
     if kind in ("gmlvq", "lgmlvq"):
         from ..model import lvq
 
         cls = lvq.GMLVQ if kind == "gmlvq" else lvq.LGMLVQ
-        return cls(prototypes_per_class=n_components_per_class, random_state=random_state).fit(X, y)
+        return cls(prototypes_per_class=n_components_per_class,
+                   random_state=random_state).fit(X, y, should_stop=should_stop)
     raise ValueError(f"model kind must be one of ['gmlvq', 'lgmlvq', 'lgmm'], got {kind!r}.")
 
 
@@ -287,7 +292,7 @@ def make_bundle(model, extractor, window_ms: float, step_ms: float, n_channels: 
 def train_bundle(X, y, extractor, window_ms: float, step_ms: float, n_channels: int, fs: float,
                  *, kind: str = "lgmm", covariance_type: str = "tied",
                  n_components_per_class: int = 1, filter_spec: dict | None = None,
-                 speed_kwargs: dict | None = None, **meta):
+                 speed_kwargs: dict | None = None, should_stop=None, **meta):
     """Fit a source model on labelled windows and bundle it with what serving needs.
 
     Besides the model, the bundle carries the shift detector's reference level from
@@ -312,6 +317,9 @@ def train_bundle(X, y, extractor, window_ms: float, step_ms: float, n_channels: 
         The filter the windows went through (see :func:`make_bundle`).
     speed_kwargs : dict, optional
         :func:`~emtl_stream.model.speed.speed_kwargs` of the config; None: no speed.
+    should_stop : callable, optional
+        Asked every iteration of both fits; True raises
+        :class:`~emtl_stream.errors.FitCancelled`.
     **meta
         Extra metadata stored in the bundle.
 
@@ -330,7 +338,8 @@ def train_bundle(X, y, extractor, window_ms: float, step_ms: float, n_channels: 
 
     def fit(Xa, ya):  # the shipped model's settings, for the held-out refit too
         return fit_source_model(Xa, ya, kind=kind, covariance_type=covariance_type,
-                                n_components_per_class=n_components_per_class)
+                                n_components_per_class=n_components_per_class,
+                                should_stop=should_stop)
 
     model = fit(X, y)
     bundle = make_bundle(model, extractor, window_ms, step_ms, n_channels, fs,

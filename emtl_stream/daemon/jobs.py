@@ -2,10 +2,11 @@
 
 Nothing of the daemon crosses to the worker: the loop thread copies what a fit
 needs (source components, burst, live map, settings) into the call, and the
-job returns a plain result. A job checks its ``cancel`` event between stages, and
-a labelled transfer fit also before every EM iteration (``TransferEM.fit``'s
-``should_stop``), so ``cancel`` ends it within one iteration; a cancelled job
-raises :class:`~emtl_stream.errors.FitCancelled` and its result is never used.
+job returns a plain result. A job checks its ``cancel`` event between stages and
+passes it into every estimator it fits as ``should_stop``, asked before every EM
+(or L-BFGS) iteration, so ``cancel`` ends any fit within one iteration; a
+cancelled job raises :class:`~emtl_stream.errors.FitCancelled` and its result is
+never used.
 """
 
 from __future__ import annotations
@@ -176,7 +177,8 @@ def train_job(X, labels, *, kind: str, covariance_type: str, n_components_per_cl
     bundle, model, note = train_bundle(
         X, labels, extractor, window_ms, step_ms, n_channels, rate, kind=kind,
         covariance_type=covariance_type, n_components_per_class=n_components_per_class,
-        filter_spec=filter_spec, speed_kwargs=speed_kwargs, source="prompted train session")
+        filter_spec=filter_spec, speed_kwargs=speed_kwargs,
+        should_stop=None if cancel is None else cancel.is_set, source="prompted train session")
     if note:
         logger.info("%s", note)
     _check_cancel(cancel)

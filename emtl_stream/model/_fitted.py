@@ -1,8 +1,8 @@
-"""The one not-fitted check of the model estimators."""
+"""The one not-fitted check of the model estimators, and their stop-by-request check."""
 
 from __future__ import annotations
 
-from ..errors import ModelError
+from ..errors import FitCancelled, ModelError
 
 
 def check_is_fitted(estimator, attribute: str, hint: str = "call fit(X, y) first") -> None:
@@ -24,3 +24,17 @@ def check_is_fitted(estimator, attribute: str, hint: str = "call fit(X, y) first
     """
     if not hasattr(estimator, attribute):
         raise ModelError(f"this {type(estimator).__name__} is not fitted yet; {hint}.")
+
+
+def check_stop(should_stop, what: str) -> None:
+    """Raise :class:`~emtl_stream.errors.FitCancelled` when ``should_stop()`` is true.
+
+    Parameters
+    ----------
+    should_stop : callable or None
+        The caller's hook (e.g. a cancel event's ``is_set``), asked once per iteration.
+    what : str
+        The fit, for the message ("transfer EM", "LabelledGMM", ...).
+    """
+    if should_stop is not None and should_stop():
+        raise FitCancelled(f"{what} stopped by request")

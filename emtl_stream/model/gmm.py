@@ -58,7 +58,7 @@ from ._covariance import (
     _prec_chol_to_prec,
     _prec_to_prec_chol,
 )
-from ._fitted import check_is_fitted
+from ._fitted import check_is_fitted, check_stop
 from ._gmm_init import _init_block_resp, _kmeans_plusplus  # noqa: F401 (tests import it here)
 from .source import SourceComponents
 
@@ -258,7 +258,7 @@ class LabelledGMM:
             raise TypeError(f"random_state must be None, an int, a numpy.random.Generator or "
                             f"RandomState, got {type(source).__name__} {source!r}.") from None
 
-    def fit(self, X, y) -> "LabelledGMM":
+    def fit(self, X, y, *, should_stop=None) -> "LabelledGMM":
         """Fit the mixture by (MAP) EM on labelled data.
 
         Parameters
@@ -267,6 +267,10 @@ class LabelledGMM:
             Finite feature vectors.
         y : array-like of shape (n_samples,)
             Class labels (strings or integers).
+        should_stop : callable, optional
+            Asked before every initialisation and EM iteration; when it returns True
+            the fit raises :class:`~emtl_stream.errors.FitCancelled` and the model
+            keeps its previous state.
 
         Returns
         -------
@@ -318,8 +322,10 @@ class LabelledGMM:
         rng = self._rng()
         best = None
         for init in range(int(self.n_init)):
+            check_stop(should_stop, "LabelledGMM")
             params = self._initialise(X, y_idx, onehot_y, comp_labels, K, L, rng, prior, inits)
-            params, trace, n_iter, converged = self._em(X, y_idx, onehot_y, params, prior, init)
+            params, trace, n_iter, converged = self._em(X, y_idx, onehot_y, params, prior, init,
+                                                        should_stop)
             logger.debug("LabelledGMM init %s: mean log-likelihood %s after %s iterations "
                          "(converged: %s)", init, trace[-1], n_iter, converged)
             if best is None or trace[-1] > best[1][-1]:
@@ -456,13 +462,14 @@ class LabelledGMM:
         log_norm = logsumexp(log_a, axis=1)
         return log_a - log_norm[:, None], float(np.mean(log_norm))
 
-    def _em(self, X, y_idx, onehot_y, params, prior, init):
+    def _em(self, X, y_idx, onehot_y, params, prior, init, should_stop=None):
         learn_rho = self.n_components is not None
         log_resp, ll = self._e_step(X, y_idx, params)
         trace = [ll]
         converged = False
         n_iter = 0
         for n_iter in range(1, int(self.max_iter) + 1):
+            check_stop(should_stop, "LabelledGMM")
             resp = self._resp_from_log(log_resp)
             w, mu, cov, pc, rho = self._m_step(X, onehot_y, resp, prior, learn_rho)
             params = (w, mu, cov, pc, rho if learn_rho else params[4])

@@ -45,7 +45,7 @@ from scipy import optimize
 from .._atomic import atomic_write, model_file_error, read_model_npz
 from .._checks import as_float_matrix, ensure_float, ensure_int
 from ..errors import FitConvergenceWarning, ModelError
-from ._fitted import check_is_fitted
+from ._fitted import check_is_fitted, check_stop
 from ..logs import logger
 from .source import SourceComponents
 
@@ -236,7 +236,7 @@ class _BaseLVQ:
 
     # -- fitting ------------------------------------------------------------
 
-    def fit(self, X, y):
+    def fit(self, X, y, *, should_stop=None):
         """Fit prototypes and metric(s) on labelled data.
 
         Parameters
@@ -245,6 +245,10 @@ class _BaseLVQ:
             Finite feature vectors.
         y : array-like of shape (n_samples,)
             Class labels (strings or integers); at least two classes.
+        should_stop : callable, optional
+            Asked before the optimisation and after every L-BFGS iteration; when it
+            returns True the fit raises :class:`~emtl_stream.errors.FitCancelled` and
+            the model keeps its previous state.
 
         Returns
         -------
@@ -298,13 +302,16 @@ class _BaseLVQ:
         same = proto_labels[None, :] == y_idx[:, None]
 
         args = (Xs, same, r, self._local, self.beta, self.learn_metric, fixed)
+        name = type(self).__name__
+        check_stop(should_stop, name)
         if self.max_iter == 0:
             cost, _ = _cost_grad(theta0, *args)
             theta, nit, ok, msg = theta0, 0, False, "max_iter=0"
         else:
             options = {"maxiter": int(self.max_iter), "gtol": float(self.gtol)}
             res = optimize.minimize(_cost_grad, theta0, args=args, jac=True, method="L-BFGS-B",
-                                    options=options)
+                                    options=options,
+                                    callback=lambda _: check_stop(should_stop, name))
             theta, cost, nit = res.x, float(res.fun), int(res.nit)
             ok, msg = res.status == 0, res.message
         W, raw = _unpack(theta, K, r, m, self._local, self.learn_metric, fixed)

@@ -50,11 +50,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _checks
-from ..errors import BurstTooShort, DegenerateBurst, FitCancelled, TransferConvergenceWarning
+from ..errors import BurstTooShort, DegenerateBurst, TransferConvergenceWarning
 from ..kernels import estep, mstep
 from ..logs import logger
 from . import _transfer_mstep as ms
-from ._fitted import check_is_fitted
+from ._fitted import check_is_fitted, check_stop
 from ._transfer_mstep import channel_mask
 from .classify import MappedClassifier, as_components
 from .rotation import rotation_prior
@@ -350,8 +350,7 @@ def _diverged(obj, n_iter):
 
 def _check_stop(should_stop):
     """Raise :class:`FitCancelled` when the caller's ``should_stop()`` says so."""
-    if should_stop is not None and should_stop():
-        raise FitCancelled("transfer EM stopped by request")
+    check_stop(should_stop, "transfer EM")
 
 
 def _run_em_fused(plan, terms, Xt, log_base, Hstart, H0t):

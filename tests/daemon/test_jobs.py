@@ -170,3 +170,43 @@ def test_should_stop_is_checked_before_every_start_and_iteration(settings):
         with pytest.raises(FitCancelled):
             tem.fit(X, None, H_init=H, should_stop=should_stop)
         assert len(calls) == stop_at
+
+
+@pytest.mark.parametrize("kind", ["lgmm", "gmlvq"])
+def test_a_training_fit_stops_within_one_iteration(source, kind):
+    """cancel reaches into the source-model fits (EM or L-BFGS), not only between them."""
+    bundle = source[0]
+    X, y = _windows(bundle, 0.0)
+    kw = dict(kind=kind, covariance_type="full", n_components_per_class=2,
+              extractor=bundle.make_extractor(), window_ms=WINDOW_MS, step_ms=STEP_MS,
+              n_channels=bundle.n_channels, rate=bundle.fs)
+    full = CountingEvent()
+    r = jobs.train_job(X, list(y), cancel=full, **kw)
+    # before and after the job, and inside both fits (held-out refit and the model):
+    # at least once before each fit's optimisation and once in its first iteration
+    assert list(r["bundle"].classes) == sorted(set(y))
+    assert full.calls >= 2 + 2 * 2, full.calls
+    for set_at in range(2, full.calls):  # every look inside the fits stops the job
+        cancel = CountingEvent(set_at=set_at)
+        with pytest.raises(jobs.FitCancelled):
+            jobs.train_job(X, list(y), cancel=cancel, **kw)
+        assert cancel.calls == set_at  # stopped at that very look
+
+
+def test_estimators_keep_their_state_when_stopped():
+    from emtl_stream.errors import FitCancelled
+    from emtl_stream.model.gmm import LabelledGMM
+    from emtl_stream.model.lvq import GMLVQ
+
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(0, 1, (60, 3)), rng.normal(3, 1, (60, 3))])
+    y = np.repeat(["a", "b"], 60)
+    for model in (LabelledGMM(n_components_per_class=2, tol=1e-9, max_iter=500),
+                  GMLVQ(prototypes_per_class=1)):
+        looks = []
+        model.fit(X, y, should_stop=lambda: looks.append(1) and False)
+        assert len(looks) >= model.n_iter_  # asked at every iteration
+        before = model.predict(X).copy()
+        with pytest.raises(FitCancelled):
+            model.fit(X[::-1] + 5.0, y, should_stop=lambda: True)
+        np.testing.assert_array_equal(model.predict(X), before)
