@@ -13,6 +13,7 @@ leaves a half-started session.
 from __future__ import annotations
 
 from ..errors import CalibrationError, StreamError
+from . import calibrate
 from .session import MAX_UNLABELLED_S, check_session_request
 
 #: Most labelled windows a manual session keeps (at a 50 ms step about 83 minutes).
@@ -86,7 +87,7 @@ def cmd_recalibrate(daemon, classes=None, seconds_per_class=None, repetitions=No
         seconds = float(daemon.config.adapt.seconds)
         if not 0 < seconds <= MAX_UNLABELLED_S:
             raise CalibrationError(f"[adapt] seconds must be in (0, {MAX_UNLABELLED_S:g}]")
-        return daemon.begin_unlabelled(seconds)
+        return calibrate.begin_unlabelled(daemon, seconds)
     known = daemon.live.classes
     cal = daemon.config.calibration
     if ramp:
@@ -98,7 +99,7 @@ def cmd_recalibrate(daemon, classes=None, seconds_per_class=None, repetitions=No
     schedule = check_session_request(
         classes, cal.seconds_per_class if seconds_per_class is None else seconds_per_class,
         cal.repetitions if repetitions is None else repetitions, cal.lead_in_s, cal.rest_s)
-    return daemon.begin_prompted("recalibrate", schedule)
+    return calibrate.begin_prompted(daemon, "recalibrate", schedule)
 
 
 def _begin_ramp(daemon, classes, seconds_per_class, repetitions) -> dict:
@@ -134,7 +135,7 @@ def _begin_ramp(daemon, classes, seconds_per_class, repetitions) -> dict:
     schedule = check_session_request(
         classes, cal.ramp_seconds_per_class if seconds_per_class is None else seconds_per_class,
         cal.repetitions if repetitions is None else repetitions, cal.lead_in_s, cal.rest_s)
-    return daemon.begin_prompted("ramp", schedule)
+    return calibrate.begin_prompted(daemon, "ramp", schedule)
 
 
 def cmd_train(daemon, classes=None, seconds_per_class=None, repetitions=None) -> dict:
@@ -161,7 +162,7 @@ def cmd_train(daemon, classes=None, seconds_per_class=None, repetitions=None) ->
     schedule = check_session_request(
         classes, cal.train_seconds_per_class if seconds_per_class is None else seconds_per_class,
         cal.repetitions if repetitions is None else repetitions, cal.lead_in_s, cal.rest_s)
-    return daemon.begin_prompted("train", schedule)
+    return calibrate.begin_prompted(daemon, "train", schedule)
 
 
 def cmd_label(daemon, label=None) -> dict:
@@ -197,7 +198,7 @@ def label_windows(daemon, label, since) -> dict:
         _require_idle(daemon, "label")
         if bundle is None:
             raise CalibrationError("no source model yet: train one first (train command)")
-        s = daemon.begin_manual()
+        s = calibrate.begin_manual(daemon)
     elif s.purpose != "manual":
         raise CalibrationError(f"cannot label: {_running(daemon, s)}; wait for "
                                "calibration_done, or send cancel first to label by hand")
@@ -227,7 +228,7 @@ def cmd_fit(daemon, min_windows=None) -> dict:
         raise CalibrationError(f"only {s.n_windows} labelled windows, "
                                f"fewer than min_windows={min_windows}")
     s.set_label(None, float(daemon.clock()))
-    result = daemon.finish_session()
+    result = calibrate.finish_session(daemon)
     if "error" in result:  # the calibration_failed event is out; the reply says so too
         raise CalibrationError(result["error"])
     return result
@@ -240,7 +241,7 @@ def cmd_cancel(daemon) -> dict:
     ----------
     daemon : Daemon
     """
-    cancelled = daemon.cancel()
+    cancelled = calibrate.cancel(daemon)
     return {"state": daemon.fsm.state.value, "cancelled": cancelled}
 
 

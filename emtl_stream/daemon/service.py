@@ -11,7 +11,8 @@ Fits run in a single worker thread; a fit job (:mod:`.jobs`) receives copies of
 what it needs and returns a plain result. The loop collects it and swaps the
 live model (:class:`~.live.LiveModel`) in one assignment, atomic for the next
 window. Everything else is a plain object or function: the calibration session
-(:mod:`.session`), post-processing (:mod:`.postprocess`), the shift watch
+(:mod:`.session`) and the functions that begin, tick and finish it and install its
+fit's result (:mod:`.calibrate`), post-processing (:mod:`.postprocess`), the shift watch
 (:mod:`.shift`), the control handlers (:mod:`.handlers`), the fit worker
 (:mod:`.worker`), events and their rate limits (:mod:`.events`), the connect
 back-off (:mod:`.connection`), the stored maps (:mod:`.maps`) and the ``status``
@@ -30,9 +31,9 @@ import time
 
 import numpy as np
 
-from ..errors import CalibrationError, ChannelMismatch, EmtlError, StreamError
+from ..errors import ChannelMismatch, EmtlError, StreamError
 from ..logs import logger
-from . import jobs
+from . import calibrate
 from .blas import SERVING_BLAS_THREADS, limit_blas_threads
 from .bundle import SourceBundle
 from .connection import ConnectPolicy
@@ -107,7 +108,7 @@ class Daemon:
         self.n_windows = 0
         self.n_stale = 0
         self._marker_inlet = None
-        self._prompt_markers = None
+        self.prompt_markers = None
         self._last_auto_adapt = -math.inf
         bundle_given = bundle is not None
         bundle = bundle or self._initial_bundle()
@@ -139,8 +140,14 @@ class Daemon:
             return SourceBundle.load(self.config.model.path)
         return None
 
-    def _map_meta(self, **fields) -> dict:
-        """Meta stored with every map: the source fingerprint and the shift reference."""
+    def new_map_meta(self, **fields) -> dict:
+        """Meta stored with every map: the source fingerprint and the shift reference.
+
+        Parameters
+        ----------
+        **fields
+            The map's other metadata (reason, parent, fit statistics, ...).
+        """
         return map_meta(self.live.fingerprint, self.watch.reference, **fields)
 
     def install_bundle(self, bundle: SourceBundle, persist: bool) -> None:
@@ -177,12 +184,18 @@ class Daemon:
                                                          objective=None))
             self.store.set_live(version)
         self.live = LiveModel.build(bundle, H, b, version, fp)
-        self.speed = self._make_speed(bundle)
+        self.speed = self.make_speed(bundle)
         self.post.reset_votes()
-        self._transition("model_loaded")
+        self.transition("model_loaded")
 
-    def _make_speed(self, bundle):
-        """Proportional speed for ``bundle`` (None when it carries no calibration)."""
+    def make_speed(self, bundle):
+        """Proportional speed for ``bundle`` (None when it carries no calibration).
+
+        Parameters
+        ----------
+        bundle : SourceBundle
+            The source model whose ``meta["speed"]`` calibration is served.
+        """
         from ..model.speed import LiveSpeed
 
         cal = (bundle.meta or {}).get("speed")
@@ -272,7 +285,7 @@ class Daemon:
             if cfg.calibration.markers_outlet:
                 from ..io.lsl_outlet import MarkerOutlet
 
-                self._prompt_markers = MarkerOutlet(
+                self.prompt_markers = MarkerOutlet(
                     "emtl-prompts", source_id=f"emtl-prompts-{cfg.zmq.control}")
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
@@ -305,7 +318,7 @@ class Daemon:
         self.worker.shutdown()
         self.events.unbind()
         for obj in (self.inlet, self.control, self.publisher, self._marker_inlet,
-                    self._prompt_markers):
+                    self.prompt_markers):
             if obj is not None:
                 try:
                     obj.close()
@@ -353,8 +366,8 @@ class Daemon:
             self._pull_once(lsl_wait, missing or 1)
         if self._marker_inlet is not None:
             self._poll_label_markers()
-        self._tick_session()
-        self._collect_fit()
+        calibrate.tick_session(self)
+        calibrate.collect_fit(self)
 
     def _poll_label_markers(self) -> None:
         """Labels from an LSL Markers stream: a class name, "none" (stop) or "fit"."""
@@ -460,7 +473,7 @@ class Daemon:
                            name=self.inlet.description.name)
                 self.pipeline.mark_gap()
                 if self.session is not None and self.session.purpose != "manual":
-                    self.abort_session("the EMG stream was lost during the calibration")
+                    calibrate.abort_session(self, "the EMG stream was lost during the calibration")
         if self.inlet.gap_pending:
             self.pipeline.mark_gap()
             self.inlet.gap_pending = False
@@ -540,304 +553,25 @@ class Daemon:
             return
         self._last_auto_adapt = now
         try:
-            self.begin_unlabelled(cfg.seconds, trigger="shift_suspected")
+            calibrate.begin_unlabelled(self, cfg.seconds, trigger="shift_suspected")
         except EmtlError as exc:
             logger.warning("automatic zero-label recalibration not started: %s", exc)
 
     # ------------------------------------------------------------------ sessions
-    def _transition(self, event: str, **fields) -> None:
-        """Apply a state-machine event; every change of state is published."""
+    def transition(self, event: str, **fields) -> None:
+        """Apply a state-machine event; every change of state is published.
+
+        Parameters
+        ----------
+        event : str
+            A :class:`~.state.StateMachine` event (``"start_fitting"``, ``"fail"``, ...).
+        **fields
+            Extra fields of the ``state`` event.
+        """
         old = self.fsm.state
         new = self.fsm.transition(event)
         if new != old:
             self.event("state", state=new.value, **fields)
-
-    def begin_prompted(self, purpose: str, schedule) -> dict:
-        """Start a prompted session (the schedule is already validated).
-
-        Parameters
-        ----------
-        purpose : {"recalibrate", "train"}
-            What the burst is for.
-        schedule : PromptSchedule
-            The prompts.
-        """
-        window_s = self.pipeline.window_s
-        session = Session(purpose, float(self.clock()), window_s, schedule=schedule,
-                          step_s=self.pipeline.step / self.pipeline.fs)
-        self._transition("start_prompting")
-        self.session = session
-        ramp = {"ramp": True} if purpose == "ramp" else {}
-        self.event("calibration_started", purpose=purpose, classes=list(schedule.classes),
-                   seconds_per_class=schedule.seconds_per_class,
-                   repetitions=schedule.repetitions, duration_s=schedule.duration_s, **ramp)
-        return {"state": "calibrating", "duration_s": schedule.duration_s, **ramp}
-
-    def begin_unlabelled(self, seconds: float, trigger: str = "request") -> dict:
-        """Start collecting unlabelled windows for a zero-label recalibration.
-
-        Parameters
-        ----------
-        seconds : float
-            How long to collect.
-        trigger : {"request", "shift_suspected"}
-            Who asked (reported in the events).
-        """
-        if self.live is None:
-            raise CalibrationError("no source model yet: train one first (train command)")
-        if self.session is not None or self.fit is not None:
-            raise CalibrationError("a calibration is in progress; send cancel first")
-        if not self.connected or self.pipeline is None:
-            raise StreamError("no EMG stream connected; recalibration needs live data")
-        step_s = self.pipeline.step / self.pipeline.fs
-        session = Session("unlabelled", float(self.clock()), self.pipeline.window_s,
-                          seconds=float(seconds),
-                          max_windows=int(math.ceil(float(seconds) / step_s)) + 1)
-        self._transition("start_recording", purpose="unlabelled")
-        self.session = session
-        self.event("calibration_started", purpose="unlabelled", classes=self.live.classes,
-                   duration_s=float(seconds), labels=False, trigger=trigger)
-        return {"state": "calibrating", "duration_s": float(seconds), "labels": False}
-
-    def begin_manual(self) -> Session:
-        """Start a manual (label command) session."""
-        session = Session("manual", float(self.clock()), self.pipeline.window_s
-                          if self.pipeline is not None else 0.0)
-        self._transition("start_recording")
-        self.session = session
-        return session
-
-    def _tick_session(self) -> None:
-        s = self.session
-        if s is None or s.purpose == "manual":
-            return
-        from ..io import protocol
-
-        now = float(self.clock())
-        ring = self.pipeline.ring if self.pipeline is not None else None
-        data_until = (float(ring.timestamps[(ring.n_written - 1) % ring.capacity])
-                      if ring is not None and ring.n_written else -math.inf)
-        prompt, done = s.tick(now, data_until)
-        if s.prompted and not done:
-            # status.state: "recording" only while windows are recorded, else "prompting"
-            recording = s.recording_at(now)
-            if recording and self.fsm.state == State.PROMPTING:
-                self._transition("start_recording")
-            elif not recording and self.fsm.state == State.RECORDING:
-                self._transition("pause_recording")
-        if prompt is not None:
-            if prompt.new_step and self._prompt_markers is not None:
-                self._prompt_markers.push(prompt.cls)
-            self.publisher.publish("prompt", protocol.prompt_msg(
-                cls=prompt.cls, remaining_s=prompt.remaining_s, step=prompt.step, of=prompt.of,
-                **prompt.extra()))
-        if done:
-            self.finish_session()
-
-    def finish_session(self) -> dict:
-        """Close the session: check the burst and start its fit, or fail it."""
-        s = self.session
-        self.session = None
-        live = self.live
-        if s.purpose == "unlabelled":
-            X = s.unlabelled_windows()
-            kw, ring = jobs.transfer_settings(self.config, live.bundle.n_channels, live.H)
-            self._transition("start_fitting", windows=int(len(X)), purpose="unlabelled")
-            self._submit("unlabelled", None, "unlabelled", jobs.unlabelled_transfer_job,
-                         live.bundle.components, X, live.H.copy(), live.b.copy(),
-                         transfer_kwargs=kw, ring_channels=ring)
-            return {"state": "fitting", "windows": int(len(X))}
-        classes = live.classes if (live is not None and s.purpose != "train") else None
-        try:
-            X, labels = s.check(classes, self.config.calibration.min_windows_per_class)
-        except CalibrationError as exc:
-            return self.calibration_failed(str(exc))
-        try:
-            burst_id = self.store.save_burst(
-                s.collector.to_arrays(),
-                {"purpose": s.purpose, "n_windows": int(len(X)), "model": self.version,
-                 "counts": s.collector.counts(), "window_ms": self.pipeline.window_ms,
-                 "step_ms": self.pipeline.step_ms})
-        except OSError as exc:  # nothing is fitted from a burst that is not on disk
-            return self.calibration_failed(f"could not save burst: {exc}; map {self.version} "
-                                           "stays live")
-        self._transition("start_fitting", burst=burst_id, windows=int(len(X)))
-        if s.purpose == "train":
-            self._submit("train", burst_id, s.purpose, jobs.train_job, X, labels,
-                         **jobs.train_settings(self.config, self.extractor,
-                                               self.pipeline.window_ms, self.pipeline.step_ms,
-                                               self.stream_desc.n_channels,
-                                               self.stream_desc.rate))
-        elif s.purpose == "ramp":  # speed from the ramps through the live map; H stays
-            from ..model.speed import speed_kwargs
-
-            self._submit("speed", burst_id, s.purpose, jobs.speed_job, X, labels,
-                         live.H.copy(), live.b.copy(), (live.bundle.meta or {}).get("speed"),
-                         classes=live.classes, feature_names=self.extractor.feature_names,
-                         n_channels=live.bundle.n_channels,
-                         speed_kwargs=speed_kwargs(self.config))
-        else:
-            kw, ring = jobs.transfer_settings(self.config, live.bundle.n_channels, live.H)
-            self._submit("transfer", burst_id, s.purpose, jobs.transfer_job,
-                         live.bundle.components, X, labels, live.H.copy(), live.b.copy(),
-                         transfer_kwargs=kw, ring_channels=ring)
-        return {"state": "fitting", "burst": burst_id, "windows": int(len(X))}
-
-    def _submit(self, fit_kind, burst, purpose, fn, /, *args, **kwargs) -> None:
-        # positional-only: the job's own keywords (train_job's ``kind``) must not collide
-        self.worker.submit(fit_kind, burst, purpose, fn, *args, **kwargs)
-
-    def calibration_failed(self, reason: str, **fields) -> dict:
-        """Announce a failed calibration; the live map stays.
-
-        Parameters
-        ----------
-        reason : str
-            Why, for the event and the log.
-        **fields
-            Extra fields of the ``calibration_failed`` event.
-        """
-        self.last_error = reason
-        if self.fsm.can("fail"):
-            self._transition("fail")
-        self.event("calibration_failed", reason=reason, model=self.version, **fields)
-        return {"state": self.fsm.state.value, "error": reason}
-
-    def abort_session(self, reason: str) -> None:
-        """Drop the running session (e.g. the stream was lost).
-
-        Parameters
-        ----------
-        reason : str
-            Why, for the log.
-        """
-        self.session = None
-        self.calibration_failed(reason)
-
-    def cancel(self) -> bool:
-        """Stop the session or the running fit; True if there was one.
-
-        A running fit is told to stop at its next check (:class:`.worker.FitWorker`);
-        nothing queues behind it and its result is never used.
-        """
-        if self.session is None and self.fit is None:
-            return False
-        self.session = None
-        self.worker.cancel()
-        self._transition("cancel")
-        self.event("calibration_failed", reason="cancelled by request", model=self.version)
-        return True
-
-    # ------------------------------------------------------------------ fits
-    def _collect_fit(self) -> None:
-        try:
-            done = self.worker.collect()
-        except Exception as exc:
-            logger.warning("fit failed: %s", exc, exc_info=True)
-            self.calibration_failed(f"{type(exc).__name__}: {exc}")
-            return
-        if done is None:
-            return
-        fit, result = done
-        if fit.kind == "train":
-            self._install_trained(result)
-        elif fit.kind == "unlabelled":
-            self._install_unlabelled(result)
-        elif fit.kind == "speed":
-            self._install_speed(result, fit.burst)
-        else:
-            self._install_transfer(result, fit.burst)
-
-    def _install_trained(self, result) -> None:
-        self.store.set_live(None)
-        self.install_bundle(result["bundle"], persist=True)
-        self._transition("fit_done")
-        self.event("model_swapped", model=self.version, reason="new source model",
-                   classes=self.bundle.classes, fit_s=result["fit_s"])
-        self.event("calibration_done", purpose="train", model=self.version,
-                   train_accuracy=result["accuracy"], fit_s=result["fit_s"])
-
-    def _save_map(self, H, b, meta, **fields) -> int | None:
-        """Store a new map and make it the live one on disk.
-
-        Returns None (after a failed calibration; the old map keeps serving) when it
-        cannot be written.
-        """
-        try:
-            version = self.store.save_map(H, b, meta)
-            self.store.set_live(version)
-        except OSError as exc:
-            self.calibration_failed(f"could not save map {self.store.next_map_version()}: "
-                                    f"{exc}; map {self.version} stays live", **fields)
-            return None
-        return version
-
-    def _install_transfer(self, result, burst_id) -> None:
-        new, old = result["objective"], result["previous_objective"]
-        if not (np.isfinite(new) and new >= old):
-            self.calibration_failed(
-                f"new map does not beat the current one on the burst (penalised log-likelihood "
-                f"{new:.4g} vs {old:.4g}); map {self.version} stays live")
-            return
-        version = self._save_map(result["H"], result["b"], self._map_meta(
-            burst=burst_id, objective=new, previous_objective=old, parent=self.version,
-            n_iter=result["n_iter"], roll=result["roll"], converged=result["converged"],
-            fit_s=result["fit_s"], reason="recalibration"))
-        if version is None:
-            return
-        self.swap_map(result["H"], result["b"], version)
-        self._transition("fit_done")
-        self.last_fit = result
-        self.event("model_swapped", model=version, reason="recalibration", burst=burst_id)
-        self.event("calibration_done", model=version, objective=new, previous_objective=old,
-                   n_iter=result["n_iter"], roll=result["roll"], fit_s=result["fit_s"])
-
-    def _install_speed(self, result, burst_id) -> None:
-        """Store the ramp calibration in the source bundle (one atomic write), then serve it."""
-        import dataclasses
-
-        bundle = self.live.bundle
-        meta = {**(bundle.meta or {}), "speed": result["speed"],
-                "speed_source": {"session": "ramp", "burst": burst_id, "map": self.version,
-                                 "counts": result["counts"], "created": time.time()}}
-        new = dataclasses.replace(bundle, meta=meta)
-        try:
-            self.store.save_source(new)
-        except OSError as exc:  # not stored: keep serving the old calibration, say why
-            try:  # the store cleared its commit marker first: put the old model back
-                self.store.save_source(bundle)
-            except OSError:
-                logger.error("the source model could not be re-stored either", exc_info=True)
-            self.calibration_failed(f"the speed calibration could not be stored ({exc}); the "
-                                    "old one stays live", purpose="ramp")
-            return
-        self.live = dataclasses.replace(self.live, bundle=new)
-        self.speed = self._make_speed(new)
-        self._transition("fit_done")
-        sp = result["speed"]
-        moving = [k for k, r in enumerate(sp["rest"]) if not r]
-        self.event("calibration_done", purpose="ramp", model=self.version, burst=burst_id,
-                   speed={key: [sp[key][k] for k in moving] for key in ("classes", "low",
-                                                                        "high")},
-                   ramped=list(result["counts"]), fit_s=result["fit_s"])
-
-    def _install_unlabelled(self, result) -> None:
-        metrics = dict(result.metrics)
-        if not result.accepted:
-            self.calibration_failed(f"zero-label fit refused: {result.reason}; map "
-                                    f"{self.version} stays live", purpose="unlabelled")
-            return
-        version = self._save_map(result.H, result.b, self._map_meta(
-            reason="unlabelled", parent=self.version, **metrics), purpose="unlabelled")
-        if version is None:
-            return
-        # The reference describes well-mapped windows of this source model, so it stays:
-        # if the new map fits, the level returns to it; if not, the watch fires again.
-        self.swap_map(result.H, result.b, version, reference=self.watch.reference)
-        self._transition("fit_done")
-        self.last_fit = metrics
-        self.event("model_swapped", model=version, reason="unlabelled")
-        self.event("calibration_done", model=version, purpose="unlabelled", **metrics)
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict:

@@ -115,6 +115,7 @@ def test_a_ramp_calibration_that_cannot_be_stored_keeps_the_old_one(tmp_path, so
 
     from daemon.conftest import daemon_config, unique_id
 
+    from emtl_stream.daemon import calibrate
     from emtl_stream.daemon.service import Daemon
     from emtl_stream.model.speed import calibrate_bundle_speed
 
@@ -126,7 +127,7 @@ def test_a_ramp_calibration_that_cannot_be_stored_keeps_the_old_one(tmp_path, so
     blocker.write_text("x")
     d.store.source_dir = blocker / "source"  # every write below it fails (ENOTDIR)
     new = dict(old, low=[v + 1.0 for v in old["low"]], high=[v + 2.0 for v in old["high"]])
-    d._install_speed({"speed": new, "counts": {"open": 3}, "fit_s": 0.0}, burst_id=1)
+    calibrate.install_speed(d, {"speed": new, "counts": {"open": 3}, "fit_s": 0.0}, burst_id=1)
     assert d.live.bundle.meta["speed"] == old
     assert d.speed.calibration.to_dict() == old
     assert "could not be stored" in d.last_error

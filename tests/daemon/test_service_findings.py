@@ -15,6 +15,7 @@ import pylsl
 from daemon.conftest import (FS, N_CHANNELS, armband, collect, daemon_config, make_source,
                              unique_id, wait_event, wait_for, wait_joined)
 
+from emtl_stream.daemon import calibrate
 from emtl_stream.daemon.service import Daemon
 from emtl_stream.daemon.state import State
 from emtl_stream.io.client import Client
@@ -161,13 +162,13 @@ def test_cancel_stops_waiting_for_a_running_fit(tmp_path, source):
 
     d.fsm.transition("start_prompting")
     d.fsm.transition("start_fitting")
-    d._submit("transfer", None, "recalibrate", slow_fit)
+    d.worker.submit("transfer", None, "recalibrate", slow_fit)
     first = d.fit
-    assert d.cancel() is True and first.cancel.is_set()
+    assert calibrate.cancel(d) is True and first.cancel.is_set()
     assert d.fsm.state == State.STREAMING and d.fit is None
     d.fsm.transition("start_prompting")
     d.fsm.transition("start_fitting")
-    d._submit("transfer", None, "recalibrate", lambda cancel: {"quick": True})
+    d.worker.submit("transfer", None, "recalibrate", lambda cancel: {"quick": True})
     t0 = time.monotonic()
     assert d.fit.future.result(timeout=2.0) == {"quick": True}  # not queued behind slow_fit
     assert time.monotonic() - t0 < 2.0
