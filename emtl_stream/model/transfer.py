@@ -72,9 +72,12 @@ DENSE_MAX_UNKNOWNS = 128
 
 #: Same threshold for structured maps (``structure`` not "dense"), counted in free
 #: entries p. The shared kind factors its masked system once per fit and then only
-#: back-substitutes, so a dense Cholesky pays off up to a much larger size
-#: (8 channels x 4 feature types: p = 256, 32 more with an offset).
-MASKED_DENSE_MAX_UNKNOWNS = 1500
+#: back-substitutes, so a dense Cholesky pays off up to a larger size. Measured on the
+#: synthetic armband (channel-structured map, 4 feature types, labelled bursts of 0.6
+#: and 3 s per class, the daemon's roll search, same H to 1e-10): at 8 channels
+#: (p = 256) dense 5-7 ms against CG 17-20 ms; at 12 (p = 576) dense 19-188 ms against
+#: CG 17-168 ms; at 16 (p = 1024) dense 36-180 ms against CG 22-148 ms.
+MASKED_DENSE_MAX_UNKNOWNS = 512
 
 #: EM iterations of the rotation-and-gain search (rotation_search="continuous") with
 #: labelled rows, and without any. Labels anchor the gains; without them further gain
@@ -102,9 +105,12 @@ BLOCK_JACOBI_CG = True
 #: ROLL_PRUNE_KEEP best. Up to this size EM runs from every roll, as it always did: at 8
 #: channels a full search costs a few milliseconds, and the pruned one is shown to pick the
 #: same roll on three subjects of the CIIL electrode-shift recordings only (labelled and
-#: unlabelled bursts), not on all eighteen; at 64 channels one start of the
-#: channel-structured map costs more than a whole 8-channel search.
-ROLL_PRUNE_MIN_CHANNELS = 16
+#: unlabelled bursts), not on all eighteen. At 16 channels (a 0.6 s labelled burst of the
+#: synthetic armband, 4 features) the full search takes about 95 ms and the pruned one
+#: 45 ms, with the same roll at integer and fractional shifts (tests/model); at 64
+#: channels one start of the channel-structured map costs more than a whole 8-channel
+#: search.
+ROLL_PRUNE_MIN_CHANNELS = 8
 
 #: Rolls refined by EM in a pruned roll search. At fractional shifts a neighbour of the
 #: best-scored roll can overtake it during EM: on the 64-channel synthetic armband

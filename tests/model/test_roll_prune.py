@@ -83,6 +83,34 @@ def test_pruned_search_picks_the_full_searchs_roll_on_real_emg(emg_dir):
             np.testing.assert_allclose(pruned.H_, full.H_)
 
 
+@pytest.mark.parametrize("shift", [3.0, 5.5, 10.25])
+def test_pruned_search_picks_the_full_searchs_roll_on_a_16_channel_armband(shift):
+    """The daemon's settings at 16 electrodes (4 Hudgins features, channel-structured map,
+    reg 0.1): pruned by default, the same roll and map as all 16 starts."""
+    p = SyntheticProtocol()
+    ex = FeatureExtractor(("mav", "wl", "zc", "ssc"), n_channels=16, fs=p.fs)
+    arm = SyntheticArmband(16, p.fs, seed=1, noise_level=p.noise_level)
+    Xs, ys, _ = synthetic_session(arm, 3.0, ex, p.window_ms, p.step_ms)
+    src = LabelledGMM(covariance_type="tied", random_state=0).fit(Xs, ys)
+    arm.set_shift(shift)
+    Xb, yb, _ = synthetic_session(arm, p.burst_s, ex, p.window_ms, p.step_ms)
+    Xu, _, _ = synthetic_session(arm, 2.0, ex, p.window_ms, p.step_ms)
+    kw = dict(ring_channels=16, reg=0.1, structure="channel")
+    for X, y in ((Xb, yb), (Xu, None)):
+        full = _fit(src, X, y, roll_starts=16, **kw)
+        pruned = _fit(src, X, y, **kw)
+        assert len(pruned.roll_objectives_) == ROLL_PRUNE_KEEP
+        assert pruned.best_roll_ == full.best_roll_, (shift, y is None)
+        np.testing.assert_allclose(pruned.H_, full.H_)
+        d = min(min(a % 16, 16 - a % 16) for a in (full.best_roll_ + shift,
+                                                    full.best_roll_ - shift))
+        assert d <= 1.0, (shift, full.best_roll_)
+        # 1024 free entries: the default solves by CG; the dense Cholesky agrees
+        dense = _fit(src, X, y, solver="dense", **kw)
+        assert pruned.cg_iters_ and not dense.cg_iters_ and dense.best_roll_ == pruned.best_roll_
+        np.testing.assert_allclose(pruned.H_, dense.H_, rtol=1e-7, atol=1e-9)
+
+
 @pytest.fixture(scope="module")
 def armband64():
     """64 electrodes, MAV and WL, tied source trained at shift 0 (fs 1 kHz)."""
@@ -103,7 +131,7 @@ def test_pruned_search_picks_the_full_searchs_roll_on_the_64_channel_armband(arm
     Xu, _, _ = synthetic_session(arm, 2.0, ex, p.window_ms, p.step_ms)
     for X, y in ((Xb, yb), (Xu, None)):
         full = _fit(src, X, y, ring_channels=64, reg=1.0, roll_starts=64)
-        pruned = _fit(src, X, y, ring_channels=64, reg=1.0)  # default: pruned above 16
+        pruned = _fit(src, X, y, ring_channels=64, reg=1.0)  # default: pruned above 8
         assert len(pruned.roll_objectives_) == ROLL_PRUNE_KEEP
         assert pruned.best_roll_ == full.best_roll_, (shift, y is None)
         np.testing.assert_allclose(pruned.H_, full.H_)
@@ -132,3 +160,14 @@ def test_pruned_channel_structured_search_on_the_64_channel_armband(armband64, s
     d = min(min(a % 64, 64 - a % 64) for a in (full.best_roll_ + shift,
                                                 full.best_roll_ - shift))
     assert d <= 1.5, (shift, full.best_roll_)
+
+
+def test_warm_up_prepares_the_solver_the_fit_uses():
+    """The daemon's warm-up mirrors the dense/CG threshold of structured maps."""
+    from emtl_stream.daemon.warmup import transfer_solvers
+    from emtl_stream.model.transfer import MASKED_DENSE_MAX_UNKNOWNS
+
+    kw = {"structure": "channel"}
+    assert 8 * 8 * 4 <= MASKED_DENSE_MAX_UNKNOWNS < 16 * 16 * 4
+    assert transfer_solvers(kw, 8, 4, True) == ("dense",)
+    assert transfer_solvers(kw, 16, 4, True) == ("cg",)
