@@ -36,7 +36,7 @@ def begin_prompted(d, purpose: str, schedule) -> dict:
     ----------
     d : Daemon
         The daemon (loop thread).
-    purpose : {"recalibrate", "train"}
+    purpose : {"recalibrate", "train", "ramp"}
         What the burst is for.
     schedule : PromptSchedule
         The prompts.
