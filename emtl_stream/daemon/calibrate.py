@@ -233,13 +233,13 @@ def abort_session(d, reason: str) -> None:
 def cancel(d) -> bool:
     """Stop the session or the running fit; True if there was one.
 
+    A running fit is told to stop at its next check (:class:`.worker.FitWorker`);
+    nothing queues behind it and its result is never used.
+
     Parameters
     ----------
     d : Daemon
         The daemon (loop thread).
-
-    A running fit is told to stop at its next check (:class:`.worker.FitWorker`);
-    nothing queues behind it and its result is never used.
     """
     if d.session is None and d.fit is None:
         return False
@@ -306,9 +306,9 @@ def _save_map(d, H, b, meta, **fields) -> int | None:
 def _install_transfer(d, result, burst_id) -> None:
     new, old = result["objective"], result["previous_objective"]
     if not (np.isfinite(new) and new >= old):
-        calibration_failed(d, 
-            f"new map does not beat the current one on the burst (penalised log-likelihood "
-            f"{new:.4g} vs {old:.4g}); map {d.version} stays live")
+        calibration_failed(
+            d, f"new map does not beat the current one on the burst (penalised "
+            f"log-likelihood {new:.4g} vs {old:.4g}); map {d.version} stays live")
         return
     version = _save_map(d, result["H"], result["b"], d.new_map_meta(
         burst=burst_id, objective=new, previous_objective=old, parent=d.version,

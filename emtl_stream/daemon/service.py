@@ -505,9 +505,9 @@ class Daemon:
         live = self.live
         if live is None:
             return
-        watch = self.config.classify.shift_detect and not stale
+        feed_watch = self.config.classify.shift_detect and not stale
         # the ring test's rolled windows are scored in the class decision's kernel call
-        rows = self.watch.ring_rows(w.x.shape[0]) if watch else None
+        rows = self.watch.ring_rows(w.x.shape[0]) if feed_watch else None
         index, proba, log_marginal, z, ring_ll = live.classifier.classify_window(w.x, rows)
         if stale:
             self.n_stale += 1
@@ -537,7 +537,7 @@ class Daemon:
             # the feature vector is the largest message: built only when someone listens
             self.publisher.publish("feat", protocol.feat_msg(
                 seq=seq, t=float(w.t_last), x=z, model=int(live.version)))
-        if watch:
+        if feed_watch:
             hit = self.watch.update(log_marginal, z, float(w.t_last), ring_ll=ring_ll)
             if hit is not None:
                 self.event("shift_suspected", **hit)

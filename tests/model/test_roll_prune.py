@@ -61,6 +61,11 @@ def test_default_keeps_the_exhaustive_search_on_small_rings(rng):
     assert te.roll_scores_ is None and sorted(te.roll_objectives_) == list(range(C))
 
 
+def _roll_error(roll, shift, C):
+    """Electrode spacings between ``roll`` and undoing ``shift`` (either sign convention)."""
+    return min(min(a % C, C - a % C) for a in (roll + shift, roll - shift))
+
+
 def _fit(src, X, y, **kw):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", TransferConvergenceWarning)
@@ -102,9 +107,7 @@ def test_pruned_search_picks_the_full_searchs_roll_on_a_16_channel_armband(shift
         assert len(pruned.roll_objectives_) == ROLL_PRUNE_KEEP
         assert pruned.best_roll_ == full.best_roll_, (shift, y is None)
         np.testing.assert_allclose(pruned.H_, full.H_)
-        d = min(min(a % 16, 16 - a % 16) for a in (full.best_roll_ + shift,
-                                                    full.best_roll_ - shift))
-        assert d <= 1.0, (shift, full.best_roll_)
+        assert _roll_error(full.best_roll_, shift, 16) <= 1.0, (shift, full.best_roll_)
         # 1024 free entries: the default solves by CG; the dense Cholesky agrees
         dense = _fit(src, X, y, solver="dense", **kw)
         assert pruned.cg_iters_ and not dense.cg_iters_ and dense.best_roll_ == pruned.best_roll_
@@ -135,10 +138,8 @@ def test_pruned_search_picks_the_full_searchs_roll_on_the_64_channel_armband(arm
         assert len(pruned.roll_objectives_) == ROLL_PRUNE_KEEP
         assert pruned.best_roll_ == full.best_roll_, (shift, y is None)
         np.testing.assert_allclose(pruned.H_, full.H_)
-        # a roll undoing the shift to within 1.5 spacings (either sign convention)
-        d = min(min(a % 64, 64 - a % 64) for a in (full.best_roll_ + shift,
-                                                    full.best_roll_ - shift))
-        assert d <= 1.5, (shift, full.best_roll_)
+        # a roll undoing the shift to within 1.5 spacings
+        assert _roll_error(full.best_roll_, shift, 64) <= 1.5, (shift, full.best_roll_)
 
 
 @pytest.mark.parametrize("shift,labelled", [(10.5, True), (37.25, True), (37.25, False)])
@@ -157,9 +158,7 @@ def test_pruned_channel_structured_search_on_the_64_channel_armband(armband64, s
     assert len(pruned.roll_objectives_) == ROLL_PRUNE_KEEP
     assert pruned.best_roll_ == full.best_roll_, (shift, labelled)
     np.testing.assert_allclose(pruned.H_, full.H_)
-    d = min(min(a % 64, 64 - a % 64) for a in (full.best_roll_ + shift,
-                                                full.best_roll_ - shift))
-    assert d <= 1.5, (shift, full.best_roll_)
+    assert _roll_error(full.best_roll_, shift, 64) <= 1.5, (shift, full.best_roll_)
 
 
 def test_warm_up_prepares_the_solver_the_fit_uses():
