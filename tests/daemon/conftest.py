@@ -19,6 +19,7 @@ imported by ``tests/test_cli.py`` (``from daemon.conftest import ...``).
 
 from __future__ import annotations
 
+import random
 import socket
 import time
 from dataclasses import dataclass
@@ -47,11 +48,42 @@ STEADY_S = WINDOW_MS / 1000.0 + 0.15
 
 
 # --------------------------------------------------------------------------- plain helpers
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(v) for v in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+# Ports are handed out below the kernel's ephemeral range, never twice per session.
+# Asking the kernel for port 0 would return an ephemeral port: between closing that
+# probe and the daemon's bind, any outgoing connection (a ZeroMQ client, LSL) may be
+# given the same port, or the next probe may return it again for the other socket,
+# and the daemon then fails with "Address already in use".
+_PORT_LOW = 20000
+_PORT_HIGH = min(_ephemeral_range()[0], 32768) - 1
+_next_port = [_PORT_LOW + random.Random().randrange(_PORT_HIGH - _PORT_LOW)]
+_ports_given: set[int] = set()
+
+
 def free_port() -> int:
-    """A currently free loopback TCP port."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback TCP port, outside the ephemeral range and new to this session."""
+    span = _PORT_HIGH - _PORT_LOW
+    for _ in range(span):
+        port = _next_port[0]
+        _next_port[0] = _PORT_LOW + (port + 1 - _PORT_LOW) % span
+        if port in _ports_given:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _ports_given.add(port)
+        return port
+    raise RuntimeError("no free loopback port left below the ephemeral range")
 
 
 def armband(n_channels: int = N_CHANNELS, fs: float = FS, seed: int = SEED) -> SyntheticArmband:
