@@ -508,7 +508,8 @@ class Daemon:
         feed_watch = self.config.classify.shift_detect and not stale
         # the ring test's rolled windows are scored in the class decision's kernel call
         rows = self.watch.ring_rows(w.x.shape[0]) if feed_watch else None
-        index, proba, log_marginal, z, ring_ll = live.classifier.classify_window(w.x, rows)
+        score = live.classifier.classify_window(w.x, rows)
+        index, proba, z = score.index, score.proba, score.z
         if stale:
             self.n_stale += 1
             if index < 0 or not np.all(np.isfinite(proba)):
@@ -538,7 +539,9 @@ class Daemon:
             self.publisher.publish("feat", protocol.feat_msg(
                 seq=seq, t=float(w.t_last), x=z, model=int(live.version)))
         if feed_watch:
-            hit = self.watch.update(log_marginal, z, float(w.t_last), ring_ll=ring_ll)
+            hit = self.watch.update(score.log_marginal, z, float(w.t_last),
+                                    ring_ll=score.row_log_marginals,
+                                    ring_index=score.row_index)
             if hit is not None:
                 self.event("shift_suspected", **hit)
                 self._maybe_auto_adapt()

@@ -28,7 +28,11 @@ log p(H R_r x + b) − log p(H x + b), clipped to ±:data:`RING_CLIP` nats (one 
 window cannot decide) and lowered by a drift :data:`RING_DRIFT`; the per-roll sums
 (never below zero) fire when one exceeds :data:`RING_THRESHOLD`. A rotated armband
 is exactly what a roll explains, while fatigue or a re-grip make no roll better
-than the live map. It is confirmed by the likelihood test at
+than the live map. Evidence from a window whose class decision the roll leaves
+unchanged counts at :data:`RING_SAME_DECISION_WEIGHT`: a rotation moves the
+decision of most movements, while a calibrated map that fits one held movement
+loosely is often explained a little better by some roll without any decision
+changing. It is confirmed by the likelihood test at
 :data:`RING_LL_SPREADS` spreads when a reference exists (without one, a daemon
 learning its reference live, it decides alone, so a stream shifted from its first
 sample is still noticed).
@@ -100,6 +104,13 @@ RING_DRIFT = 4.0
 #: fastest setting with no false alarm on the held-out baseline repetitions and
 #: few after a calibration.
 RING_THRESHOLD = 200.0
+#: Positive evidence of a roll that leaves the window's class decision unchanged
+#: counts at this share. On the 18 CIIL recordings (docs/evaluation.md) it removed
+#: most false alarms after a calibration (a held movement that the calibrated map
+#: fits loosely, explained a little better by a roll that would not change the
+#: command) at nearly the same delay: a rotation moves the decision of most
+#: movements.
+RING_SAME_DECISION_WEIGHT = 0.5
 #: The ring test is confirmed by the running-median likelihood being this many
 #: robust spreads below the reference (when there is one).
 RING_LL_SPREADS = 2.0
@@ -437,9 +448,10 @@ class ShiftWatch:
     ring_channels : int, optional
         Electrodes on a ring of channel-major features: switches the ring test on (it
         needs ``components`` and the ``x``, ``H``, ``b`` arguments of :meth:`update`).
-    ring_clip, ring_drift, ring_threshold, ring_ll_spreads : float
+    ring_clip, ring_drift, ring_threshold, ring_ll_spreads, ring_same_weight : float
         The ring test's settings (:data:`RING_CLIP`, :data:`RING_DRIFT`,
-        :data:`RING_THRESHOLD`, :data:`RING_LL_SPREADS`).
+        :data:`RING_THRESHOLD`, :data:`RING_LL_SPREADS`,
+        :data:`RING_SAME_DECISION_WEIGHT`).
 
     Notes
     -----
@@ -454,11 +466,13 @@ class ShiftWatch:
                  persist_windows: int = PERSIST_WINDOWS, ring_channels: int | None = None,
                  ring_clip: float = RING_CLIP, ring_drift: float = RING_DRIFT,
                  ring_threshold: float = RING_THRESHOLD,
-                 ring_ll_spreads: float = RING_LL_SPREADS):
+                 ring_ll_spreads: float = RING_LL_SPREADS,
+                 ring_same_weight: float = RING_SAME_DECISION_WEIGHT):
         self.n_features = int(n_features)
         self.ring_channels = None if ring_channels is None else int(ring_channels)
         self._ring_thr = (float(ring_clip), float(ring_drift), float(ring_threshold),
                           float(ring_ll_spreads))
+        self._ring_same_weight = float(ring_same_weight)
         self._ring_clf = None
         self._ring_key = None
         self._ring_idx = None
@@ -511,7 +525,8 @@ class ShiftWatch:
 
         A roll R_r of the electrodes is a permutation of the features, so
         H R_r x = H x[rows[r]]; a caller that classifies the window anyway can score
-        ``x[rows]`` in the same call and pass the result as ``ring_ll`` to :meth:`update`.
+        ``x[rows]`` in the same call and pass the results as ``ring_ll`` and
+        ``ring_index`` to :meth:`update`.
 
         Parameters
         ----------
@@ -532,8 +547,8 @@ class ShiftWatch:
                                        .ravel() for r in range(C)])
         return self._ring_idx
 
-    def _ring_evidence(self, x: np.ndarray, H, b) -> np.ndarray | None:
-        """Score every roll: log p(H R_r x + b) for r < C, shape (C,); None if not applicable."""
+    def _ring_evidence(self, x: np.ndarray, H, b):
+        """Score every roll: log p(H R_r x + b) and its class decision, each (C,); or None."""
         if H is None or x is None:
             return None
         H = np.asarray(H, dtype=np.float64)
@@ -550,14 +565,22 @@ class ShiftWatch:
             self._ring_clf = MappedClassifier(self._comp, H, bb)
             self._ring_key = key
             self._ring_keep = (H, b)  # keeps the ids in the key valid
-        return self._ring_clf.log_marginal(x[rows])
+        score = self._ring_clf.classify_window(x, rows)
+        return score.row_log_marginals, score.row_index
 
-    def _ring_update(self, ll) -> bool:
-        """Advance the per-roll CUSUM with log p(H R_r x + b), shape (C,); True on a crossing."""
+    def _ring_update(self, ll, index=None) -> bool:
+        """Advance the per-roll CUSUM with log p(H R_r x + b), shape (C,); True on a crossing.
+
+        ``index`` (shape (C,)), the class decision under each roll, weighs evidence of
+        rolls that leave the decision unchanged by :data:`RING_SAME_DECISION_WEIGHT`.
+        """
         if ll is None or not np.all(np.isfinite(ll)):
             return False
         clip, drift, thr, _ = self._ring_thr
         d = np.clip(ll[1:] - ll[0], -clip, clip) - drift
+        if index is not None:
+            same = (index[1:] == index[0]) & (d > 0.0)
+            d[same] *= self._ring_same_weight
         self._cusum = np.maximum(0.0, (0.0 if self._cusum is None else self._cusum) + d)
         self.last_ring = float(self._cusum.max())
         return self.last_ring > thr
@@ -581,7 +604,7 @@ class ShiftWatch:
         self._live_ll, self._live_z = [], []
 
     def update(self, log_marginal: float, z: np.ndarray, t: float, x=None, H=None,
-               b=None, ring_ll=None) -> dict | None:
+               b=None, ring_ll=None, ring_index=None) -> dict | None:
         """Feed one classified window.
 
         Parameters
@@ -601,7 +624,9 @@ class ShiftWatch:
         ring_ll : ndarray of shape (C,), optional
             The ring test's evidence already computed by the caller,
             log p(H x[rows[r]] + b) for the rows of :meth:`ring_rows`; then ``x``,
-            ``H`` and ``b`` are not needed.
+            ``H`` and ``b`` are not needed ...
+        ring_index : ndarray of shape (C,), int, optional
+            ... with the class decision of each of those rows.
 
         Returns
         -------
@@ -619,9 +644,11 @@ class ShiftWatch:
         ring_hit = False
         if self.ring_channels is not None:
             if ring_ll is None and x is not None:
-                ring_ll = self._ring_evidence(np.asarray(x, dtype=np.float64).reshape(-1), H, b)
+                scored = self._ring_evidence(np.asarray(x, dtype=np.float64).reshape(-1), H, b)
+                if scored is not None:
+                    ring_ll, ring_index = scored
             if ring_ll is not None:
-                ring_hit = self._ring_update(ring_ll)
+                ring_hit = self._ring_update(ring_ll, ring_index)
         if self.reference is None:
             self._learn_live(ll, z)
             return self._ring_event(t, None, None) if ring_hit else None

@@ -15,6 +15,8 @@ normalisation would lose ``log L``: samples of ±1e30 gave ``proba = [1, 1, 1, 1
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .._checks import as_float_matrix
@@ -29,6 +31,33 @@ from .source import LOG_2PI, SourceComponents
 MAX_SQUARED_DISTANCE = 1e12
 #: Largest |Σ proba − 1| accepted from the kernel; a safety net behind the distance test.
 PROBA_SUM_TOLERANCE = 1e-3
+
+
+class WindowScore(NamedTuple):
+    """What :meth:`MappedClassifier.classify_window` gives for one window.
+
+    Attributes
+    ----------
+    index : int
+        Most probable class index, −1 if the posterior is not finite.
+    proba : ndarray of shape (L,)
+        Class probabilities (a new array).
+    log_marginal : float
+        log p(H x + b) under the source mixture (NaN for a non-finite ``x``).
+    z : ndarray of shape (m,)
+        The mapped features H x + b.
+    row_log_marginals : ndarray of shape (R,) or None
+        log p(H x[rows[r]] + b) of the extra rows (NaN where flagged); None without rows.
+    row_index : ndarray of shape (R,), int, or None
+        The class decision of each extra row (−1 where flagged); None without rows.
+    """
+
+    index: int
+    proba: np.ndarray
+    log_marginal: float
+    z: np.ndarray
+    row_log_marginals: np.ndarray | None
+    row_index: np.ndarray | None
 
 
 def as_components(source) -> SourceComponents:
@@ -258,16 +287,8 @@ class MappedClassifier:
 
         Returns
         -------
-        index : int
-            Most probable class index, −1 if the posterior is not finite.
-        proba : ndarray of shape (L,)
-            Class probabilities (a new array).
-        log_marginal : float
-            log p(H x + b) under the source mixture (NaN for a non-finite ``x``).
-        z : ndarray of shape (m,)
-            The mapped features H x + b.
-        row_log_marginals : ndarray of shape (R,) or None
-            log p(H x[rows[r]] + b) (NaN where flagged); None without ``rows``.
+        WindowScore
+            ``(index, proba, log_marginal, z, row_log_marginals, row_index)``.
         """
         x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
         if rows is None:
@@ -281,4 +302,8 @@ class MappedClassifier:
         proba = np.exp(lp0)
         index = int(np.argmax(lp0)) if np.isfinite(lp0).all() else -1
         z = self.H @ x + self.b
-        return index, proba, float(marg[0]), z, (None if rows is None else marg[1:])
+        if rows is None:
+            return WindowScore(index, proba, float(marg[0]), z, None, None)
+        row_index = np.argmax(lp[1:], axis=1)
+        row_index[np.isnan(marg[1:])] = -1  # flagged rows are NaN throughout
+        return WindowScore(index, proba, float(marg[0]), z, marg[1:], row_index)

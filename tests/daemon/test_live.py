@@ -25,23 +25,28 @@ def test_classify_window_agrees_with_the_batch_methods(source):
     live = LiveModel.build(bundle, H, b, 3)
     clf = live.classifier
     for x in X[:20]:
-        index, proba, lm, z, extra = clf.classify_window(x)
-        assert extra is None
+        index, proba, lm, z, extra, extra_index = clf.classify_window(x)
+        assert extra is None and extra_index is None
         assert index == int(clf.predict_index(x[None])[0])
         np.testing.assert_allclose(proba, clf.predict_proba(x[None])[0], rtol=1e-12)
         assert lm == pytest.approx(float(clf.log_marginal(x[None])[0]), rel=1e-12)
         np.testing.assert_allclose(z, H @ x + b, rtol=1e-12)
-    index, proba, lm, z, _ = clf.classify_window(np.full(X.shape[1], np.nan))
+    index, proba, lm, z, _, _ = clf.classify_window(np.full(X.shape[1], np.nan))
     assert index == -1 and not np.isfinite(lm)
     rows = np.stack([rng.permutation(X.shape[1]) for _ in range(5)])
     for x in X[20:30]:
-        index, proba, lm, z, extra = clf.classify_window(x, rows=rows)
+        score = clf.classify_window(x, rows=rows)
+        index, proba, lm, z, extra, extra_index = score
         np.testing.assert_allclose(extra, [clf.log_marginal(x[r][None])[0] for r in rows],
                                    rtol=1e-12)
+        np.testing.assert_array_equal(extra_index, [clf.predict_index(x[r][None])[0]
+                                                    for r in rows])
+        assert score.row_index is extra_index and score.log_marginal == lm
         assert index == int(clf.predict_index(x[None])[0])
         assert lm == pytest.approx(float(clf.log_marginal(x[None])[0]), rel=1e-12)
     bad = np.full(X.shape[1], np.nan)
-    assert np.isnan(clf.classify_window(bad, rows=rows)[4]).all()
+    flagged = clf.classify_window(bad, rows=rows)
+    assert np.isnan(flagged.row_log_marginals).all() and (flagged.row_index == -1).all()
     assert not live.H.flags.writeable  # one immutable value
     with pytest.raises(Exception):
         live.version = 4

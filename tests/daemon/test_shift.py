@@ -267,15 +267,22 @@ def test_ring_cusum_matches_a_plain_numpy_twin(setup):
     arm, comp, _ = setup
     m, C = comp.n_features, 8
     X = np.vstack([stream(arm, 1.0, 1)[0], _shifted(arm, 1.0, 1.0, 2)])
-    watch = ShiftWatch(m, None, components=comp, ring_channels=C)
+    off = 1e12  # the likelihood and MMD tests off: the first event is the ring test's
+    watch = ShiftWatch(m, None, components=comp, ring_channels=C, ll_spreads=off,
+                       mmd_spreads=off)
     events, stats = _run_ring(watch, comp, np.eye(m), X)
     # twin: roll each window's channel-major features with np.roll, score under the source
     ident = MappedClassifier(comp, np.eye(m), np.zeros(m))
-    L = np.stack([ident.log_marginal(np.roll(X.reshape(len(X), C, -1), r, axis=1)
-                                     .reshape(len(X), -1)) for r in range(C)])
+    rolled = [np.roll(X.reshape(len(X), C, -1), r, axis=1).reshape(len(X), -1)
+              for r in range(C)]
+    L = np.stack([ident.log_marginal(Xr) for Xr in rolled])
+    decision = np.stack([ident.predict_index(Xr) for Xr in rolled])
     S, twin, first = np.zeros(C - 1), [], None
     for t in range(len(X)):
         d = np.clip(L[1:, t] - L[0, t], -sh.RING_CLIP, sh.RING_CLIP) - sh.RING_DRIFT
+        # a roll that leaves the decision as it is counts at a share of its evidence
+        same = (decision[1:, t] == decision[0, t]) & (d > 0)
+        d = np.where(same, sh.RING_SAME_DECISION_WEIGHT * d, d)
         S = np.maximum(0.0, S + d)
         twin.append(S.max())
         if S.max() > sh.RING_THRESHOLD:
@@ -343,10 +350,12 @@ def test_ring_evidence_under_a_general_map_matches_rolled_matrices(setup):
     X = stream(arm, 1.0, 1)[0][:10]
     watch = ShiftWatch(m, None, components=comp, ring_channels=C)
     for x in X:
-        got = watch._ring_evidence(x, H, b)
-        twin = np.array([MappedClassifier(comp, H @ ring_roll_matrix(m, C, r), b)
-                         .log_marginal(x[None])[0] for r in range(C)])
+        got, got_index = watch._ring_evidence(x, H, b)
+        rolled = [MappedClassifier(comp, H @ ring_roll_matrix(m, C, r), b) for r in range(C)]
+        twin = np.array([clf.log_marginal(x[None])[0] for clf in rolled])
         np.testing.assert_allclose(got, twin, rtol=1e-10, atol=1e-9)
+        np.testing.assert_array_equal(got_index, [clf.predict_index(x[None])[0]
+                                                  for clf in rolled])
 
 
 def test_ring_evidence_scored_with_the_class_decision_matches_rolled_matrices(setup):
@@ -373,12 +382,13 @@ def test_ring_evidence_scored_with_the_class_decision_matches_rolled_matrices(se
     assert ShiftWatch(m, None, components=comp, ring_channels=C).ring_rows(m + 1) is None
     events = [[], []]
     for i, x in enumerate(X):
-        index, proba, ll, z, ring_ll = clf.classify_window(x, rows)
+        index, proba, ll, z, ring_ll, ring_index = clf.classify_window(x, rows)
         twin = np.array([MappedClassifier(comp, H @ ring_roll_matrix(m, C, r), b)
                          .log_marginal(x[None])[0] for r in range(C)])
         np.testing.assert_allclose(ring_ll, twin, rtol=1e-10, atol=1e-9)
         events[0].append(inside.update(ll, z, 0.05 * i, x=x, H=H, b=b))
-        events[1].append(outside.update(ll, z, 0.05 * i, ring_ll=ring_ll))
+        events[1].append(outside.update(ll, z, 0.05 * i, ring_ll=ring_ll,
+                                        ring_index=ring_index))
         assert inside.last_ring == pytest.approx(outside.last_ring, rel=1e-9, abs=1e-9)
     assert [e is None for e in events[0]] == [e is None for e in events[1]]
     assert any(e is not None for e in events[1])  # the shifted stretch fired the ring test
@@ -412,3 +422,31 @@ def test_best_mix_from_a_warm_start_reaches_the_same_optimum():
     warm, w_warm = mm.mmd2_best_mix(Z, start=np.array([0.0, 0.0, 0.2, 0.8]))
     assert warm == pytest.approx(cold, abs=1e-9)
     np.testing.assert_allclose(w_warm, w_cold, atol=1e-5)
+
+
+def test_ring_evidence_that_changes_no_decision_counts_at_its_share(setup):
+    """Closed form: steady evidence e per window adds (e - drift) to the sum when the
+    roll changes the class decision, and a share of it when it does not."""
+    _, comp, _ = setup
+    m, C = comp.n_features, 8
+    e = 9.0
+    ll = np.zeros(C)
+    ll[3] = e  # roll 3 explains every window by e nats better
+    changed = np.zeros(C, dtype=np.int64)
+    changed[3] = 2
+    same = np.zeros(C, dtype=np.int64)
+    for decisions, per_window in ((changed, e - sh.RING_DRIFT),
+                                  (same, sh.RING_SAME_DECISION_WEIGHT * (e - sh.RING_DRIFT))):
+        for weight_given in (None, 0.25):
+            kw = {} if weight_given is None else {"ring_same_weight": weight_given}
+            watch = ShiftWatch(m, None, components=comp, ring_channels=C, **kw)
+            want = per_window
+            if weight_given is not None and decisions is same:
+                want = weight_given * (e - sh.RING_DRIFT)
+            for n in range(1, 6):
+                watch.update(0.0, np.zeros(m), 0.05 * n, ring_ll=ll, ring_index=decisions)
+                assert watch.last_ring == pytest.approx(n * want, rel=1e-12)
+    # evidence against a roll is never discounted: the sum stays at zero
+    watch = ShiftWatch(m, None, components=comp, ring_channels=C)
+    watch.update(0.0, np.zeros(m), 0.0, ring_ll=-ll, ring_index=same)
+    assert watch.last_ring == 0.0
