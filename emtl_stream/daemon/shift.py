@@ -473,6 +473,8 @@ class ShiftWatch:
         self._ring_thr = (float(ring_clip), float(ring_drift), float(ring_threshold),
                           float(ring_ll_spreads))
         self._ring_same_weight = float(ring_same_weight)
+        if not 0.0 <= self._ring_same_weight <= 1.0:
+            raise ValueError(f"ring_same_weight must be in [0, 1], got {ring_same_weight!r}.")
         self._ring_clf = None
         self._ring_key = None
         self._ring_idx = None

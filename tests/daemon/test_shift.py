@@ -450,3 +450,6 @@ def test_ring_evidence_that_changes_no_decision_counts_at_its_share(setup):
     watch = ShiftWatch(m, None, components=comp, ring_channels=C)
     watch.update(0.0, np.zeros(m), 0.0, ring_ll=-ll, ring_index=same)
     assert watch.last_ring == 0.0
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="ring_same_weight"):
+            ShiftWatch(m, None, components=comp, ring_channels=C, ring_same_weight=bad)
