@@ -35,7 +35,8 @@ loosely is often explained a little better by some roll without any decision
 changing. It is confirmed by the likelihood test at
 :data:`RING_LL_SPREADS` spreads when a reference exists (without one, a daemon
 learning its reference live, it decides alone, so a stream shifted from its first
-sample is still noticed).
+sample is still noticed), unless the sum has grown past :data:`RING_CONFIRM_BYPASS`
+times the threshold.
 
 An event is raised when the ring test fires, or when both the likelihood and MMD
 tests are beyond their thresholds for :data:`PERSIST_WINDOWS` consecutive windows
@@ -114,6 +115,12 @@ RING_SAME_DECISION_WEIGHT = 0.5
 #: The ring test is confirmed by the running-median likelihood being this many
 #: robust spreads below the reference (when there is one).
 RING_LL_SPREADS = 2.0
+
+#: A ring sum this many times :data:`RING_THRESHOLD` fires without the likelihood
+#: confirmation. A reference can be lax (a training bundle's held-out windows
+#: include the class transitions, so its spread is wide): on one CIIL subject the
+#: confirmation held a rotation back for 23 s while the sum kept growing.
+RING_CONFIRM_BYPASS = 1.5
 
 #: Without a persisted reference, this many live windows form it (4 s at 50 ms).
 LIVE_REFERENCE_WINDOWS = 80
@@ -675,7 +682,9 @@ class ShiftWatch:
             beyond = ll_beyond and self._mmd_beyond
         else:  # "or", or no MMD available: the likelihood test alone
             beyond = ll_beyond or (mmd_on and self._mmd_beyond)
-        if ring_hit and level is not None and level >= ref.ll_threshold(
+        overwhelming = self.last_ring is not None and \
+            self.last_ring > RING_CONFIRM_BYPASS * self._ring_thr[2]
+        if ring_hit and not overwhelming and level is not None and level >= ref.ll_threshold(
                 self.n_features, self._ring_thr[3], 0.0):
             ring_hit = False  # the windows still fit the live map as well as the reference
         self._run = self._run + 1 if beyond else 0

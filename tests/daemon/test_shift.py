@@ -453,3 +453,34 @@ def test_ring_evidence_that_changes_no_decision_counts_at_its_share(setup):
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="ring_same_weight"):
             ShiftWatch(m, None, components=comp, ring_channels=C, ring_same_weight=bad)
+
+
+def test_an_overwhelming_ring_sum_fires_past_a_lax_reference(setup):
+    """The likelihood confirmation holds the ring test back while the windows fit as
+    well as the reference, but not once the sum passes RING_CONFIRM_BYPASS times the
+    threshold (closed form: steady evidence e adds e - drift per window)."""
+    _, comp, _ = setup
+    m, C = comp.n_features, 8
+    e = 9.0
+    ll = np.zeros(C)
+    ll[2] = e
+    decisions = np.zeros(C, dtype=np.int64)
+    decisions[2] = 1  # the roll changes the decision: full weight
+    per_window = e - sh.RING_DRIFT
+
+    def first_event(reference, level):
+        watch = ShiftWatch(m, reference, components=comp, ring_channels=C)
+        for n in range(1, 200):
+            if watch.update(level, np.zeros(m), 0.05 * n, ring_ll=ll, ring_index=decisions):
+                return n
+        return None
+
+    lax = ShiftReference(0.0, 1.0, None, None, 100, "heldout")
+    strict_level = lax.ll_threshold(m, sh.RING_LL_SPREADS, 0.0) - 1.0
+    crossing = int(np.floor(sh.RING_THRESHOLD / per_window)) + 1
+    bypass = int(np.floor(sh.RING_CONFIRM_BYPASS * sh.RING_THRESHOLD / per_window)) + 1
+    assert crossing < bypass
+    # windows below the reference's level: confirmed as soon as the sum crosses
+    assert first_event(lax, strict_level) == max(crossing, sh.LL_WINDOWS)
+    # windows at the reference's level: held back until the sum is overwhelming
+    assert first_event(lax, 0.0) == bypass
