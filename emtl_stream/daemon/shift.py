@@ -682,10 +682,9 @@ class ShiftWatch:
             beyond = ll_beyond and self._mmd_beyond
         else:  # "or", or no MMD available: the likelihood test alone
             beyond = ll_beyond or (mmd_on and self._mmd_beyond)
-        overwhelming = self.last_ring is not None and \
-            self.last_ring > RING_CONFIRM_BYPASS * self._ring_thr[2]
-        if ring_hit and not overwhelming and level is not None and level >= ref.ll_threshold(
-                self.n_features, self._ring_thr[3], 0.0):
+        if ring_hit and level is not None and \
+                self.last_ring <= RING_CONFIRM_BYPASS * self._ring_thr[2] and \
+                level >= ref.ll_threshold(self.n_features, self._ring_thr[3], 0.0):
             ring_hit = False  # the windows still fit the live map as well as the reference
         self._run = self._run + 1 if beyond else 0
         self._calm = 0 if (beyond or ring_hit) else self._calm + 1
