@@ -7,7 +7,7 @@ import pytest
 
 from emtl_stream.errors import BurstTooShort, DegenerateBurst, TransferConvergenceWarning
 from emtl_stream.model.source import SourceComponents
-from emtl_stream.model.transfer import TransferEM, ring_roll_matrix
+from emtl_stream.model.transfer import CG_RTOL, TransferEM, ring_roll_matrix
 from naive import transfer as nv
 from sources import lda_source, make_source, sample, shifted
 
@@ -44,6 +44,24 @@ def test_full_fit_equals_plain_numpy_em(rng, bias, solver):
     np.testing.assert_allclose(te.log_likelihood_, trace, rtol=1e-9)
     if solver == "cg":
         assert te.cg_iters_ and max(te.cg_iters_) > 0  # the CG path really ran
+
+
+def test_default_cg_tolerance_follows_the_exact_em_path(rng):
+    """CG stopped at CG_RTOL is a generalised EM step: the objective never drops, and
+    trace and map match a tight solve far below a map's sampling error."""
+    src = make_source(rng, 12, 4, 2, False)
+    X, y, _ = shifted(rng, src, 120)
+    kw = dict(kind="full", reg=0.1, max_iter=8, tol=0.0, solver="cg")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TransferConvergenceWarning)
+        loose = TransferEM(src, **kw).fit(X, y)
+        tight = TransferEM(src, cg_rtol=1e-13, **kw).fit(X, y)
+    assert loose.cg_rtol == CG_RTOL
+    assert sum(loose.cg_iters_) < sum(tight.cg_iters_)  # the point of the default
+    trace = np.asarray(loose.log_likelihood_)
+    assert np.all(np.diff(trace) >= -1e-12 * np.abs(trace[:-1]))
+    np.testing.assert_allclose(loose.log_likelihood_, tight.log_likelihood_, rtol=1e-5)
+    np.testing.assert_allclose(loose.H_, tight.H_, rtol=0, atol=1e-4 * np.abs(tight.H_).max())
 
 
 def test_shared_step_equals_exact_full_step_on_a_tied_source(rng):
