@@ -55,6 +55,12 @@ MAX_WAIT_S = 0.05
 #: The last stretch before a window is due (s) is waited for in a blocking LSL pull,
 #: which returns with the first sample, instead of in the control poll.
 LSL_HANDOFF_S = 0.01
+#: The ring test's rolled windows (C rows of n features, each mapped by an n x n H)
+#: ride in the class decision's kernel call while C * n * n stays within this many
+#: multiply-adds (8 electrodes x 4 features: 8,192; 16: 65,536), and are scored after
+#: the prediction is published above it (64 electrodes: 4.2 M, about 0.9 ms of the
+#: window's 1.1 ms classification on the project's 2-core machine).
+RING_ROWS_INLINE_MAX = 1 << 17
 #: Poll while no stream is connected (s); connect attempts follow their own back-off
 #: (:mod:`.connection`).
 IDLE_WAIT_S = 0.05
@@ -506,9 +512,11 @@ class Daemon:
         if live is None:
             return
         feed_watch = self.config.classify.shift_detect and not stale
-        # the ring test's rolled windows are scored in the class decision's kernel call
+        # the ring test's rolled windows: scored in the class decision's kernel call
+        # when they are cheap, after the prediction is out when they are not
         rows = self.watch.ring_rows(w.x.shape[0]) if feed_watch else None
-        score = live.classifier.classify_window(w.x, rows)
+        inline = rows is not None and rows.size * w.x.shape[0] <= RING_ROWS_INLINE_MAX
+        score = live.classifier.classify_window(w.x, rows if inline else None)
         index, proba, z = score.index, score.proba, score.z
         if stale:
             self.n_stale += 1
@@ -539,9 +547,11 @@ class Daemon:
             self.publisher.publish("feat", protocol.feat_msg(
                 seq=seq, t=float(w.t_last), x=z, model=int(live.version)))
         if feed_watch:
+            ring_ll, ring_index = score.row_log_marginals, score.row_index
+            if rows is not None and not inline:
+                ring_ll, ring_index = live.classifier.score_rows(w.x, rows)
             hit = self.watch.update(score.log_marginal, z, float(w.t_last),
-                                    ring_ll=score.row_log_marginals,
-                                    ring_index=score.row_index)
+                                    ring_ll=ring_ll, ring_index=ring_index)
             if hit is not None:
                 self.event("shift_suspected", **hit)
                 self._maybe_auto_adapt()

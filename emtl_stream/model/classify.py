@@ -304,6 +304,35 @@ class MappedClassifier:
         z = self.H @ x + self.b
         if rows is None:
             return WindowScore(index, proba, float(marg[0]), z, None, None)
-        row_index = np.argmax(lp[1:], axis=1)
-        row_index[np.isnan(marg[1:])] = -1  # flagged rows are NaN throughout
-        return WindowScore(index, proba, float(marg[0]), z, marg[1:], row_index)
+        return WindowScore(index, proba, float(marg[0]), z, marg[1:], _row_decisions(lp[1:],
+                                                                                   marg[1:]))
+
+    def score_rows(self, x, rows):
+        """Log-marginal and class decision of the windows ``x[rows[r]]`` only.
+
+        The rows :meth:`classify_window` scores beside the window, in a call of their
+        own: the daemon publishes a wide window's prediction first and scores its
+        rolled windows after (at 64 electrodes they cost more than the decision).
+
+        Parameters
+        ----------
+        x : ndarray of shape (n,)
+        rows : ndarray of shape (R, n), int
+
+        Returns
+        -------
+        row_log_marginals : ndarray of shape (R,)
+            NaN where a row is flagged (see :meth:`log_posteriors`).
+        row_index : ndarray of shape (R,), int
+            Class index of each row, -1 where flagged.
+        """
+        x = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+        lp, marg = self._run(np.take(x, rows))
+        return marg, _row_decisions(lp, marg)
+
+
+def _row_decisions(lp: np.ndarray, marg: np.ndarray) -> np.ndarray:
+    """Class index per row of log-posteriors ``lp`` (R, L); -1 where ``marg`` is NaN."""
+    row_index = np.argmax(lp, axis=1)
+    row_index[np.isnan(marg)] = -1  # flagged rows are NaN throughout
+    return row_index

@@ -44,9 +44,66 @@ def test_classify_window_agrees_with_the_batch_methods(source):
         assert score.row_index is extra_index and score.log_marginal == lm
         assert index == int(clf.predict_index(x[None])[0])
         assert lm == pytest.approx(float(clf.log_marginal(x[None])[0]), rel=1e-12)
+        # the same rows in a call of their own (the daemon's path for wide windows)
+        alone_ll, alone_index = clf.score_rows(x, rows)
+        np.testing.assert_allclose(alone_ll, extra, rtol=1e-12)
+        np.testing.assert_array_equal(alone_index, extra_index)
     bad = np.full(X.shape[1], np.nan)
     flagged = clf.classify_window(bad, rows=rows)
     assert np.isnan(flagged.row_log_marginals).all() and (flagged.row_index == -1).all()
+    alone_ll, alone_index = clf.score_rows(bad, rows)
+    assert np.isnan(alone_ll).all() and (alone_index == -1).all()
     assert not live.H.flags.writeable  # one immutable value
     with pytest.raises(Exception):
         live.version = 4
+
+
+@pytest.mark.parametrize("inline_max", [0, None])
+def test_the_shift_watch_gets_the_same_ring_evidence_in_one_call_or_two(
+        tmp_path, source, start_player, start_daemon, monkeypatch, inline_max):
+    """Wide windows publish first and score their rolled windows after; the evidence the
+    shift watch receives equals the one-call scores either way."""
+    import time
+
+    from daemon.conftest import daemon_config, unique_id
+
+    from emtl_stream.daemon import service
+    from emtl_stream.daemon.shift import ShiftWatch
+    from emtl_stream.model.classify import MappedClassifier
+
+    if inline_max is not None:  # every ring is "wide": the separate call runs
+        monkeypatch.setattr(service, "RING_ROWS_INLINE_MAX", inline_max)
+    bundle = source[0]
+    calls, updates = [], []
+    orig_classify, orig_update = MappedClassifier.classify_window, ShiftWatch.update
+
+    def classify_spy(self, x, rows=None):
+        calls.append((self, np.array(x), rows))
+        return orig_classify(self, x, rows)
+
+    def update_spy(self, ll, z, t, ring_ll=None, ring_index=None):
+        # the window's own classification is the loop's latest call (same thread)
+        updates.append((calls[-1], ll, None if ring_ll is None else np.array(ring_ll),
+                        None if ring_index is None else np.array(ring_index)))
+        return orig_update(self, ll, z, t, ring_ll=ring_ll, ring_index=ring_index)
+
+    monkeypatch.setattr(MappedClassifier, "classify_window", classify_spy)
+    monkeypatch.setattr(ShiftWatch, "update", update_spy)
+    sid = unique_id("ringcall")
+    start_player(sid, class_schedule=[(c, 0.5) for c in bundle.classes], loop=True)
+    d = start_daemon(daemon_config(tmp_path / "state", sid), bundle=bundle)
+    deadline = time.monotonic() + 20.0
+    while len(updates) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    d.stop(timeout=10.0)
+    assert len(updates) >= 20, "the shift watch saw too few windows"
+    assert len(calls) >= len(updates)
+    rows = d.watch.ring_rows(calls[0][1].shape[0])
+    assert rows is not None  # the daemon's ring test is on for this source
+    assert all((r is None) == (inline_max == 0) for _, _, r in calls)
+    # independent: score every window again with its rows, in one call
+    for (clf, x, _), ll, ring_ll, ring_index in updates:
+        one = orig_classify(clf, x, rows)
+        assert ll == pytest.approx(one.log_marginal, rel=1e-12)
+        np.testing.assert_allclose(ring_ll, one.row_log_marginals, rtol=1e-12)
+        np.testing.assert_array_equal(ring_index, one.row_index)
