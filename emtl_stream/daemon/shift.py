@@ -534,8 +534,10 @@ class ShiftWatch:
 
         A roll R_r of the electrodes is a permutation of the features, so
         H R_r x = H x[rows[r]]; a caller that classifies the window anyway can score
-        ``x[rows]`` in the same call and pass the results as ``ring_ll`` and
-        ``ring_index`` to :meth:`update`.
+        ``x[rows]`` in the same call (the daemon does for rings up to
+        ``RING_ROWS_INLINE_MAX``, and scores wider ones after publishing the
+        prediction) and pass the results as ``ring_ll`` and ``ring_index`` to
+        :meth:`update`.
 
         Parameters
         ----------

@@ -304,8 +304,9 @@ class MappedClassifier:
         z = self.H @ x + self.b
         if rows is None:
             return WindowScore(index, proba, float(marg[0]), z, None, None)
-        return WindowScore(index, proba, float(marg[0]), z, marg[1:], _row_decisions(lp[1:],
-                                                                                   marg[1:]))
+        row_marg = marg[1:]
+        return WindowScore(index, proba, float(marg[0]), z, row_marg,
+                           _row_decisions(lp[1:], row_marg))
 
     def score_rows(self, x, rows):
         """Log-marginal and class decision of the windows ``x[rows[r]]`` only.
