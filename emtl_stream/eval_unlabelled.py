@@ -184,9 +184,11 @@ def detector_streams(base: dict, shift: dict, settings):
 
     Five streams per subject of baseline rep b (unshifted, held out) then the shifted
     recording, and one stream after a calibration: the map fitted with labels on
-    shifted reps 0-1, its reference from those windows (as the daemon takes it after
-    a swap), then shifted reps 2-7 (unshifted relative to that map; index = its length,
-    so every event is a false alarm).
+    shifted reps 0-1, then shifted reps 2-7 (unshifted relative to that map; index = its
+    length, so every event is a false alarm). That stream has no reference (None): as
+    in the daemon after a labelled swap, the watch learns it from the first
+    :data:`~emtl_stream.daemon.shift.LIVE_REFERENCE_WINDOWS` windows after the map,
+    not from the windows the map was fitted on.
 
     Parameters
     ----------
@@ -214,9 +216,8 @@ def detector_streams(base: dict, shift: dict, settings):
     cal = np.isin(shift["rep"], CAL_REPS)
     tem = TransferEM(comp, ring_channels=settings.ring_channels, **settings.transfer)
     tem.fit(shift["X"][cal], shift["y"][cal])
-    ref = ShiftReference.from_windows(comp, tem.H_, tem.b_, shift["X"][cal], source="live")
     Xp = shift["X"][~cal]
-    yield comp, tem.H_, tem.b_, ref, Xp, len(Xp)
+    yield comp, tem.H_, tem.b_, None, Xp, len(Xp)
 
 
 def run_watch(comp, H, b, ref, X, step_s, ring_channels=None, **thresholds):
