@@ -199,6 +199,31 @@ def test_constant_feature_rank_deficient_and_absent_class_give_finite_H(rng, sha
         TransferEM(src, reg=0.0, reg_scale="absolute", kind="shared").fit(X[:3], y[keep][:3])
 
 
+@pytest.mark.parametrize("n, shared, kw", [
+    (16, False, dict(kind="full", bias=True)),  # per-component CG (272 unknowns)
+    (64, True, dict(structure="channel", ring_channels=16)),  # block-Jacobi CG
+    (64, True, dict(structure="channel", ring_channels=16, bias=True)),  # masked CG
+])
+def test_degenerate_bursts_on_the_cg_paths_give_a_finite_map_or_a_clear_error(rng, n,
+                                                                             shared, kw):
+    """At the sizes the M-step solves by CG (stopped at CG_RTOL), a burst with a constant,
+    a duplicated and ten silent features still gives a finite map, and an unregularised
+    rank-deficient one a DegenerateBurst, never NaN."""
+    src = make_source(rng, n, 3, 1, shared)
+    Z, y = sample(rng, src, 30)
+    X = Z.copy()
+    X[:, 1] = 5.0
+    X[:, 3] = 2 * X[:, 0]
+    X[:, 10:20] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", TransferConvergenceWarning)
+        te = TransferEM(src, **kw).fit(X, y)
+    assert te.cg_iters_ and max(te.cg_iters_) > 0  # the CG path ran
+    assert np.all(np.isfinite(te.H_)) and np.all(np.isfinite(te.b_))
+    with pytest.raises(DegenerateBurst, match="reg"):
+        TransferEM(src, reg=0.0, reg_scale="absolute", **kw).fit(X[:3], y[:3])
+
+
 def test_max_iter_warns(rng):
     src = make_source(rng, 4, 2, 2, True, sep=1.0)
     X, y, _ = shifted(rng, src, 40, noise=1.0)
