@@ -25,18 +25,16 @@ def subject4_streams(emg_dir):
     st = EvalSettings.from_config(load_config(None, env={}))
     base = _load(emg_dir / "ciil_es_s04_baseline.npz", st)
     shift = _load(emg_dir / "ciil_es_s04_shifted.npz", st)
-    return st, list(detector_streams(base, shift, st))
+    return st, list(detector_streams(base, shift, st)), shift
 
 
-def test_a_roll_that_changes_no_decision_no_longer_raises_a_false_alarm(subject4_streams,
-                                                                       emg_dir):
-    st, streams = subject4_streams
+def test_a_roll_that_changes_no_decision_no_longer_raises_a_false_alarm(subject4_streams):
+    st, streams, shift = subject4_streams
     step_s = st.step_ms / 1000.0
     comp, H, b, ref, X, nb = streams[-1]  # after a calibration: every event is false
     assert nb == len(X) and ref is None  # the protocol learns its reference live
     # A reference from the calibration windows themselves (the map fits them best, so
     # later windows look a little worse): the setting the false alarm was found in.
-    shift = _load(emg_dir / "ciil_es_s04_shifted.npz", st)
     ref = sh.ShiftReference.from_windows(comp, H, b, shift["X"][np.isin(shift["rep"], CAL_REPS)])
     full, _ = run_watch(comp, H, b, ref, X, step_s, ring_channels=st.ring_channels,
                         ring_same_weight=1.0)
@@ -47,7 +45,7 @@ def test_a_roll_that_changes_no_decision_no_longer_raises_a_false_alarm(subject4
 
 
 def test_the_rotation_is_still_noticed_within_5_s(subject4_streams):
-    st, streams = subject4_streams
+    st, streams, _ = subject4_streams
     step_s = st.step_ms / 1000.0
     assert len(streams) == 6
     # a held-out baseline rep, then the shift (two of the five, to keep the suite short)
