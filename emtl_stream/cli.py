@@ -134,6 +134,23 @@ def _id_list(text: str) -> str:
     return ",".join(parts)
 
 
+#: Longest lead-in ``evaluate --lead-in`` accepts: a CIIL class segment lasts a few
+#: seconds, and the burst must still fit after it.
+LEAD_IN_MAX_S = 5.0
+
+
+def _lead_in_seconds(text: str) -> float:
+    """Seconds in [0, LEAD_IN_MAX_S]: checked here so a typo is a usage error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 <= value <= LEAD_IN_MAX_S:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"expected seconds in [0, {LEAD_IN_MAX_S:g}], got "
+                                         f"{text!r}")
+    return value
+
+
 COVARIANCE_TYPES = ("full", "tied", "diag", "tied_diag", "spherical", "tied_spherical")
 
 
@@ -323,6 +340,9 @@ def _evaluate(p):
                         "armband instead (docs/evaluation.md)")
     p.add_argument("--unlabelled", action="store_true",
                    help="zero-label recalibration, optimal-transport and shift-detector rows")
+    p.add_argument("--lead-in", type=_lead_in_seconds, default=0.0, metavar="SECONDS",
+                   help="leave the first SECONDS (0-5) of every prompt out of the labelled "
+                        "burst, as the daemon's [calibration] lead_in_s does (default 0)")
 
 
 @command("bench", "emtl_stream.commands:bench", "run the benchmarks and print the tables")

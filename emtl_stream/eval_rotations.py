@@ -16,7 +16,8 @@ and the features are computed from x'. Protocol per subject and grid point:
 * ``no_adapt``: the source model on the rotated test set;
 * ``transfer``: :class:`TransferEM` with the daemon's settings, calibrated on the first
   ``burst_s`` seconds of every class of rotated rep 3 (a window counts when it ends
-  within ``burst_s`` of its segment's start);
+  within ``burst_s`` of its segment's start; after the settings' ``lead_in_s``, the
+  daemon's recording rule, when that is set: :func:`~emtl_stream.evaluate.burst_rows`);
 * ``zero_label``: the same TransferEM fitted on all of rotated rep 3 without labels;
 * ``slda``: shrinkage-LDA retrained on the burst;
 * ``ref``: the reference package (em-transfer-learning, GPLv3, imported only, never
@@ -123,7 +124,7 @@ def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
     dict
         ``{(rotation, gain): {method: accuracy, "fit_ms": ...}}`` plus ``"within"``.
     """
-    from .evaluate import _accuracy, _reference_transfer
+    from .evaluate import _accuracy, _reference_transfer, burst_rows
     from .model.baselines import ShrinkageLDA
     from .model.gmm import LabelledGMM
     from .model.rotation import count_types
@@ -133,7 +134,7 @@ def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
     feats, meta = _subject_features(baseline, s, grid.rotations, grid.gains)
     y, rep = meta["y"], meta["rep"]
     train, cal, test = np.isin(rep, TRAIN_REPS), rep == CAL_REP, rep == TEST_REP
-    burst = cal & (meta["offset_s"] <= grid.burst_s + 1e-9)
+    burst = cal & burst_rows(meta["offset_s"], grid.burst_s, s.window_ms / 1e3, s.lead_in_s)
     source = LabelledGMM(n_components_per_class=s.n_components_per_class,
                          covariance_type=s.covariance_type, random_state=0)
     source.fit(feats[(0.0, 1.0)][train], y[train])
@@ -238,7 +239,8 @@ def evaluate_rotations(data_dir, grid: RotationGrid | None = None, subjects=None
     return {"subjects": rows, "mean": _summarise(list(rows.values()), grid, methods),
             "methods": methods, "grid": {"rotations": list(map(float, grid.rotations)),
                                          "gains": list(map(float, grid.gains)),
-                                         "burst_s": grid.burst_s}}
+                                         "burst_s": grid.burst_s,
+                                         "lead_in_s": grid.settings.lead_in_s}}
 
 
 # ------------------------------------------------------------------ synthetic armband
@@ -431,6 +433,7 @@ def main_rotations(args) -> int:
 
     subjects = {int(s) for s in args.subjects.split(",")} if args.subjects else None
     settings = EvalSettings.from_config(load_config(getattr(args, "config", None)))
+    settings.lead_in_s = float(getattr(args, "lead_in", 0.0) or 0.0)
     grid = RotationGrid(settings=settings, reference=True)
 
     def progress(sid, row):
@@ -592,7 +595,7 @@ def breakdown_subject(baseline: Path, settings, cells=BREAKDOWN_CELLS,
     dict
         ``{(rotation, gain): {row: accuracy / within}}``.
     """
-    from .evaluate import _accuracy
+    from .evaluate import _accuracy, burst_rows
     from .model.gmm import LabelledGMM
     from .model.transfer import TransferEM, channel_mask
 
@@ -602,7 +605,7 @@ def breakdown_subject(baseline: Path, settings, cells=BREAKDOWN_CELLS,
     feats, meta = _subject_features(baseline, s, rots, gains)
     y, rep = meta["y"], meta["rep"]
     train, cal, test = np.isin(rep, TRAIN_REPS), rep == CAL_REP, rep == TEST_REP
-    burst = cal & (meta["offset_s"] <= burst_s + 1e-9)
+    burst = cal & burst_rows(meta["offset_s"], burst_s, s.window_ms / 1e3, s.lead_in_s)
     X0 = feats[(0.0, 1.0)]
     source = LabelledGMM(n_components_per_class=s.n_components_per_class,
                          covariance_type=s.covariance_type, random_state=0)

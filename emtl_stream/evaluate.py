@@ -10,7 +10,9 @@ Protocol (issue 5), per subject of the shared CIIL electrode-shift data set
 * ``no_adapt``: the source model on shifted data;
 * ``transfer@T``: transfer EM with the daemon's default settings, calibrated on
   the first T seconds of every class of shifted rep 0 (a window counts when it
-  ends within T s of the segment start);
+  ends within T s of the segment start; with ``--lead-in L`` it must also start
+  L s or more after it, the rule of the daemon's prompted bursts, see
+  :func:`burst_rows`);
 * ``transfer3@T``: the same with only 3 of the 5 classes in the burst, averaged
   over all 10 such subsets (the model must still recognise the other two);
 * ``slda@T`` / ``slda3@T``: shrinkage-LDA retrained on the same burst (the fair
@@ -53,6 +55,9 @@ class EvalSettings:
     n_components_per_class: int = 1
     transfer: dict = field(default_factory=dict)  # TransferEM keyword arguments
     ring_channels: int | None = 8
+    #: Seconds of every prompt left out of the burst (``--lead-in``); 0 keeps the
+    #: published protocol, ``[calibration] lead_in_s`` (0.5) is what the daemon records.
+    lead_in_s: float = 0.0
 
     @classmethod
     def from_config(cls, config) -> "EvalSettings":
@@ -86,6 +91,35 @@ def _load(path: Path, settings: EvalSettings) -> dict:
     extractor = FeatureExtractor(settings.feature_names, n_channels=8, fs=200.0)
     return ciil_features(load_ciil_session(path), extractor, settings.window_ms,
                          settings.step_ms)
+
+
+def burst_rows(offset_s, seconds: float, window_s: float, lead_in_s: float = 0.0
+               ) -> np.ndarray:
+    """Windows of a labelled burst: those lying inside ``[lead_in_s, lead_in_s + seconds]``.
+
+    With ``lead_in_s = 0`` this is "the first ``seconds`` of every class" (a window
+    counts when it ends within ``seconds`` of its segment's start). A positive lead-in
+    is the daemon's rule for prompted bursts (``[calibration] lead_in_s``): the user is
+    still moving into the gesture, so no window that overlaps the lead-in is labelled.
+
+    Parameters
+    ----------
+    offset_s : ndarray of shape (N,)
+        Time of each window's end since the start of its segment, in seconds.
+    seconds : float
+        Recorded seconds per class.
+    window_s : float
+        Window length in seconds.
+    lead_in_s : float
+        Seconds after the segment start that are not recorded.
+
+    Returns
+    -------
+    ndarray of shape (N,), bool
+    """
+    off = np.asarray(offset_s, dtype=np.float64)
+    eps = 1e-9  # float round-off in offsets built from sample counts
+    return (off <= lead_in_s + seconds + eps) & (off - window_s >= lead_in_s - eps)
 
 
 def _accuracy(pred, y) -> float:
@@ -150,7 +184,8 @@ def evaluate_subject(baseline: Path, shifted: Path, settings: EvalSettings,
     classes = np.unique(base["y"])
     cal_rep = shift["rep"] == SHIFT_CAL_REP
     for T in BURST_SECONDS:
-        sel = cal_rep & (shift["offset_s"] <= T + 1e-9)
+        sel = cal_rep & burst_rows(shift["offset_s"], T, settings.window_ms / 1e3,
+                                   settings.lead_in_s)
         Xc, yc = shift["X"][sel], shift["y"][sel]
         t0 = time.perf_counter()
         tem = TransferEM(source, ring_channels=settings.ring_channels, **settings.transfer)
@@ -322,6 +357,12 @@ def main(args) -> int:
     """
     import sys
 
+    if getattr(args, "lead_in", 0.0) and (getattr(args, "speed", False)
+                                          or getattr(args, "unlabelled", False)):
+        from .errors import ConfigError
+
+        raise ConfigError("--lead-in applies to the default and --rotations tables only; "
+                          "--speed and --unlabelled keep their published bursts")
     if getattr(args, "speed", False):
         from .eval_speed import main as speed_main
 
@@ -340,6 +381,7 @@ def main(args) -> int:
     from .config import load_config
 
     settings = EvalSettings.from_config(load_config(getattr(args, "config", None)))
+    settings.lead_in_s = float(getattr(args, "lead_in", 0.0) or 0.0)
 
     def progress(sid, row):
         print(f"subject {sid:2d}: within {row['within']:.3f}  no-adapt {row['no_adapt']:.3f}  "

@@ -85,6 +85,11 @@ def test_help_and_usage_errors():
     assert proc.returncode == 2 and ">= 0" in proc.stderr
     proc = cli("status", "--control", "notanaddress")
     assert proc.returncode == 2 and "not a ZeroMQ endpoint" in one_line(proc.stderr)
+    for bad in ("nan", "-0.1", "5.5", "soon"):
+        proc = cli("evaluate", "no-such-dir", "--lead-in", bad)
+        assert proc.returncode == 2 and "expected seconds in [0, 5]" in proc.stderr, bad
+    proc = cli("evaluate", "no-such-dir", "--lead-in", "0.5", "--unlabelled")
+    assert proc.returncode == 2 and "--lead-in applies to" in one_line(proc.stderr)
     proc = cli("recalibrate", "--classes", " , ")
     assert proc.returncode == 2 and "--classes needs" in one_line(proc.stderr)
     for huge in ("99999999999999999999999", "2147483648", "9" * 5000):

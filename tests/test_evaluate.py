@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-from emtl_stream.evaluate import EvalSettings, evaluate_dir, evaluate_subject, to_markdown
+from emtl_stream.daemon.calibration import PromptSchedule
+from emtl_stream.evaluate import (EvalSettings, burst_rows, evaluate_dir, evaluate_subject,
+                                  to_markdown)
 
 WIN, STEP = 40, 10  # 200 ms / 50 ms at 200 Hz
 
@@ -51,6 +53,32 @@ def test_shrinkage_lda_uses_exactly_the_first_seconds_of_rep_0(subject5):
     test = rs >= 2
     for T in (0.25, 0.5, 1.0):
         cal = (rs == 0) & (off <= T + 1e-9)
+        ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(Xs[cal], ys[cal])
+        assert row[f"slda@{T:g}"] == pytest.approx(ref.score(Xs[test], ys[test]), abs=1e-9)
+
+
+@pytest.mark.parametrize("lead_in", [0.0, 0.25, 0.5])
+@pytest.mark.parametrize("seconds", [0.5, 1.0])
+def test_burst_rows_are_the_windows_a_prompted_burst_records(lead_in, seconds):
+    # Window ends every 50 ms over one class segment, as ciil_features yields them.
+    off = (np.arange(WIN, 600 + 1, STEP)) / 200.0
+    sched = PromptSchedule(["open"], seconds, repetitions=1, lead_in_s=lead_in, rest_s=0.0)
+    want = np.array([sched.label_for_window(t, WIN / 200.0) == "open" for t in off])
+    got = burst_rows(off, seconds, WIN / 200.0, lead_in)
+    np.testing.assert_array_equal(got, want)
+    assert got.sum() == round((seconds - WIN / 200.0) / (STEP / 200.0)) + 1
+    if lead_in == 0.0:  # the published protocol: the first `seconds` of every class
+        np.testing.assert_array_equal(got, off <= seconds + 1e-9)
+
+
+def test_a_lead_in_moves_the_burst_past_the_onset(emg_dir):
+    b, s = emg_dir / "ciil_es_s05_baseline.npz", emg_dir / "ciil_es_s05_shifted.npz"
+    row = evaluate_subject(b, s, EvalSettings(feature_names=("mav", "wl", "zc", "ssc"),
+                                              lead_in_s=0.5))
+    Xs, ys, rs, off = _naive_windows(s)
+    test = rs >= 2
+    for T in (0.5, 1.0):
+        cal = (rs == 0) & (off - WIN / 200.0 >= 0.5 - 1e-9) & (off <= 0.5 + T + 1e-9)
         ref = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(Xs[cal], ys[cal])
         assert row[f"slda@{T:g}"] == pytest.approx(ref.score(Xs[test], ys[test]), abs=1e-9)
 
