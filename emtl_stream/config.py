@@ -100,6 +100,7 @@ class TransferConfig:
     bias: bool = _opt(False)
     ring_search: bool = _opt(True)
     rotation_search: str = _opt("roll", choices=("roll", "continuous"))
+    guard: str = _opt("auto", choices=("auto", "on", "off"))
     max_iter: int = _opt(100, minimum=1, maximum=10000)
     tol: float = _opt(1e-6, positive=True)
     kind: str = _opt("auto")

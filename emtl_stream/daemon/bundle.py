@@ -427,6 +427,8 @@ def transfer_settings(config, n_channels: int, *, n_features: int | None = None,
     if ring and t.rotation_search != "roll":  # only passed when asked: the default is unchanged
         kw["rotation_search"] = t.rotation_search
         kw["rotation_counts"] = count_types(config.features.names)
+    if t.guard != "auto":  # "auto" leaves it to TransferEM (on with the continuous search)
+        kw["guard"] = t.guard == "on"
     return kw, ring
 
 

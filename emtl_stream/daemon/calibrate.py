@@ -304,6 +304,15 @@ def _save_map(d, H, b, meta, **fields) -> int | None:
 
 
 def _install_transfer(d, result, burst_id) -> None:
+    guard = result.get("guard")
+    if guard is not None and guard["kept_live"]:
+        # The fit ran, but the live map predicted the burst's held-out windows as well:
+        # a refusal, not a swap to a copy of the live map under a new version.
+        calibration_failed(
+            d, f"the live map classifies held-out burst windows at least as well as the "
+            f"new map ({guard['live']:.3f} vs {guard['new']:.3f}); map {d.version} stays "
+            "live", burst=burst_id, guard=guard)
+        return
     new, old = result["objective"], result["previous_objective"]
     if not (np.isfinite(new) and new >= old):
         calibration_failed(

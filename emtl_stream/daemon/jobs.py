@@ -80,7 +80,8 @@ def transfer_job(components, X, labels, H_live, b_live, *, transfer_kwargs: dict
     -------
     dict
         ``H``, ``b``, ``objective``, ``previous_objective``, ``n_iter``, ``converged``,
-        ``roll``, ``trace``, ``fit_s``.
+        ``roll``, ``trace``, ``fit_s`` and ``guard`` (``TransferEM.guard_``: the held-out
+        accuracies of the new and the live map, or None when the guard did not run).
     """
     from ..model.transfer import TransferEM
 
@@ -98,7 +99,8 @@ def transfer_job(components, X, labels, H_live, b_live, *, transfer_kwargs: dict
     return dict(H=H, b=b, objective=new_obj, previous_objective=old_obj,
                 n_iter=int(tem.n_iter_), converged=bool(tem.converged_),
                 roll=getattr(tem, "best_roll_", None),
-                trace=list(map(float, tem.log_likelihood_)), fit_s=time.perf_counter() - t0)
+                trace=list(map(float, tem.log_likelihood_)), fit_s=time.perf_counter() - t0,
+                guard=tem.guard_)
 
 
 def unlabelled_transfer_job(components, X, H_live, b_live, *, transfer_kwargs: dict,

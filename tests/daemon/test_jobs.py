@@ -211,3 +211,59 @@ def test_estimators_keep_their_state_when_stopped():
         with pytest.raises(FitCancelled):
             model.fit(X[::-1] + 5.0, y, should_stop=lambda: True)
         np.testing.assert_array_equal(model.predict(X), before)
+
+
+def test_the_guard_is_a_config_choice(source):
+    """``[transfer] guard``: "auto" leaves TransferEM's default, "on"/"off" force it."""
+    bundle = source[0]
+    H = np.eye(bundle.components.n_features)
+    kw, _ = jobs.transfer_settings(load_config(None, env={}), bundle.n_channels, H)
+    assert "guard" not in kw
+    for value, want in (("on", True), ("off", False)):
+        cfg = load_config(None, env={"EMTL_TRANSFER_GUARD": f'"{value}"',
+                                     "EMTL_TRANSFER_ROTATION_SEARCH": '"continuous"'})
+        assert jobs.transfer_settings(cfg, bundle.n_channels, H)[0]["guard"] is want
+
+
+def test_a_guarded_burst_the_live_map_already_classifies_is_refused(tmp_path, source):
+    """An unshifted arm with ``guard = "on"``: ``calibration_failed`` naming the guard,
+    no new map version; a shifted arm's burst goes live."""
+    from daemon.conftest import daemon_config, unique_id
+
+    from emtl_stream.daemon import calibrate
+    from emtl_stream.daemon.service import Daemon
+
+    bundle = source[0]
+    m = bundle.components.n_features
+    H, b = np.eye(m), np.zeros(m)
+    cfg = daemon_config(tmp_path / "state", unique_id("guard"), EMTL_TRANSFER_GUARD='"on"')
+    kw, ring = jobs.transfer_settings(cfg, bundle.n_channels, H)
+    d = Daemon(cfg, bundle=bundle)
+    sent = []
+    d.events.bind(lambda topic, msg: sent.append(msg))
+    results = {}
+    for shift in (0.0, 1.0):
+        X, y = _windows(bundle, shift)
+        results[shift] = r = jobs.transfer_job(bundle.components, X, list(y), H, b,
+                                               transfer_kwargs=kw, ring_channels=ring)
+        assert r["guard"]["live"] == pytest.approx(_acc(bundle, H, b, X, y))
+    assert results[0.0]["guard"]["kept_live"] and results[0.0]["guard"]["live"] > 0.95
+    np.testing.assert_array_equal(results[0.0]["H"], H)
+    assert not results[1.0]["guard"]["kept_live"]
+
+    v0, maps0 = d.version, len(d.store.list_maps())
+    d.fsm.transition("start_prompting")
+    d.fsm.transition("start_fitting")
+    calibrate._install_transfer(d, results[0.0], burst_id=7)
+    kinds = [e["kind"] for e in sent]
+    assert "model_swapped" not in kinds and d.version == v0
+    assert len(d.store.list_maps()) == maps0
+    fail = [e for e in sent if e["kind"] == "calibration_failed"][-1]
+    assert "held-out burst windows" in fail["reason"] and fail["burst"] == 7
+    assert fail["guard"] == results[0.0]["guard"] and fail["model"] == v0
+
+    d.fsm.transition("start_prompting")
+    d.fsm.transition("start_fitting")
+    calibrate._install_transfer(d, results[1.0], burst_id=8)
+    swapped = [e for e in sent if e["kind"] == "model_swapped"]
+    assert swapped and swapped[-1]["burst"] == 8 and d.version != v0
