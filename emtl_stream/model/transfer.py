@@ -381,6 +381,24 @@ def _run_em_fused(plan, terms, Xt, log_base, Hstart, H0t):
     return Ht, trace[:nt].tolist(), n_iter, status == 1, []
 
 
+def _floored_logdet(H, floor):
+    """log|det H| with singular values floored at ``floor`` times the largest.
+
+    Parameters
+    ----------
+    H : ndarray of shape (..., m, m)
+    floor : float
+        Relative floor in [0, 1]; 0 gives the plain log|det H| (−inf if singular).
+
+    Returns
+    -------
+    ndarray of shape (...)
+    """
+    sv = np.linalg.svd(H, compute_uv=False)
+    with np.errstate(divide="ignore"):
+        return np.log(np.maximum(sv, floor * sv[..., :1])).sum(axis=-1)
+
+
 def _rotation_map(s, n, rot, per_kind=False):
     """Start map of the rotation search at ``rot`` spacings.
 
@@ -835,8 +853,7 @@ class TransferEM:
         # log|det S(θ)| with the singular values floored: at half a spacing S is singular
         # (the blur removed the alternating pattern), and an unfloored Jacobian would
         # rule out exactly the rotation that happened.
-        sv = np.linalg.svd(R, compute_uv=False)
-        logdet_R = np.log(np.maximum(sv, s.jacobian_floor * sv[:, :1])).sum(axis=1)
+        logdet_R = _floored_logdet(R, s.jacobian_floor)
         U = X[None] @ R.transpose(0, 2, 1)  # (S, N, m): the burst mapped by each S(θ)
         if src.shared_precision:
             P = src.prec_factor[0]
@@ -1042,8 +1059,10 @@ class TransferEM:
             if search_obj is not None:
                 # Candidates with different priors are compared as densities of the target
                 # points (log |det H| added), as in the search.
-                sign, ld = np.linalg.slogdet(Ht[:, :n])
-                score = score + ld if sign != 0 else -np.inf
+                # Floored as in the search: the refined map of a half-spacing rotation
+                # keeps S(θ)'s near-zero singular values, and an unfloored Jacobian
+                # would hand the win to a start that never rotates (the live map).
+                score = score + float(_floored_logdet(Ht[:, :n], s.jacobian_floor))
             if best is None or score > best[-1]:
                 best = (Ht, trace, n_iter, conv, label, H0, rot, taps, Hst[:, :n], score)
         if search_obj is not None:

@@ -183,3 +183,27 @@ def test_guard_holds_out_both_halves_in_turn():
     want_live = np.mean(_nearest_mean(src, X) == comp)
     assert want_live < 1.0
     assert te.guard_["live"] == pytest.approx(want_live)
+
+
+@pytest.mark.parametrize("rotation", [2.5, 4.5])
+def test_a_half_spacing_rotation_beats_the_live_map_start(rotation):
+    """With ``H_init`` (the daemon's live map) as an extra start, the refined rotation
+    candidate still wins: both are scored with the search's floored Jacobian, so S(θ)'s
+    near-zero singular values at half a spacing do not hand the win to the live map."""
+    rng = np.random.default_rng(7)
+    C, f, L = 6, 2, 4
+    n = C * f
+    src = make_source(rng, n, L, sep=3.0)
+    comp = rng.integers(0, L, 300)
+    cov = np.linalg.inv(src.prec_factor[0] @ src.prec_factor[0].T)
+    Z = src.means[comp] + rng.multivariate_normal(np.zeros(n), cov, 300)
+    X = Z @ ring_rotation_matrix(n, C, rotation).T  # the armband turned by `rotation`
+    fits = {}
+    for name, H_init in (("alone", None), ("with the live map", np.eye(n))):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TransferConvergenceWarning)
+            te = TransferEM(src, ring_channels=C, structure="channel", reg=0.1,
+                            rotation_search="continuous").fit(X, None, H_init=H_init)
+        fits[name] = (te.rotation_, np.mean(te.predict(X) == comp))
+    assert fits["alone"][0] == rotation and fits["alone"][1] > 0.9, fits
+    assert fits["with the live map"] == fits["alone"], fits
