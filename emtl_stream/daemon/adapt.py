@@ -10,7 +10,9 @@ says it beats the live map:
   *other* half better than the live map does, by at least
   :data:`MIN_GAIN_NATS_PER_FEATURE` nats per mapped feature and window, averaged
   over both directions (an in-sample gain is always positive, so it proves nothing);
-* **stable roll**: on a ring, both halves pick the same start (roll) as the whole;
+* **stable rotation**: on a ring, both halves pick the same start as the whole (the
+  same roll, or with the continuous search a rotation within
+  :data:`ROTATION_STABLE_SPACINGS`: :func:`same_rotation`);
 * **non-degenerate class mix**: the windows, under the live map and under the new
   one, spread over at least :data:`MIN_CLASSES` classes (a rest-only stretch
   carries no information about where the electrodes are);
@@ -50,6 +52,11 @@ MIN_GAIN_NATS_PER_FEATURE = 0.25
 MIN_CLASS_SHARE = 0.03
 #: ... and at least this many classes must be present under both maps.
 MIN_CLASSES = 2
+#: The halves' rotations count as the same when they lie within this many electrode
+#: spacings of the whole's (on the ring, either way). Whole-electrode starts differ by
+#: at least one spacing, so for them this is equality; the continuous search's 0.25
+#: grid lets a rotation between electrodes land on either neighbouring grid point.
+ROTATION_STABLE_SPACINGS = 0.25
 
 
 @dataclass(frozen=True, eq=False)
@@ -101,6 +108,10 @@ def _class_mix(components, H, b, X) -> np.ndarray:
     return np.bincount(idx[idx >= 0], minlength=len(components.classes)) / max(len(idx), 1)
 
 
+def _spacings(rotation) -> str:
+    return "the live map's start" if rotation is None else f"{float(rotation):g} spacings"
+
+
 def _mean_ll(components, H, b, X) -> float:
     from ..model.classify import MappedClassifier
 
@@ -108,7 +119,11 @@ def _mean_ll(components, H, b, X) -> float:
 
 
 def _fit(components, X, H_live, b_live, transfer_kwargs, ring_channels, should_stop=None):
-    """One TransferEM fit; returns (H, b, roll, converged)."""
+    """One TransferEM fit; returns (H, b, roll, rotation, converged).
+
+    ``rotation`` is the start's rotation in spacings (the roll for whole-electrode
+    starts), None when the live map's start won.
+    """
     from ..model.transfer import TransferEM
 
     kw = dict(transfer_kwargs)
@@ -120,7 +135,27 @@ def _fit(components, X, H_live, b_live, transfer_kwargs, ring_channels, should_s
                 should_stop=should_stop)
     converged = bool(tem.converged_) and not any(
         issubclass(w.category, TransferConvergenceWarning) for w in caught)
-    return tem.H_, tem.b_, tem.best_roll_, converged
+    return tem.H_, tem.b_, tem.best_roll_, getattr(tem, "rotation_", None), converged
+
+
+def same_rotation(a, b, n_channels: int) -> bool:
+    """Whether two fits chose the same rotation (within :data:`ROTATION_STABLE_SPACINGS`).
+
+    Parameters
+    ----------
+    a, b : float or None
+        Rotations in electrode spacings; None is the live map's own start.
+    n_channels : int
+        Electrodes on the ring (rotations are compared modulo it).
+
+    Returns
+    -------
+    bool
+    """
+    if a is None or b is None:
+        return a is None and b is None
+    d = abs(float(a) - float(b)) % n_channels
+    return min(d, n_channels - d) <= ROTATION_STABLE_SPACINGS + 1e-9
 
 
 def fit_unlabelled(components, X, H_live, b_live, *, transfer_kwargs: dict,
@@ -189,9 +224,9 @@ def fit_unlabelled(components, X, H_live, b_live, *, transfer_kwargs: dict,
             return refuse("the windows show fewer than "
                           f"{MIN_CLASSES} distinct movements (e.g. a rest-only stretch); "
                           "they say nothing about where the electrodes are.")
-        H, b, roll, conv = _fit(comp, X, H_live, b_live, transfer_kwargs, ring_channels,
-                                should_stop)
-        metrics.update(roll=roll, converged=conv)
+        H, b, roll, rot, conv = _fit(comp, X, H_live, b_live, transfer_kwargs, ring_channels,
+                                     should_stop)
+        metrics.update(roll=roll, rotation=rot, converged=conv)
         if not conv:
             return refuse("transfer EM did not converge on the windows; the live map stays.")
         if not (np.all(np.isfinite(H)) and np.all(np.isfinite(b))):
@@ -210,21 +245,24 @@ def fit_unlabelled(components, X, H_live, b_live, *, transfer_kwargs: dict,
         # Cross-fitted gain: each half's map is judged on the other half.
         half = N // 2
         parts = (X[:half], X[half:])
-        gains, rolls = [], []
+        gains, rolls, rots = [], [], []
         for i in (0, 1):
-            Hh, bh, rh, ch = _fit(comp, parts[i], H_live, b_live, transfer_kwargs,
-                                  ring_channels, should_stop)
+            Hh, bh, rh, roth, ch = _fit(comp, parts[i], H_live, b_live, transfer_kwargs,
+                                        ring_channels, should_stop)
             rolls.append(rh)
+            rots.append(roth)
             other = parts[1 - i]
             gains.append(_mean_ll(comp, Hh, bh, other) - _mean_ll(comp, H_live, b_live, other))
         gain = float(np.mean(gains)) / m
-        metrics.update(half_rolls=rolls, heldout_gain_per_feature=gain,
+        metrics.update(half_rolls=rolls, half_rotations=rots, heldout_gain_per_feature=gain,
                        ll_live=_mean_ll(comp, H_live, b_live, X), ll_new=_mean_ll(comp, H, b, X))
         if not np.isfinite(gain):
             return refuse("the held-out likelihood of the new map is not finite.")
-        if ring_channels is not None and not (rolls[0] == rolls[1] == roll):
-            return refuse(f"the chosen ring start is not stable across halves of the windows "
-                          f"({rolls[0]}, {rolls[1]} vs {roll} on all); the live map stays.")
+        if ring_channels is not None and not all(same_rotation(r, rot, ring_channels)
+                                                 for r in rots):
+            return refuse(f"the chosen ring rotation is not stable across halves of the "
+                          f"windows ({_spacings(rots[0])}, {_spacings(rots[1])} vs "
+                          f"{_spacings(rot)} on all); the live map stays.")
         if gain < MIN_GAIN_NATS_PER_FEATURE:
             return refuse(f"the new map explains held-out windows only {gain:.3g} nats per "
                           f"feature better than the live map (needs "
