@@ -19,6 +19,9 @@ and the features are computed from x'. Protocol per subject and grid point:
   within ``burst_s`` of its segment's start; after the settings' ``lead_in_s``, the
   daemon's recording rule, when that is set: :func:`~emtl_stream.evaluate.burst_rows`);
 * ``zero_label``: the same TransferEM fitted on all of rotated rep 3 without labels;
+  ``zero_label_guarded``: what the daemon keeps from that zero-label fit
+  (:func:`emtl_stream.daemon.adapt.fit_unlabelled`: the fitted map when its guard
+  accepts, the live identity map otherwise);
 * ``slda``: shrinkage-LDA retrained on the burst;
 * ``ref``: the reference package (em-transfer-learning, GPLv3, imported only, never
   copied) on the burst, when it is installed.
@@ -45,7 +48,8 @@ ROTATIONS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5)
 GAINS = (0.7, 1.0, 1.4)
 TRAIN_REPS, CAL_REP, TEST_REP = (0, 1, 2), 3, 4
 BURST_S = 0.5
-METHODS = ("no_adapt", "transfer", "zero_label", "transfer_cont", "zero_label_cont", "slda",
+METHODS = ("no_adapt", "transfer", "zero_label", "zero_label_guarded", "transfer_cont",
+           "zero_label_cont", "zero_label_cont_guarded", "slda",
            "ref")
 #: TransferEM overrides of the ``*_cont`` rows (the opt-in continuous rotation search).
 CONTINUOUS = {"rotation_search": "continuous"}
@@ -124,8 +128,10 @@ def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
     dict
         ``{(rotation, gain): {method: accuracy, "fit_ms": ...}}`` plus ``"within"``.
     """
+    from .daemon.adapt import fit_unlabelled
     from .evaluate import _accuracy, _reference_transfer, burst_rows
     from .model.baselines import ShrinkageLDA
+    from .model.classify import MappedClassifier
     from .model.gmm import LabelledGMM
     from .model.rotation import count_types
     from .model.transfer import TransferEM
@@ -141,6 +147,15 @@ def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
     out = {"within": _accuracy(source.predict(feats[(0.0, 1.0)][test]), y[test])}
     kw = dict(s.transfer, **grid.extra)
     classes = np.unique(y)
+    comp = source.to_components()
+    eye = np.eye(comp.n_features)
+
+    def guarded(X, kwargs):  # the daemon's zero-label path: fit, then its guard decides
+        res = fit_unlabelled(comp, X, eye, None, transfer_kwargs=kwargs,
+                             ring_channels=s.ring_channels)
+        return _accuracy(comp.classes[MappedClassifier(comp, res.H, res.b).predict_index(Xt)],
+                         yt)
+
     for rot in grid.rotations:
         for g in grid.gains:
             X = feats[(float(rot), float(g))]
@@ -155,12 +170,14 @@ def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
                 row["transfer"] = _accuracy(tem.predict(Xt), yt)
                 tz = TransferEM(source, ring_channels=s.ring_channels, **kw).fit(X[cal], None)
                 row["zero_label"] = _accuracy(tz.predict(Xt), yt)
+                row["zero_label_guarded"] = guarded(X[cal], kw)
                 kc = dict(kw, **CONTINUOUS, rotation_counts=count_types(s.feature_names))
                 tc = TransferEM(source, ring_channels=s.ring_channels, **kc)
                 tc.fit(X[burst], y[burst])
                 row["transfer_cont"] = _accuracy(tc.predict(Xt), yt)
                 tc = TransferEM(source, ring_channels=s.ring_channels, **kc).fit(X[cal], None)
                 row["zero_label_cont"] = _accuracy(tc.predict(Xt), yt)
+                row["zero_label_cont_guarded"] = guarded(X[cal], kc)
             row["slda"] = _accuracy(ShrinkageLDA().fit(X[burst], y[burst]).predict(Xt), yt)
             if grid.reference:
                 with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -367,6 +384,8 @@ def evaluate_synthetic(proto: SyntheticProtocol | None = None) -> dict:
 _LABELS = {"no_adapt": "no adaptation", "transfer": "transfer EM ({b:g} s burst)",
            "zero_label": "zero-label", "transfer_cont": "continuous search ({b:g} s burst)",
            "zero_label_cont": "continuous search, zero-label", "slda": "shrinkage-LDA ({b:g} s)",
+           "zero_label_guarded": "zero-label, guarded",
+           "zero_label_cont_guarded": "continuous search, zero-label, guarded",
            "ref": "reference ({b:g} s)"}
 
 

@@ -145,3 +145,19 @@ def test_no_roll_search_when_the_features_are_not_whole_channel_blocks():
 
     kw, ring = jobs.transfer_settings(load_config(None, env={}), 8, np.eye(30))
     assert ring is None and kw["structure"] == "dense"
+
+
+def test_rotation_grid_rows_on_one_subject(emg_dir):
+    """No rotation is the within-session test itself; a whole-electrode rotation is
+    recovered by the burst and by the daemon's guarded zero-label path."""
+    from emtl_stream.config import load_config
+    from emtl_stream.eval_rotations import RotationGrid, evaluate_subject_rotations
+
+    settings = EvalSettings.from_config(load_config(None, env={}))
+    grid = RotationGrid(rotations=(0.0, 1.0), gains=(1.0,), reference=False, settings=settings)
+    out = evaluate_subject_rotations(emg_dir / "ciil_es_s05_baseline.npz", grid)
+    still, turned = out[(0.0, 1.0)], out[(1.0, 1.0)]
+    assert still["no_adapt"] == pytest.approx(out["within"], abs=1e-12)
+    assert turned["no_adapt"] < out["within"] - 0.3
+    assert turned["transfer"] > turned["no_adapt"] + 0.3
+    assert turned["zero_label_guarded"] > turned["no_adapt"] + 0.3  # the guard accepts a roll
