@@ -228,9 +228,10 @@ def test_a_cancelled_fit_stops_mid_em_and_is_not_a_refusal(setup):
                           ring_channels=N_CHANNELS).reason
 
 
-@pytest.mark.parametrize("a, b, same", [(1.25, 1.5, True), (1.5, 1.25, True), (1.0, 2.0, False),
-                                        (7.9, 0.1, True), (0.0, 0.5, False), (3.0, 3.0, True),
-                                        (None, None, True), (None, 1.0, False)])
+@pytest.mark.parametrize("a, b, same", [(1.25, 1.5, True), (0.75, 1.25, True), (1.0, 2.0, False),
+                                        (7.9, 0.1, True), (0.0, 0.75, False), (3.0, 3.0, True),
+                                        (7.75, 0.5, False), (None, None, True),
+                                        (None, 1.0, False)])
 def test_same_rotation_is_a_ring_distance(a, b, same):
     assert adapt.same_rotation(a, b, 8) is same
 
