@@ -22,8 +22,9 @@ A refusal keeps the live map (``H``/``b`` of the result are the live ones) and
 says why in ``reason``; no exception escapes (the daemon publishes
 ``calibration_failed`` with the reason).
 
-:func:`guard_labelled` is the same guard for a prompted burst: the new map must
-classify the burst's held-out windows at least as well as the live map.
+A prompted burst has its own guard inside the fit (``TransferEM(guard=...)``, the
+``[transfer] guard`` key): the new map must classify the burst's held-out windows
+better than the live map.
 """
 
 from __future__ import annotations
@@ -278,49 +279,3 @@ def fit_unlabelled(components, X, H_live, b_live, *, transfer_kwargs: dict,
               f"(start {'live map' if roll is None else f'roll {roll}'})")
     logger.info("zero-label fit accepted: %s", reason)
     return UnlabelledFit(True, reason, np.ascontiguousarray(H), np.ascontiguousarray(b), metrics)
-
-
-def guard_labelled(components, X_heldout, y_heldout, H_new, b_new, H_live, b_live
-                   ) -> tuple[bool, str, dict]:
-    """Compare a map fitted on a prompted burst with the live map on held-out burst windows.
-
-    Parameters
-    ----------
-    components : SourceComponents or object with ``to_components()``
-    X_heldout : ndarray of shape (N, n)
-        Burst windows the new map was not fitted on (finite rows are used).
-    y_heldout : array-like of shape (N,)
-        Their labels, values of ``components.classes``.
-    H_new, H_live : ndarray of shape (m, n)
-    b_new, b_live : ndarray of shape (m,) or None
-
-    Returns
-    -------
-    accepted : bool
-        True when the new map is at least as accurate as the live one.
-    reason : str
-    metrics : dict
-        ``acc_new``, ``acc_live``, ``n_heldout``.
-    """
-    from ..model.classify import MappedClassifier, as_components
-
-    comp = as_components(components)
-    X = np.asarray(X_heldout, dtype=np.float64)
-    y = np.asarray(y_heldout)
-    ok = np.all(np.isfinite(X), axis=1) if X.ndim == 2 else np.zeros(0, bool)
-    if X.ndim != 2 or len(y) != len(X) or not ok.any():
-        return False, "no finite held-out burst windows to compare the maps on.", {}
-    X, y = X[ok], y[ok]
-    if not (np.all(np.isfinite(H_new)) and (b_new is None or np.all(np.isfinite(b_new)))):
-        return False, "the new map is not finite; the live map stays.", {}
-
-    def acc(H, b):
-        idx = MappedClassifier(comp, H, b).predict_index(X)
-        return float(np.mean(comp.classes[idx] == y))
-
-    a_new, a_live = acc(H_new, b_new), acc(H_live, b_live)
-    metrics = {"acc_new": a_new, "acc_live": a_live, "n_heldout": int(len(y))}
-    if a_new < a_live:
-        return False, (f"the new map classifies held-out burst windows worse than the live "
-                       f"map ({a_new:.3f} vs {a_live:.3f}); the live map stays."), metrics
-    return True, f"held-out burst accuracy {a_new:.3f} (live map {a_live:.3f})", metrics

@@ -1,4 +1,4 @@
-"""fit_unlabelled / guard_labelled on a synthetic armband: a shifted arm is healed
+"""fit_unlabelled on a synthetic armband: a shifted arm is healed
 without labels, an unshifted one is never made worse, and bad windows are refusals
 with a reason (never an exception)."""
 
@@ -9,7 +9,7 @@ import pytest
 from selfheal_data import N_CHANNELS, stream, trained
 
 from emtl_stream.daemon import adapt
-from emtl_stream.daemon.adapt import fit_unlabelled, guard_labelled
+from emtl_stream.daemon.adapt import fit_unlabelled
 from emtl_stream.model.classify import MappedClassifier
 from emtl_stream.model.transfer import ring_roll_matrix
 
@@ -119,26 +119,6 @@ def test_failing_fit_is_a_refusal_not_an_exception(setup):
     res = fit_unlabelled(comp, X, np.eye(m), None, transfer_kwargs=KW,
                          ring_channels=N_CHANNELS)
     assert not res.accepted and res.reason
-
-
-def test_guard_labelled_prefers_the_more_accurate_map(setup):
-    arm, comp = setup
-    m = comp.n_features
-    X, y = _shifted(arm, 2.0, 1.5, 1)
-    right = ring_roll_matrix(m, N_CHANNELS, 0)
-    # Find the roll that undoes the shift, independently, by accuracy.
-    rolls = [ring_roll_matrix(m, N_CHANNELS, r) for r in range(N_CHANNELS)]
-    accs = [_acc(comp, R, None, X, y) for R in rolls]
-    right = rolls[int(np.argmax(accs))]
-    ok, reason, met = guard_labelled(comp, X, y, right, None, np.eye(m), None)
-    assert ok and met["acc_new"] == pytest.approx(max(accs))
-    ok, reason, met = guard_labelled(comp, X, y, np.eye(m), None, right, None)
-    assert not ok and "worse" in reason
-    bad = np.full((m, m), np.nan)
-    ok, reason, _ = guard_labelled(comp, X, y, bad, None, np.eye(m), None)
-    assert not ok and "not finite" in reason
-    ok, reason, _ = guard_labelled(comp, np.full_like(X, np.nan), y, right, None, right, None)
-    assert not ok and "no finite" in reason
 
 
 def test_unlabelled_evaluation_sets_follow_the_stated_protocol(emg_dir):
