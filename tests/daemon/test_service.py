@@ -270,3 +270,38 @@ def test_manual_label_and_fit(live):
     assert len(labels) == before
     assert live.player.labels_at(stamps) == labels.tolist()
     assert after > 0.85, after
+
+
+def test_a_guarded_recalibration_on_an_unshifted_arm_keeps_the_live_map(tmp_path, source,
+                                                                        start_player,
+                                                                        start_daemon):
+    """``[transfer] guard = "on"``: the live map already classifies the burst, so the
+    fit is refused with the held-out scores and map 1 keeps serving."""
+    from daemon.conftest import daemon_config, free_port, unique_id
+
+    bundle = source[0]
+    sid = unique_id("guard")
+    pub = f"tcp://127.0.0.1:{free_port()}"
+    config = daemon_config(tmp_path / "state", sid, pub=pub, EMTL_TRANSFER_GUARD='"on"')
+    start_player(sid, follow_prompts=pub)
+    start_daemon(config, bundle=bundle)
+    client = Client(config.zmq.control, config.zmq.pub, timeout_s=5.0)
+    try:
+        with client.subscribe(("pred", "event")) as sub:
+            wait_for(sub, lambda topic, m: topic == "pred", 20.0)
+            seen = []
+            reply = client.recalibrate(seconds_per_class=0.6)
+            assert reply["ok"] is True, reply
+            done = wait_event(sub, ("calibration_done", "calibration_failed"),
+                              reply["duration_s"] + 20.0, seen)
+            collect(sub, 0.5, seen)
+        assert done["kind"] == "calibration_failed", done
+        assert "held-out burst windows" in done["reason"] and done["model"] == 1
+        assert done["guard"]["kept_live"] and done["guard"]["live"] >= done["guard"]["new"]
+        assert isinstance(done["burst"], int)
+        assert not [m for t, m in seen if t == "event" and m["kind"] == "model_swapped"]
+        assert {m["model"] for t, m in seen if t == "pred"} == {1}
+        status = client.status()
+        assert status["model"] == 1 and status["state"] == "streaming"
+    finally:
+        client.close()
