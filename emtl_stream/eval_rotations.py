@@ -459,7 +459,10 @@ def main_rotations(args) -> int:
         print(f"subject {sid:2d} done", file=sys.stderr, flush=True)
 
     result = evaluate_rotations(args.data_dir, grid, subjects, progress)
-    text = "## Real EMG, virtual rotation\n\n" + to_markdown(result["mean"], result["methods"])
+    burst = ("the first 0.5 s of every class" if not settings.lead_in_s else
+             f"0.5 s of every class after a {settings.lead_in_s:g} s lead-in")
+    text = (f"## Real EMG, virtual rotation\n\nBurst: {burst} of rotated rep 3.\n\n"
+            + to_markdown(result["mean"], result["methods"]))
     syn = evaluate_synthetic()
     text += "\n\n## Synthetic armband\n\n" + to_markdown(syn["mean"], syn["methods"])
     write_report(text, _jsonable({"real": result, "synthetic": syn}), args)

@@ -338,6 +338,10 @@ def to_markdown(result) -> str:
     lines.append(f"| **mean** | {means} |")
     fit = [f"{T:g} s: {result['mean'][f'fit_ms@{T:g}']:.1f} ms" for T in BURST_SECONDS]
     lines.append("")
+    lead = float((result.get("settings") or {}).get("lead_in_s", 0.0))
+    burst = (f"T s of every class after a {lead:g} s lead-in" if lead
+             else "the first T s of every class")
+    lines.append(f"Bursts (T = 0.25-2 s): {burst} of shifted rep 0.")
     lines.append("Mean transfer-EM fit time per burst: " + ", ".join(fit) + ".")
     failed = [f"{T:g} s: {int(result['mean'][f'ref_failed@{T:g}'])}" for T in BURST_SECONDS
               if f"ref_failed@{T:g}" in result["mean"]]

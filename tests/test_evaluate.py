@@ -101,6 +101,9 @@ def test_evaluate_dir_averages_and_renders(emg_dir):
         assert mean == pytest.approx(np.mean([r[key] for r in result["subjects"].values()]))
     table = to_markdown(result)
     assert table.count("\n| ") >= 3 and "**mean**" in table
+    assert "the first T s of every class" in table  # the protocol is named with the table
+    result["settings"]["lead_in_s"] = 0.5
+    assert "after a 0.5 s lead-in" in to_markdown(result)
 
 
 def test_evaluate_dir_without_data_is_a_clear_error(tmp_path):
