@@ -129,9 +129,9 @@ def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
         ``{(rotation, gain): {method: accuracy, "fit_ms": ...}}`` plus ``"within"``.
     """
     from .daemon.adapt import fit_unlabelled
+    from .eval_unlabelled import _acc
     from .evaluate import _accuracy, _reference_transfer, burst_rows
     from .model.baselines import ShrinkageLDA
-    from .model.classify import MappedClassifier
     from .model.gmm import LabelledGMM
     from .model.rotation import count_types
     from .model.transfer import TransferEM
@@ -150,11 +150,10 @@ def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
     comp = source.to_components()
     eye = np.eye(comp.n_features)
 
-    def guarded(X, kwargs):  # the daemon's zero-label path: fit, then its guard decides
+    def guarded(X, kwargs, Xt, yt):  # the daemon's zero-label path: fit, its guard decides
         res = fit_unlabelled(comp, X, eye, None, transfer_kwargs=kwargs,
                              ring_channels=s.ring_channels)
-        return _accuracy(comp.classes[MappedClassifier(comp, res.H, res.b).predict_index(Xt)],
-                         yt)
+        return _acc(comp, res.H, res.b, Xt, yt)
 
     for rot in grid.rotations:
         for g in grid.gains:
@@ -170,14 +169,14 @@ def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
                 row["transfer"] = _accuracy(tem.predict(Xt), yt)
                 tz = TransferEM(source, ring_channels=s.ring_channels, **kw).fit(X[cal], None)
                 row["zero_label"] = _accuracy(tz.predict(Xt), yt)
-                row["zero_label_guarded"] = guarded(X[cal], kw)
+                row["zero_label_guarded"] = guarded(X[cal], kw, Xt, yt)
                 kc = dict(kw, **CONTINUOUS, rotation_counts=count_types(s.feature_names))
                 tc = TransferEM(source, ring_channels=s.ring_channels, **kc)
                 tc.fit(X[burst], y[burst])
                 row["transfer_cont"] = _accuracy(tc.predict(Xt), yt)
                 tc = TransferEM(source, ring_channels=s.ring_channels, **kc).fit(X[cal], None)
                 row["zero_label_cont"] = _accuracy(tc.predict(Xt), yt)
-                row["zero_label_cont_guarded"] = guarded(X[cal], kc)
+                row["zero_label_cont_guarded"] = guarded(X[cal], kc, Xt, yt)
             row["slda"] = _accuracy(ShrinkageLDA().fit(X[burst], y[burst]).predict(Xt), yt)
             if grid.reference:
                 with warnings.catch_warnings(), np.errstate(all="ignore"):
@@ -447,20 +446,17 @@ def main_rotations(args) -> int:
     args : argparse.Namespace
         The parsed ``emtl-stream evaluate`` arguments.
     """
-    from .config import load_config
-    from .evaluate import EvalSettings, write_report
+    from .evaluate import burst_description, settings_from_args, write_report
 
     subjects = {int(s) for s in args.subjects.split(",")} if args.subjects else None
-    settings = EvalSettings.from_config(load_config(getattr(args, "config", None)))
-    settings.lead_in_s = float(getattr(args, "lead_in", 0.0) or 0.0)
+    settings = settings_from_args(args)
     grid = RotationGrid(settings=settings, reference=True)
 
     def progress(sid, row):
         print(f"subject {sid:2d} done", file=sys.stderr, flush=True)
 
     result = evaluate_rotations(args.data_dir, grid, subjects, progress)
-    burst = ("the first 0.5 s of every class" if not settings.lead_in_s else
-             f"0.5 s of every class after a {settings.lead_in_s:g} s lead-in")
+    burst = burst_description(f"{grid.burst_s:g} s", settings.lead_in_s)
     text = (f"## Real EMG, virtual rotation\n\nBurst: {burst} of rotated rep 3.\n\n"
             + to_markdown(result["mean"], result["methods"]))
     syn = evaluate_synthetic()

@@ -122,6 +122,36 @@ def burst_rows(offset_s, seconds: float, window_s: float, lead_in_s: float = 0.0
     return (off <= lead_in_s + seconds + eps) & (off - window_s >= lead_in_s - eps)
 
 
+def burst_description(seconds: str, lead_in_s: float) -> str:
+    """Say which windows a burst holds, for a report (see :func:`burst_rows`).
+
+    Parameters
+    ----------
+    seconds : str
+        The recorded length per class as text, e.g. ``"0.5 s"`` or ``"T s"``.
+    lead_in_s : float
+        Seconds left out at the start of every prompt.
+    """
+    if lead_in_s:
+        return f"{seconds} of every class after a {lead_in_s:g} s lead-in"
+    return f"the first {seconds} of every class"
+
+
+def settings_from_args(args) -> EvalSettings:
+    """Build the daemon's settings (``--config`` if given) with the command's ``--lead-in``.
+
+    Parameters
+    ----------
+    args : argparse.Namespace
+        The parsed ``emtl-stream evaluate`` arguments.
+    """
+    from .config import load_config
+
+    settings = EvalSettings.from_config(load_config(getattr(args, "config", None)))
+    settings.lead_in_s = float(getattr(args, "lead_in", 0.0) or 0.0)
+    return settings
+
+
 def _accuracy(pred, y) -> float:
     return float(np.mean(np.asarray(pred) == np.asarray(y)))
 
@@ -339,9 +369,7 @@ def to_markdown(result) -> str:
     fit = [f"{T:g} s: {result['mean'][f'fit_ms@{T:g}']:.1f} ms" for T in BURST_SECONDS]
     lines.append("")
     lead = float((result.get("settings") or {}).get("lead_in_s", 0.0))
-    burst = (f"T s of every class after a {lead:g} s lead-in" if lead
-             else "the first T s of every class")
-    lines.append(f"Bursts (T = 0.25-2 s): {burst} of shifted rep 0.")
+    lines.append(f"Bursts (T = 0.25-2 s): {burst_description('T s', lead)} of shifted rep 0.")
     lines.append("Mean transfer-EM fit time per burst: " + ", ".join(fit) + ".")
     failed = [f"{T:g} s: {int(result['mean'][f'ref_failed@{T:g}'])}" for T in BURST_SECONDS
               if f"ref_failed@{T:g}" in result["mean"]]
@@ -382,10 +410,7 @@ def main(args) -> int:
     subjects = None
     if args.subjects:
         subjects = {int(s) for s in args.subjects.split(",")}
-    from .config import load_config
-
-    settings = EvalSettings.from_config(load_config(getattr(args, "config", None)))
-    settings.lead_in_s = float(getattr(args, "lead_in", 0.0) or 0.0)
+    settings = settings_from_args(args)
 
     def progress(sid, row):
         print(f"subject {sid:2d}: within {row['within']:.3f}  no-adapt {row['no_adapt']:.3f}  "

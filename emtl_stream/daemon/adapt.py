@@ -138,7 +138,7 @@ def _fit(components, X, H_live, b_live, transfer_kwargs, ring_channels, should_s
                 should_stop=should_stop)
     converged = bool(tem.converged_) and not any(
         issubclass(w.category, TransferConvergenceWarning) for w in caught)
-    return tem.H_, tem.b_, tem.best_roll_, getattr(tem, "rotation_", None), converged
+    return tem.H_, tem.b_, tem.best_roll_, tem.rotation_, converged
 
 
 def same_rotation(a, b, n_channels: int) -> bool:

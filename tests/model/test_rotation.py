@@ -190,14 +190,8 @@ def test_a_half_spacing_rotation_beats_the_live_map_start(rotation):
     """With ``H_init`` (the daemon's live map) as an extra start, the refined rotation
     candidate still wins: both are scored with the search's floored Jacobian, so S(θ)'s
     near-zero singular values at half a spacing do not hand the win to the live map."""
-    rng = np.random.default_rng(7)
-    C, f, L = 6, 2, 4
-    n = C * f
-    src = make_source(rng, n, L, sep=3.0)
-    comp = rng.integers(0, L, 300)
-    cov = np.linalg.inv(src.prec_factor[0] @ src.prec_factor[0].T)
-    Z = src.means[comp] + rng.multivariate_normal(np.zeros(n), cov, 300)
-    X = Z @ ring_rotation_matrix(n, C, rotation).T  # the armband turned by `rotation`
+    src, X, comp, C = _gaussian_problem(rotation, N=300, seed=7)  # the armband turned
+    n = X.shape[1]
     fits = {}
     for name, H_init in (("alone", None), ("with the live map", np.eye(n))):
         with warnings.catch_warnings():
