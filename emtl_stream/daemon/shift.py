@@ -94,6 +94,9 @@ MMD_FLOOR = 0.02
 MIX_ITERATIONS = 200
 #: ... stopping early once no weight moves by more than this.
 MIX_TOL = 1e-9
+#: The exact solver (:func:`_simplex_qp`) stops when no zero weight's multiplier is
+#: below minus this (kernel means lie in [0, 1], so this is close to rounding).
+MIX_KKT_TOL = 1e-12
 
 #: Ring test: per-window log-likelihood-ratio evidence of a roll is clipped to
 #: ± this many nats ...
@@ -137,6 +140,91 @@ def _project_simplex(v: np.ndarray) -> np.ndarray:
     # u_i - css_i / i > 0 holds exactly for a prefix i = 1..ρ of the sorted values
     rho = int(np.count_nonzero(u * np.arange(1, v.size + 1) > css))
     return np.maximum(v - css[rho - 1] / rho, 0.0)
+
+
+def _simplex_qp(B: np.ndarray, a: np.ndarray, w: np.ndarray,
+                max_iter: int = MIX_ITERATIONS) -> tuple[np.ndarray, bool]:
+    """Minimise wᵀBw − 2aᵀw over the probability simplex (primal active set).
+
+    Each step solves the problem with the weights outside a support set held at zero
+    (one small KKT system), moves towards that solution as far as the weights stay
+    non-negative, and adds the zero weight whose multiplier is most negative once none
+    is blocking. With a few components this ends in a handful of steps at the exact
+    optimum, where a projected-gradient descent to ``MIX_TOL`` takes a hundred or more.
+
+    Parameters
+    ----------
+    B : ndarray of shape (K, K)
+        Positive semi-definite.
+    a : ndarray of shape (K,)
+    w : ndarray of shape (K,)
+        A feasible start (on the simplex); overwritten.
+    max_iter : int
+        Most steps.
+
+    Returns
+    -------
+    w : ndarray of shape (K,)
+    solved : bool
+        False when a restricted problem had no exact solution (a singular B) or
+        ``max_iter`` steps did not meet the optimality conditions; ``w`` is still
+        feasible then.
+    """
+    support = w > 0.0
+    for _ in range(max_iter):
+        idx = np.flatnonzero(support)
+        k = idx.size
+        kkt = np.zeros((k + 1, k + 1))
+        kkt[:k, :k] = B[np.ix_(idx, idx)]
+        kkt[:k, k] = -1.0
+        kkt[k, :k] = 1.0
+        rhs = np.append(a[idx], 1.0)
+        # least squares: B restricted to the support may be singular (equal components);
+        # without an exact solution the restricted problem has no minimum inside
+        sol = np.linalg.lstsq(kkt, rhs, rcond=None)[0]
+        if np.abs(kkt @ sol - rhs).max() > 1e-9 * (1.0 + np.abs(rhs).max()):
+            return w, False
+        step = sol[:k] - w[idx]
+        shrinking = step < 0.0
+        if shrinking.any():
+            ratio = w[idx][shrinking] / -step[shrinking]
+            j = int(np.argmin(ratio))
+            if ratio[j] < 1.0:  # a weight reaches zero first: stop there, drop it
+                w[idx] += ratio[j] * step
+                w[idx[shrinking][j]] = 0.0
+                support[idx[shrinking][j]] = False
+                w[idx] = np.maximum(w[idx], 0.0)
+                continue
+        w[idx] = np.maximum(sol[:k], 0.0)
+        w /= w.sum()
+        # the multipliers of the zero weights: the objective must not fall along any
+        zero = np.flatnonzero(~support)
+        if zero.size == 0:
+            return w, True
+        slack = (B @ w - a)[zero] - sol[k]
+        j = int(np.argmin(slack))
+        if slack[j] >= -MIX_KKT_TOL:
+            return w, True
+        support[zero[j]] = True
+    return w, False
+
+
+def _best_weights(B: np.ndarray, a: np.ndarray, w: np.ndarray, step: float) -> np.ndarray:
+    """Mixture weights minimising wᵀBw − 2aᵀw on the simplex, from the feasible ``w``.
+
+    :func:`_simplex_qp`, or where it gives up (a singular restricted problem), projected
+    gradient descent with the fixed ``step`` (1 / largest eigenvalue of B, so it never
+    diverges) for at most :data:`MIX_ITERATIONS` steps.
+    """
+    w, solved = _simplex_qp(B, a, w)
+    if not solved:
+        for _ in range(MIX_ITERATIONS):
+            w_new = _project_simplex(w - 2.0 * step * (B @ w - a))
+            done = float(np.abs(w_new - w).max()) <= MIX_TOL
+            w = w_new
+            if done:
+                break
+    return w
 
 
 class MixtureMMD:
@@ -214,19 +302,59 @@ class MixtureMMD:
         """
         return np.asarray(Z, dtype=np.float64) @ self._L
 
-    def _terms(self, Y: np.ndarray):
-        """Sample-sample mean kernel and the sample-component vector a, shape (K,)."""
+    def window_terms(self, Z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Whitened windows and their sample-component kernel rows, computed once each.
+
+        The MMD of a batch needs only these per-window pieces and the batch's pairwise
+        distances, so a sliding batch (the daemon's: :data:`MMD_WINDOWS` windows every
+        :data:`MMD_EVERY`) computes them for its new windows only.
+
+        Parameters
+        ----------
+        Z : ndarray of shape (N, m)
+            Mapped features, all finite.
+
+        Returns
+        -------
+        Y : ndarray of shape (N, m)
+            The whitened windows Lᵀ z.
+        E : ndarray of shape (N, n_bandwidths * K)
+            E k_s(y_i, Z_k) for every bandwidth s (major) and component k.
+        """
+        Y = self.whiten(Z)
+        return Y, self._kernel_rows(Y)
+
+    def _kernel_rows(self, Y: np.ndarray) -> np.ndarray:
+        """E k_s(y_i, Z_k) of whitened windows, shape (N, n_bandwidths * K)."""
+        R = np.matmul(Y[None] - self._nu_rep[:, None, :], self._cross_chol)  # (B·K, N, m)
+        quad = np.einsum("pij,pij->pi", R, R)
+        return np.exp(self._cross_logc[:, None] - 0.5 * quad).T
+
+    def batch_terms(self, Y: np.ndarray, E: np.ndarray) -> tuple[float, np.ndarray]:
+        """Sample-sample mean kernel and the sample-component vector a of one batch.
+
+        Parameters
+        ----------
+        Y, E : ndarray of shape (N, m) and (N, n_bandwidths * K)
+            Rows of :meth:`window_terms` (any subset of windows, in any order).
+
+        Returns
+        -------
+        kxx : float
+        a : ndarray of shape (K,)
+        """
         N = Y.shape[0]
         sq = np.einsum("ij,ij->i", Y, Y)
         D2 = np.maximum(sq[:, None] + sq[None, :] - 2.0 * Y @ Y.T, 0.0)
-        # all bandwidths and components in a few array calls: the daemon runs this
-        # every MMD_EVERY windows, and per-call overhead is most of its cost
+        # all bandwidths in one array call: per-call overhead is most of its cost
         kxx = float(np.exp(D2[None] * self._neg_half_inv_s2[:, None, None]).sum()) / (N * N)
-        R = np.matmul(Y[None] - self._nu_rep[:, None, :], self._cross_chol)  # (B·K, N, m)
-        quad = np.einsum("pij,pij->pi", R, R)
-        a = np.exp(self._cross_logc[:, None] - 0.5 * quad).mean(axis=1)
         nb = len(self._s2)
-        return kxx / nb, a.reshape(nb, self.K).sum(axis=0) / nb
+        a = E.mean(axis=0).reshape(nb, self.K).sum(axis=0) / nb
+        return kxx / nb, a
+
+    def _terms(self, Y: np.ndarray):
+        """Sample-sample mean kernel and the sample-component vector a, shape (K,)."""
+        return self.batch_terms(Y, self._kernel_rows(Y))
 
     def mmd2(self, Z: np.ndarray, weights: np.ndarray | None = None) -> float:
         """Squared MK-MMD (V-statistic) of mapped samples to the mixture.
@@ -250,8 +378,9 @@ class MixtureMMD:
                       ) -> tuple[float, np.ndarray]:
         """Squared MK-MMD to the closest re-weighting of the mixture.
 
-        Minimises the quadratic MMD²(w) over the probability simplex by projected
-        gradient descent (step 1 / largest eigenvalue of B, so it never diverges).
+        Minimises the quadratic MMD²(w) over the probability simplex exactly
+        (:func:`_simplex_qp`), falling back to projected gradient descent (step
+        1 / largest eigenvalue of B, so it never diverges) should its support degenerate.
 
         Parameters
         ----------
@@ -266,16 +395,50 @@ class MixtureMMD:
         weights : ndarray of shape (K,)
         """
         kxx, a = self._terms(self.whiten(Z))
-        B, step2 = self._B, 2.0 * self._step
+        return self.best_mix(kxx, a, start)
+
+    def best_mix(self, kxx: float, a: np.ndarray, start: np.ndarray | None = None,
+                 ) -> tuple[float, np.ndarray]:
+        """:meth:`mmd2_best_mix` from a batch's :meth:`batch_terms`.
+
+        Parameters
+        ----------
+        kxx : float
+        a : ndarray of shape (K,)
+        start : ndarray of shape (K,), optional
+            As in :meth:`mmd2_best_mix`.
+
+        Returns
+        -------
+        mmd2 : float
+        weights : ndarray of shape (K,)
+        """
         w = self.weights.copy() if start is None else _project_simplex(
             np.asarray(start, dtype=np.float64))
-        for _ in range(MIX_ITERATIONS):
-            w_new = _project_simplex(w - step2 * (B @ w - a))
-            done = float(np.abs(w_new - w).max()) <= MIX_TOL
-            w = w_new
-            if done:
-                break
-        return float(max(kxx - 2.0 * w @ a + w @ B @ w, 0.0)), w
+        w = _best_weights(self._B, a, w, self._step)
+        return float(max(kxx - 2.0 * w @ a + w @ self._B @ w, 0.0)), w
+
+    def sliding_best_mix(self, Z: np.ndarray, size: int = MMD_WINDOWS,
+                         every: int = MMD_EVERY) -> np.ndarray:
+        """Best-mix MMD² of every batch ``Z[i:i + size]``, ``i = 0, every, 2·every, ...``.
+
+        Each batch's descent starts from the source weights, as a reference's batches
+        are scored; every window's kernel rows are computed once.
+
+        Parameters
+        ----------
+        Z : ndarray of shape (N, m)
+            Mapped features, all finite, N >= size.
+        size, every : int
+            Batch length and stride.
+
+        Returns
+        -------
+        ndarray of shape (n_batches,)
+        """
+        Y, E = self.window_terms(Z)
+        return np.array([self.best_mix(*self.batch_terms(Y[i:i + size], E[i:i + size]))[0]
+                         for i in range(0, Z.shape[0] - size + 1, every)])
 
 
 # ---------------------------------------------------------------- reference
@@ -381,8 +544,7 @@ class ShiftReference:
         if ll.size >= MMD_WINDOWS:
             Z = X @ clf.H.T + clf.b
             mm = MixtureMMD(comp)
-            vals = np.array([mm.mmd2_best_mix(Z[i:i + MMD_WINDOWS])[0]
-                             for i in range(0, ll.size - MMD_WINDOWS + 1, MMD_EVERY)])
+            vals = mm.sliding_best_mix(Z)
             mmd_median = float(np.median(vals))
             mmd_spread = max(_MAD_TO_SD * float(np.median(np.abs(vals - mmd_median))),
                              _MIN_SPREAD)
@@ -503,6 +665,10 @@ class ShiftWatch:
         elif self.ring_channels is not None:
             raise ValueError("the ring test needs the source components.")
         self._ll = deque(maxlen=LL_WINDOWS)
+        # the MMD batch: whitened windows and kernel rows, each computed once, and the
+        # windows that arrived since the last evaluation (computed at the next one)
+        self._y = deque(maxlen=MMD_WINDOWS)
+        self._e = deque(maxlen=MMD_WINDOWS)
         self._z = deque(maxlen=MMD_WINDOWS)
         self.reset(reference)
 
@@ -516,6 +682,8 @@ class ShiftWatch:
         """
         self.reference = reference
         self._ll.clear()
+        self._y.clear()
+        self._e.clear()
         self._z.clear()
         self._live_ll: list[float] = []
         self._live_z: list[np.ndarray] = []
@@ -607,8 +775,7 @@ class ShiftWatch:
         mmd_mu = mmd_sd = None
         if self._mmd is not None:
             Z = np.asarray(self._live_z)
-            vals = np.array([self._mmd.mmd2_best_mix(Z[i:i + MMD_WINDOWS])[0]
-                             for i in range(0, len(Z) - MMD_WINDOWS + 1, MMD_EVERY)])
+            vals = self._mmd.sliding_best_mix(Z)
             mmd_mu = float(np.median(vals))
             mmd_sd = max(_MAD_TO_SD * float(np.median(np.abs(vals - mmd_mu))), _MIN_SPREAD)
         self.reference = ShiftReference(mu, sd, mmd_mu, mmd_sd, len(self._live_ll), "live")
@@ -675,10 +842,16 @@ class ShiftWatch:
         self._since_mmd += 1
         mthr = ref.mmd_threshold(self._thr[2])
         mmd_on = self._mmd is not None and mthr is not None
-        if mmd_on and len(self._z) == MMD_WINDOWS and self._since_mmd >= MMD_EVERY:
+        if mmd_on and len(self._y) + len(self._z) >= MMD_WINDOWS and \
+                self._since_mmd >= MMD_EVERY:
             self._since_mmd = 0
-            self.last_mmd2, self._mix = self._mmd.mmd2_best_mix(np.asarray(self._z),
-                                                                start=self._mix)
+            Y, E = self._mmd.window_terms(np.asarray(self._z))
+            self._y.extend(Y)
+            self._e.extend(E)
+            self._z.clear()
+            self.last_mmd2, self._mix = self._mmd.best_mix(
+                *self._mmd.batch_terms(np.asarray(self._y), np.asarray(self._e)),
+                start=self._mix)
             self._mmd_beyond = self.last_mmd2 > mthr  # held until the next evaluation
         if self.rule == "and" and mmd_on:
             beyond = ll_beyond and self._mmd_beyond

@@ -413,6 +413,57 @@ def test_simplex_projection_is_the_closest_point(seed):
     assert got.sum() == pytest.approx(1.0) and np.all(got >= 0)
 
 
+def _pg_descent(B, a, iters=200_000):
+    """Plain projected-gradient twin of the mixture-weight problem, run to a fixed point."""
+    w = np.full(a.size, 1.0 / a.size)
+    step = 1.0 / max(np.linalg.eigvalsh(B)[-1], 1e-12)
+    for _ in range(iters):
+        w_new = sh._project_simplex(w - 2.0 * step * (B @ w - a))
+        if np.abs(w_new - w).max() < 1e-15:
+            break
+        w = w_new
+    return w
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_exact_simplex_qp_reaches_the_optimum(seed):
+    """Against a projected-gradient twin and the KKT conditions, on random problems
+    with every support size and singular B (repeated components) included."""
+    rng = np.random.default_rng(seed)
+    K = int(rng.integers(2, 11))
+    F = rng.normal(size=(K, max(1, K - seed % 3)))  # rank K, K-1 or K-2
+    if seed % 4 == 0:
+        F[1] = F[0]  # two equal components
+    B = F @ F.T / F.shape[1]
+    a = rng.normal(0.0, 1.0, K) * rng.uniform(0.1, 2.0)
+    start = rng.dirichlet(np.ones(K))
+    w, solved = sh._simplex_qp(B, a, start.copy())
+    full_rank = np.linalg.matrix_rank(B) == K
+    assert solved or not full_rank  # a strictly convex problem is always solved exactly
+    w = sh._best_weights(B, a, start.copy(), 1.0 / np.linalg.eigvalsh(B)[-1])
+    assert w.min() >= 0.0 and w.sum() == pytest.approx(1.0, abs=1e-12)
+
+    def f(v):
+        return v @ B @ v - 2.0 * a @ v
+
+    assert f(w) <= f(_pg_descent(B, a)) + 1e-10
+    g = B @ w - a  # KKT: the gradient is equal on the support and not lower off it
+    on = w > 1e-9
+    assert np.ptp(g[on]) < 1e-8 and g[~on].min(initial=np.inf) >= g[on].max() - 1e-8
+
+
+def test_best_mix_falls_back_to_the_descent_when_the_active_set_stalls(monkeypatch):
+    rng = np.random.default_rng(4)
+    comp = _random_components(rng, K=4)
+    mm = MixtureMMD(comp)
+    Z = _sample_mixture(comp, np.array([0.6, 0.4, 0, 0]), 40, rng)
+    exact, w_exact = mm.mmd2_best_mix(Z)
+    monkeypatch.setattr(sh, "_simplex_qp", lambda B, a, w: (w, False))  # always give up
+    slow, w_slow = mm.mmd2_best_mix(Z)
+    assert slow == pytest.approx(exact, abs=1e-9)
+    np.testing.assert_allclose(w_slow, w_exact, atol=1e-5)
+
+
 def test_best_mix_from_a_warm_start_reaches_the_same_optimum():
     rng = np.random.default_rng(3)
     comp = _random_components(rng, K=4)
@@ -422,6 +473,47 @@ def test_best_mix_from_a_warm_start_reaches_the_same_optimum():
     warm, w_warm = mm.mmd2_best_mix(Z, start=np.array([0.0, 0.0, 0.2, 0.8]))
     assert warm == pytest.approx(cold, abs=1e-9)
     np.testing.assert_allclose(w_warm, w_cold, atol=1e-5)
+
+
+def test_the_watch_mmd_of_a_sliding_batch_is_the_batch_recomputed(setup):
+    """Each window's kernel rows are computed once; every MMD the watch reports must be
+    the best-mix MMD² of its last MMD_WINDOWS windows computed from scratch, from the
+    previous evaluation's weights (NaN windows skipped, a reset starting over)."""
+    arm, comp, ref = setup
+    m = comp.n_features
+    arm.set_shift(1.0)
+    try:
+        X, _ = stream(arm, 1.0, 2)
+    finally:
+        arm.set_shift(0.0)
+    X[25] = np.nan
+    clf = MappedClassifier(comp, np.eye(m), np.zeros(m))
+    ll = clf.log_marginal(X)
+    watch = ShiftWatch(m, ref, components=comp)
+    mm = MixtureMMD(comp)
+    kept, start, checked = [], None, 0
+    for i in range(len(X)):
+        if i == 120:  # a swap: the batch and the warm start start over
+            watch.reset(ref)
+            kept, start = [], None
+        before = watch.last_mmd2
+        watch.update(ll[i], X[i], 0.05 * i)
+        if np.all(np.isfinite(X[i])):
+            kept.append(X[i])
+        if watch.last_mmd2 is not None and watch.last_mmd2 is not before:
+            want, start = mm.mmd2_best_mix(np.asarray(kept[-sh.MMD_WINDOWS:]), start=start)
+            assert watch.last_mmd2 == pytest.approx(want, rel=1e-9, abs=1e-12), i
+            checked += 1
+    assert checked >= (len(X) - 120 - sh.MMD_WINDOWS) // sh.MMD_EVERY + 5
+
+
+def test_sliding_reference_batches_match_one_batch_at_a_time(setup):
+    _, comp, _ = setup
+    rng = np.random.default_rng(5)
+    Z = _sample_mixture(comp, np.exp(comp.log_weights), 97, rng)
+    mm = MixtureMMD(comp)
+    want = [mm.mmd2_best_mix(Z[i:i + 40])[0] for i in range(0, 97 - 40 + 1, 10)]
+    np.testing.assert_allclose(mm.sliding_best_mix(Z, 40, 10), want, rtol=1e-10, atol=1e-13)
 
 
 def test_ring_evidence_that_changes_no_decision_counts_at_its_share(setup):
