@@ -151,7 +151,7 @@ def evaluate_subject_rotations(baseline: Path, grid: RotationGrid) -> dict:
     eye = np.eye(comp.n_features)
 
     def guarded(X, kwargs, Xt, yt):  # the daemon's zero-label path: fit, its guard decides
-        res = fit_unlabelled(comp, X, eye, None, transfer_kwargs=kwargs,
+        res = fit_unlabelled(comp, X, eye, None, live_rotation=0.0, transfer_kwargs=kwargs,
                              ring_channels=s.ring_channels)
         return _acc(comp, res.H, res.b, Xt, yt)
 

@@ -165,7 +165,8 @@ def zero_label_subject(base: dict, shift: dict, settings) -> dict:
             tem.fit(X, None)
         out[f"{name}_raw"] = _acc(comp, tem.H_, tem.b_, Xt, yt)
         t0 = time.perf_counter()
-        res = fit_unlabelled(comp, X, eye, None, transfer_kwargs=settings.transfer,
+        res = fit_unlabelled(comp, X, eye, None, live_rotation=0.0,
+                             transfer_kwargs=settings.transfer,
                              ring_channels=settings.ring_channels)
         out[f"{name}_ms"] = 1e3 * (time.perf_counter() - t0)
         out[name] = _acc(comp, res.H, res.b, Xt, yt)

@@ -64,6 +64,7 @@ def replay(comp, ref, X, y, st) -> dict:
     step = st.step_ms / 1000.0
     m = comp.n_features
     H, b = np.eye(m), np.zeros(m)
+    rotation = 0.0  # the live map's, as the daemon records it (identity: 0)
     clf = MappedClassifier(comp, H, b)
     watch = ShiftWatch(m, ref, components=comp, ring_channels=st.ring_channels)
     n_collect = int(ADAPT_S / step)
@@ -77,6 +78,7 @@ def replay(comp, ref, X, y, st) -> dict:
             pending = None
             if res.accepted:
                 H, b = res.H, res.b
+                rotation = res.metrics.get("map_rotation")
                 clf = MappedClassifier(comp, H, b)
                 watch.reset(ShiftReference.from_windows(comp, H, b, Xc, source="live"))
             else:
@@ -93,7 +95,7 @@ def replay(comp, ref, X, y, st) -> dict:
                 collecting = None
                 t0 = time.perf_counter()
                 res = fit_unlabelled(comp, Xc, H, b, transfer_kwargs=st.transfer,
-                                     ring_channels=st.ring_channels)
+                                     ring_channels=st.ring_channels, live_rotation=rotation)
                 fit_windows = int(np.ceil((time.perf_counter() - t0) / step))
                 pending = (i + fit_windows, res, Xc)
         elif ev is not None and pending is None:
@@ -145,7 +147,7 @@ def subject(b_path, s_path, st) -> dict:
     out["unshifted_events"] = sum(1 for e in r["log"] if "event" in e)
     n = int(ADAPT_S / step)
     res = fit_unlabelled(comp, Xu[:n], I, None, transfer_kwargs=st.transfer,
-                         ring_channels=st.ring_channels)
+                         ring_channels=st.ring_channels, live_rotation=0.0)
     rest = slice(n, None)
     out["forced_accepted"] = bool(res.accepted)
     out["forced_before"] = float(np.mean(fixed[rest]))

@@ -158,7 +158,7 @@ def finish_session(d) -> dict:
         d.transition("start_fitting", windows=int(len(X)), purpose="unlabelled")
         d.worker.submit("unlabelled", None, "unlabelled", jobs.unlabelled_transfer_job,
                         live.bundle.components, X, live.H.copy(), live.b.copy(),
-                        transfer_kwargs=kw, ring_channels=ring)
+                        transfer_kwargs=kw, ring_channels=ring, live_rotation=live.rotation)
         return {"state": "fitting", "windows": int(len(X))}
     classes = live.classes if (live is not None and s.purpose != "train") else None
     try:
@@ -319,13 +319,18 @@ def _install_transfer(d, result, burst_id) -> None:
             d, f"new map does not beat the current one on the burst (penalised "
             f"log-likelihood {new:.4g} vs {old:.4g}); map {d.version} stays live")
         return
+    # the new map's ring rotation: the start it came from, the live map's own when
+    # that start won (a refinement of it); unknown without a ring
+    start = result.get("rotation")
+    rotation = (d.live.rotation if start is None else float(start)) \
+        if result.get("ring") else None
     version = _save_map(d, result["H"], result["b"], d.new_map_meta(
         burst=burst_id, objective=new, previous_objective=old, parent=d.version,
         n_iter=result["n_iter"], roll=result["roll"], converged=result["converged"],
-        fit_s=result["fit_s"], reason="recalibration"))
+        fit_s=result["fit_s"], reason="recalibration", map_rotation=rotation))
     if version is None:
         return
-    d.swap_map(result["H"], result["b"], version)
+    d.swap_map(result["H"], result["b"], version, rotation=rotation)
     d.transition("fit_done")
     d.last_fit = result
     d.event("model_swapped", model=version, reason="recalibration", burst=burst_id)
@@ -385,7 +390,8 @@ def _install_unlabelled(d, result) -> None:
         return
     # The reference describes well-mapped windows of this source model, so it stays:
     # if the new map fits, the level returns to it; if not, the watch fires again.
-    d.swap_map(result.H, result.b, version, reference=d.watch.reference)
+    d.swap_map(result.H, result.b, version, reference=d.watch.reference,
+               rotation=metrics.get("map_rotation"))
     d.transition("fit_done")
     d.last_fit = metrics
     d.event("model_swapped", model=version, reason="unlabelled")

@@ -280,7 +280,8 @@ def cmd_rollback(daemon, version=None) -> dict:
     from .shift import ShiftReference
 
     ref = meta.get("shift_reference")
-    daemon.swap_map(H, b, version, ShiftReference.from_dict(ref) if ref else None)
+    daemon.swap_map(H, b, version, ShiftReference.from_dict(ref) if ref else None,
+                    rotation=meta.get("map_rotation"))
     daemon.event("rollback", model=version, previous=current)
     daemon.event("model_swapped", model=version, reason="rollback")
     return {"model": version, "previous": current, "changed": True}

@@ -80,7 +80,9 @@ def transfer_job(components, X, labels, H_live, b_live, *, transfer_kwargs: dict
     -------
     dict
         ``H``, ``b``, ``objective``, ``previous_objective``, ``n_iter``, ``converged``,
-        ``roll``, ``trace``, ``fit_s`` and ``guard`` (``TransferEM.guard_``: the held-out
+        ``roll``, ``rotation`` (the winning start's ring rotation in electrode spacings;
+        None when the live map's own start won), ``ring`` (whether the roll search ran),
+        ``trace``, ``fit_s`` and ``guard`` (``TransferEM.guard_``: the held-out
         accuracies of the new and the live map, or None when the guard did not run).
     """
     from ..model.transfer import TransferEM
@@ -99,13 +101,15 @@ def transfer_job(components, X, labels, H_live, b_live, *, transfer_kwargs: dict
     return dict(H=H, b=b, objective=new_obj, previous_objective=old_obj,
                 n_iter=int(tem.n_iter_), converged=bool(tem.converged_),
                 roll=getattr(tem, "best_roll_", None),
+                rotation=getattr(tem, "rotation_", None), ring=ring_channels is not None,
                 trace=list(map(float, tem.log_likelihood_)), fit_s=time.perf_counter() - t0,
                 guard=tem.guard_)
 
 
 def unlabelled_transfer_job(components, X, H_live, b_live, *, transfer_kwargs: dict,
                             ring_channels: int | None,
-                            cancel: threading.Event | None = None):
+                            cancel: threading.Event | None = None,
+                            live_rotation: float | None = None):
     """Fit H on unlabelled live windows and judge it (worker thread).
 
     The fit and its guard are :func:`.adapt.fit_unlabelled` (cross-fitted held-out
@@ -124,6 +128,8 @@ def unlabelled_transfer_job(components, X, H_live, b_live, *, transfer_kwargs: d
     ring_channels : int or None
         Electrodes on the ring (enables the roll starts).
     cancel : threading.Event, optional
+    live_rotation : float, optional
+        The live map's ring rotation in electrode spacings (None: unknown).
 
     Returns
     -------
@@ -137,7 +143,8 @@ def unlabelled_transfer_job(components, X, H_live, b_live, *, transfer_kwargs: d
     t0 = time.perf_counter()
     result = fit_unlabelled(components, X, H_live, b_live, transfer_kwargs=transfer_kwargs,
                             ring_channels=ring_channels,
-                            should_stop=None if cancel is None else cancel.is_set)
+                            should_stop=None if cancel is None else cancel.is_set,
+                            live_rotation=live_rotation)
     _check_cancel(cancel)
     result.metrics["fit_s"] = time.perf_counter() - t0
     return result

@@ -50,6 +50,10 @@ class LiveModel:
         The map version in the state directory.
     fingerprint : str
         :func:`source_fingerprint` of ``bundle.components`` (recorded with every map).
+    rotation : float or None
+        The map's ring rotation relative to the source model, in electrode spacings
+        (0 for the identity map; recorded with every map as ``map_rotation``); None
+        when unknown (no ring, or a map stored without it).
     """
 
     bundle: object
@@ -58,9 +62,11 @@ class LiveModel:
     b: np.ndarray
     version: int
     fingerprint: str
+    rotation: float | None = None
 
     @classmethod
-    def build(cls, bundle, H, b, version: int, fingerprint: str | None = None) -> "LiveModel":
+    def build(cls, bundle, H, b, version: int, fingerprint: str | None = None,
+              rotation: float | None = None) -> "LiveModel":
         """Make the classifier for ``H``, ``b`` (read-only copies) and wrap everything.
 
         Parameters
@@ -75,6 +81,8 @@ class LiveModel:
             The map's version in the state store.
         fingerprint : str, optional
             The source model's fingerprint; default computed from ``bundle``.
+        rotation : float, optional
+            The map's ring rotation in electrode spacings (None: unknown).
         """
         from ..model.classify import MappedClassifier
 
@@ -84,7 +92,8 @@ class LiveModel:
         b.flags.writeable = False
         clf = MappedClassifier(bundle.components, H, b)
         fp = fingerprint or source_fingerprint(bundle.components)
-        return cls(bundle, clf, H, b, int(version), fp)
+        rot = None if rotation is None else float(rotation)
+        return cls(bundle, clf, H, b, int(version), fp, rot)
 
     def __post_init__(self):
         # the names once: the loop asks for one at every window
@@ -105,7 +114,7 @@ class LiveModel:
         """
         return self._labels[index]
 
-    def with_map(self, H, b, version: int) -> "LiveModel":
+    def with_map(self, H, b, version: int, rotation: float | None = None) -> "LiveModel":
         """Return the same source model with another map (for a swap or a rollback).
 
         Parameters
@@ -116,5 +125,7 @@ class LiveModel:
             The new offset.
         version : int
             The new map's version in the state store.
+        rotation : float, optional
+            Its ring rotation in electrode spacings (None: unknown).
         """
-        return LiveModel.build(self.bundle, H, b, version, self.fingerprint)
+        return LiveModel.build(self.bundle, H, b, version, self.fingerprint, rotation)

@@ -185,11 +185,13 @@ class Daemon:
         # components switch on the distribution-level (MMD) test beside the likelihood one
         ring = bundle.n_channels if self.config.stream.ring else None  # the ring test
         self.watch = ShiftWatch(m, reference, components=bundle.components, ring_channels=ring)
-        if version is None:
+        rotation = resumed.meta.get("map_rotation")
+        if version is None:  # the identity map: no rotation
+            rotation = 0.0
             version = self.store.save_map(H, b, map_meta(fp, reference, reason="new source model",
-                                                         objective=None))
+                                                         objective=None, map_rotation=rotation))
             self.store.set_live(version)
-        self.live = LiveModel.build(bundle, H, b, version, fp)
+        self.live = LiveModel.build(bundle, H, b, version, fp, _rotation_or_none(rotation))
         self.speed = self.make_speed(bundle)
         self.post.reset_votes()
         self.transition("model_loaded")
@@ -213,7 +215,8 @@ class Daemon:
             logger.warning("no proportional speed: %s", exc)
             return None
 
-    def swap_map(self, H, b, version: int, reference: ShiftReference | None = None) -> None:
+    def swap_map(self, H, b, version: int, reference: ShiftReference | None = None,
+                 rotation: float | None = None) -> None:
         """Put a new map live (one assignment) and restart voting and the shift watch.
 
         Parameters
@@ -226,8 +229,11 @@ class Daemon:
             Its version in the state store.
         reference : ShiftReference, optional
             The shift watch's reference for the new map; ``None``: learnt live.
+        rotation : float, optional
+            The map's ring rotation in electrode spacings (``map_rotation`` in its meta;
+            None: unknown).
         """
-        self.live = self.live.with_map(H, b, version)
+        self.live = self.live.with_map(H, b, version, _rotation_or_none(rotation))
         self.post.reset_votes()
         self.watch.reset(reference)
         if self.speed is not None:
@@ -610,6 +616,13 @@ class Daemon:
             Its other fields.
         """
         self.events.emit(kind, **fields)
+
+
+def _rotation_or_none(value) -> float | None:
+    """Return a stored ``map_rotation`` as a finite float, or None (absent or not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if np.isfinite(value) else None
 
 
 def run(config, bundle=None) -> int:

@@ -236,3 +236,84 @@ def test_a_half_spacing_shift_is_healed_with_the_continuous_search(setup):
         assert adapt.same_rotation(r, res.metrics["rotation"], N_CHANNELS)
     assert _acc(comp, I, z, Xt, yt) < 0.7 * within
     assert _acc(comp, res.H, res.b, Xt, yt) >= 0.85 * within
+
+
+def test_a_stable_rotation_away_from_the_live_maps_is_accepted_on_it(setup, monkeypatch):
+    """With the live map's rotation known, a continuous-search fit rotated
+    ROTATED_SPACINGS or more away needs no held-out margin (here: margins no fit can
+    reach); roll starts keep MIN_GAIN there, and with the live rotation unknown the
+    margin applies to every fit."""
+    arm, comp = setup
+    m = comp.n_features
+    I, z = np.eye(m), np.zeros(m)
+    X, _ = _shifted(arm, 2.0, 1.5, 3)
+    monkeypatch.setattr(adapt, "MIN_GAIN_NATS_PER_FEATURE", 1e9)
+    monkeypatch.setattr(adapt, "REFIT_MIN_GAIN_NATS_PER_FEATURE", 1e9)
+    kc = dict(KW, rotation_search="continuous")
+    moved = fit_unlabelled(comp, X, I, z, transfer_kwargs=kc, ring_channels=N_CHANNELS,
+                           live_rotation=0.0)
+    assert moved.accepted, moved.reason
+    assert "rotated" in moved.reason
+    rot = moved.metrics["map_rotation"]
+    assert adapt.ring_distance(rot, 0.0, N_CHANNELS) == moved.metrics["moved_spacings"]
+    assert moved.metrics["moved_spacings"] >= adapt.ROTATED_SPACINGS
+    rolls = fit_unlabelled(comp, X, I, z, transfer_kwargs=KW, ring_channels=N_CHANNELS,
+                           live_rotation=0.0)
+    assert not rolls.accepted and "a roll of 2 spacings" in rolls.reason, rolls.reason
+    unknown = fit_unlabelled(comp, X, I, z, transfer_kwargs=kc, ring_channels=N_CHANNELS)
+    assert not unknown.accepted and "needs 1e+09" in unknown.reason
+    assert unknown.metrics["moved_spacings"] is None
+    # a rotation that is far from the identity but not from the live map is a refit
+    rot = rolls.metrics["map_rotation"]
+    H_live = ring_roll_matrix(m, N_CHANNELS, int(rot))
+    refit = fit_unlabelled(comp, X, H_live, z, transfer_kwargs=KW,
+                           ring_channels=N_CHANNELS, live_rotation=rot)
+    assert not refit.accepted and "a refit 0 spacings" in refit.reason, refit.reason
+    assert np.array_equal(refit.H, H_live)
+
+
+def test_a_refit_near_the_live_rotation_needs_the_larger_margin(setup, monkeypatch):
+    arm, comp = setup
+    m = comp.n_features
+    I, z = np.eye(m), np.zeros(m)
+    X, _ = _shifted(arm, 2.0, 1.5, 3)
+    rot = fit_unlabelled(comp, X, I, z, transfer_kwargs=KW, ring_channels=N_CHANNELS,
+                         live_rotation=0.0).metrics["map_rotation"]
+    H_live = ring_roll_matrix(m, N_CHANNELS, int(rot))
+    # the armband's own roll as the live map: whatever the fit gains held out, it is a
+    # refit judged against REFIT_MIN_GAIN, not the rotation rule
+    res = fit_unlabelled(comp, X, H_live, z, transfer_kwargs=KW, ring_channels=N_CHANNELS,
+                         live_rotation=rot)
+    gain = res.metrics["heldout_gain_per_feature"]
+    assert res.metrics["moved_spacings"] == 0.0
+    assert res.accepted == (gain >= adapt.REFIT_MIN_GAIN_NATS_PER_FEATURE), res.reason
+    monkeypatch.setattr(adapt, "REFIT_MIN_GAIN_NATS_PER_FEATURE", gain - 1e-9)
+    again = fit_unlabelled(comp, X, H_live, z, transfer_kwargs=KW, ring_channels=N_CHANNELS,
+                           live_rotation=rot)
+    assert again.accepted and "held-out likelihood improved" in again.reason
+
+
+def test_ring_distance_wraps_around():
+    assert adapt.ring_distance(7.5, 0.25, 8) == 0.75
+    assert adapt.ring_distance(2.0, 6.0, 8) == 4.0
+    assert adapt.ring_distance(1.0, 1.0, 8) == 0.0
+
+
+def test_the_lost_movement_check_is_for_refits_not_for_a_moved_armband(setup, monkeypatch):
+    """After a move the unadapted live map's class mix means little (on the real
+    one-electrode shift it predicted movements the healed map rightly drops), so a
+    dropped movement refuses a refit only."""
+    arm, comp = setup
+    m = comp.n_features
+    I, z = np.eye(m), np.zeros(m)
+    X, _ = _shifted(arm, 2.0, 1.5, 3)
+    monkeypatch.setattr(adapt, "lost_classes", lambda classes, live, new: [str(classes[1])])
+    moved = fit_unlabelled(comp, X, I, z, transfer_kwargs=KW, ring_channels=N_CHANNELS,
+                           live_rotation=0.0)
+    assert moved.accepted and moved.metrics["moved_spacings"] >= adapt.ROTATED_SPACINGS
+    for live_rotation in (None, moved.metrics["map_rotation"]):
+        H_live = I if live_rotation is None else \
+            ring_roll_matrix(m, N_CHANNELS, int(live_rotation))
+        res = fit_unlabelled(comp, X, H_live, z, transfer_kwargs=KW,
+                             ring_channels=N_CHANNELS, live_rotation=live_rotation)
+        assert not res.accepted and "no longer predicts" in res.reason, res.reason

@@ -13,6 +13,7 @@ import numpy as np
 from daemon.conftest import (STEP_MS, WINDOW_MS, accuracy, armband, collect, daemon_config,
                              unique_id, wait_event, wait_for)
 
+from emtl_stream.daemon import adapt
 from emtl_stream.daemon.shift import ShiftReference
 from emtl_stream.io.client import Client
 from emtl_stream.pipeline.offline import featurize
@@ -77,6 +78,10 @@ def test_auto_mode_heals_a_shifted_arm_without_any_request(tmp_path, source, sta
         _, _, meta = daemon.store.load_map(swapped["model"])
         assert meta["reason"] == "unlabelled" and meta["source_fingerprint"] == \
             daemon.live.fingerprint and "shift_reference" in meta
+        # judged as a moved armband (its rotation from the identity map's 0), recorded
+        # with the map and carried by the live model for the next fit's guard
+        assert meta["moved_spacings"] >= adapt.ROTATED_SPACINGS, meta
+        assert daemon.live.rotation == meta["map_rotation"] == meta["rotation"]
     finally:
         client.close()
 

@@ -159,6 +159,7 @@ def test_rollback_to_the_first_map_and_to_an_unknown_one(live):
         later = _preds(collect(sub, 0.5))
         assert later and {p["model"] for p in later} == {1}
     assert live.client.status()["model"] == 1
+    assert live.daemon.live.rotation == 0.0  # the identity map's, from its stored meta
     bad = live.client.rollback(9)
     assert bad["ok"] is False and "9" in bad["error"] and "[1, 2]" in bad["error"], bad
     none_before = live.client.rollback()  # from map 1 there is nothing earlier
@@ -173,6 +174,11 @@ def test_restart_on_the_same_state_dir_keeps_the_live_map(live, source, start_da
         wait_for(sub, lambda topic, m: topic == "pred", 5.0)
         _recalibrate(live, sub, [], seconds_per_class=0.6)
     H2 = live.daemon.live.H.copy()
+    # every map records its ring rotation: none for the identity, the roll the fit
+    # started from for the recalibrated one (the armband moved by one electrode)
+    rot2 = live.daemon.live.rotation
+    assert live.daemon.store.load_map(1)[2]["map_rotation"] == 0.0
+    assert live.daemon.store.load_map(2)[2]["map_rotation"] == rot2 and rot2 in (1.0, 7.0)
     live.daemon.stop()
     assert not live.daemon._thread.is_alive()
     # a new daemon on the same state dir and ports, without a bundle argument
@@ -189,6 +195,7 @@ def test_restart_on_the_same_state_dir_keeps_the_live_map(live, source, start_da
         # the shifted armband is still classified well: map 2 (not the identity) is live
         acc, n = score(live.player, sub, live.classes)
     np.testing.assert_array_equal(d2.live.H, H2)
+    assert d2.live.rotation == rot2  # resumed with the map
     assert n >= 20 and acc > 0.85, acc
     client.close()
 
