@@ -10,7 +10,7 @@ from __future__ import annotations
 #: ``status.map_history``: how many of the newest maps, and which of their stored fields.
 MAP_HISTORY_LEN = 20
 MAP_HISTORY_KEYS = ("version", "created", "reason", "objective", "previous_objective", "roll",
-                    "parent", "burst", "fit_s")
+                    "map_rotation", "parent", "burst", "fit_s")
 
 
 def _count(obj, name: str, kind=int):

@@ -191,6 +191,7 @@ def test_restart_on_the_same_state_dir_keeps_the_live_map(live, source, start_da
         first = wait_for(sub, lambda topic, m: topic == "pred", 20.0)
         status = client.status()
         assert status["model"] == 2 and status["maps"] == [1, 2], status
+        assert [h["map_rotation"] for h in status["map_history"]] == [0.0, rot2]
         assert first["model"] == 2
         # the shifted armband is still classified well: map 2 (not the identity) is live
         acc, n = score(live.player, sub, live.classes)
