@@ -107,3 +107,23 @@ def test_the_shift_watch_gets_the_same_ring_evidence_in_one_call_or_two(
         assert ll == pytest.approx(one.log_marginal, rel=1e-12)
         np.testing.assert_allclose(ring_ll, one.row_log_marginals, rtol=1e-12)
         np.testing.assert_array_equal(ring_index, one.row_index)
+
+
+@pytest.mark.parametrize("stored, expect", [(0.0, 0.0), (7, 7.0), (1.25, 1.25), (None, None),
+                                            ("1", None), (True, None), (float("nan"), None),
+                                            (float("inf"), None), ([1.0], None)])
+def test_a_stored_map_rotation_is_used_only_when_it_is_a_finite_number(stored, expect):
+    """A hand-edited or foreign map meta must not steer the zero-label guard: anything
+    but a finite number is an unknown rotation (the guard's old margin applies)."""
+    from emtl_stream.daemon.service import _rotation_or_none
+
+    assert _rotation_or_none(stored) == expect
+
+
+def test_the_live_model_carries_its_rotation_through_a_swap(source):
+    bundle = source[0]
+    m = bundle.components.n_features
+    live = LiveModel.build(bundle, np.eye(m), np.zeros(m), 1, rotation=0.0)
+    assert live.rotation == 0.0
+    assert live.with_map(np.eye(m), np.zeros(m), 2, rotation=7.0).rotation == 7.0
+    assert live.with_map(np.eye(m), np.zeros(m), 3).rotation is None  # unknown unless given
