@@ -277,11 +277,12 @@ def cmd_rollback(daemon, version=None) -> dict:
     if stored is not None and stored != daemon.live.fingerprint:
         raise ValueError(f"map {version} was fitted for another source model ({stored})")
     daemon.store.set_live(version)
+    from .maps import stored_rotation
     from .shift import ShiftReference
 
     ref = meta.get("shift_reference")
     daemon.swap_map(H, b, version, ShiftReference.from_dict(ref) if ref else None,
-                    rotation=meta.get("map_rotation"))
+                    rotation=stored_rotation(meta))
     daemon.event("rollback", model=version, previous=current)
     daemon.event("model_swapped", model=version, reason="rollback")
     return {"model": version, "previous": current, "changed": True}

@@ -6,6 +6,7 @@ the daemon calls them and swaps the live model itself.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,6 +84,31 @@ def pick_reference(*sources) -> ShiftReference | None:
                 return ShiftReference.from_dict(src)
             except ValueError as exc:
                 logger.warning("ignoring shift reference: %s", exc)
+    return None
+
+
+#: The ``reason`` of the identity map stored with a new source model.
+IDENTITY_REASON = "new source model"
+
+
+def stored_rotation(meta) -> float | None:
+    """Return a map's ring rotation from its stored meta, or None when it is unknown.
+
+    ``map_rotation`` when it is a finite number; 0 for the identity map of a source
+    model stored before maps recorded their rotation; None otherwise (a hand-edited
+    value, or an older fitted map).
+
+    Parameters
+    ----------
+    meta : Mapping
+        The map's metadata (:func:`map_meta`).
+    """
+    value = meta.get("map_rotation")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            math.isfinite(value):
+        return float(value)
+    if value is None and meta.get("reason") == IDENTITY_REASON:
+        return 0.0
     return None
 
 

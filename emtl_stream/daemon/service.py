@@ -39,7 +39,7 @@ from .bundle import SourceBundle
 from .connection import ConnectPolicy
 from .events import Events
 from .live import LiveModel, source_fingerprint
-from .maps import map_meta, pick_reference, resume_map
+from .maps import IDENTITY_REASON, map_meta, pick_reference, resume_map, stored_rotation
 from .postprocess import PostProcessor
 from .session import Session
 from .shift import ShiftReference, ShiftWatch
@@ -185,13 +185,13 @@ class Daemon:
         # components switch on the distribution-level (MMD) test beside the likelihood one
         ring = bundle.n_channels if self.config.stream.ring else None  # the ring test
         self.watch = ShiftWatch(m, reference, components=bundle.components, ring_channels=ring)
-        rotation = resumed.meta.get("map_rotation")
+        rotation = stored_rotation(resumed.meta)
         if version is None:  # the identity map: no rotation
             rotation = 0.0
-            version = self.store.save_map(H, b, map_meta(fp, reference, reason="new source model",
+            version = self.store.save_map(H, b, map_meta(fp, reference, reason=IDENTITY_REASON,
                                                          objective=None, map_rotation=rotation))
             self.store.set_live(version)
-        self.live = LiveModel.build(bundle, H, b, version, fp, _rotation_or_none(rotation))
+        self.live = LiveModel.build(bundle, H, b, version, fp, rotation)
         self.speed = self.make_speed(bundle)
         self.post.reset_votes()
         self.transition("model_loaded")
@@ -233,7 +233,7 @@ class Daemon:
             The map's ring rotation in electrode spacings (``map_rotation`` in its meta;
             None: unknown).
         """
-        self.live = self.live.with_map(H, b, version, _rotation_or_none(rotation))
+        self.live = self.live.with_map(H, b, version, rotation)
         self.post.reset_votes()
         self.watch.reset(reference)
         if self.speed is not None:
@@ -616,13 +616,6 @@ class Daemon:
             Its other fields.
         """
         self.events.emit(kind, **fields)
-
-
-def _rotation_or_none(value) -> float | None:
-    """Return a stored ``map_rotation`` as a finite float, or None (absent or not a number)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value) if np.isfinite(value) else None
 
 
 def run(config, bundle=None) -> int:

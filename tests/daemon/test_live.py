@@ -109,15 +109,19 @@ def test_the_shift_watch_gets_the_same_ring_evidence_in_one_call_or_two(
         np.testing.assert_array_equal(ring_index, one.row_index)
 
 
-@pytest.mark.parametrize("stored, expect", [(0.0, 0.0), (7, 7.0), (1.25, 1.25), (None, None),
-                                            ("1", None), (True, None), (float("nan"), None),
-                                            (float("inf"), None), ([1.0], None)])
-def test_a_stored_map_rotation_is_used_only_when_it_is_a_finite_number(stored, expect):
+@pytest.mark.parametrize("meta, expect", [
+    ({"map_rotation": 0.0}, 0.0), ({"map_rotation": 7}, 7.0), ({"map_rotation": 1.25}, 1.25),
+    ({}, None), ({"map_rotation": None, "reason": "recalibration"}, None),
+    ({"reason": "new source model"}, 0.0),  # an identity map stored before the field
+    ({"map_rotation": "1"}, None), ({"map_rotation": True}, None),
+    ({"map_rotation": float("nan")}, None), ({"map_rotation": float("inf")}, None),
+    ({"map_rotation": [1.0], "reason": "new source model"}, None)])
+def test_a_stored_map_rotation_is_used_only_when_it_is_a_finite_number(meta, expect):
     """A hand-edited or foreign map meta must not steer the zero-label guard: anything
     but a finite number is an unknown rotation (the guard's old margin applies)."""
-    from emtl_stream.daemon.service import _rotation_or_none
+    from emtl_stream.daemon.maps import stored_rotation
 
-    assert _rotation_or_none(stored) == expect
+    assert stored_rotation(meta) == expect
 
 
 def test_the_live_model_carries_its_rotation_through_a_swap(source):
