@@ -53,7 +53,17 @@ def _preds(seen, model=None):
 
 
 def test_auto_mode_heals_a_shifted_arm_without_any_request(tmp_path, source, start_player,
-                                                           start_daemon):
+                                                           start_daemon, monkeypatch):
+    from emtl_stream.daemon import jobs
+
+    judged = []
+
+    def recording_job(*args, **kw):  # the worker's job, with what the daemon passed
+        judged.append(kw.get("live_rotation"))
+        return unlabelled_job(*args, **kw)
+
+    unlabelled_job = jobs.unlabelled_transfer_job
+    monkeypatch.setattr(jobs, "unlabelled_transfer_job", recording_job)
     daemon, player, client = _start(tmp_path, source, start_player, start_daemon,
                                     EMTL_ADAPT_AUTO="true", EMTL_ADAPT_SECONDS="6")
     old = daemon.version
@@ -82,6 +92,17 @@ def test_auto_mode_heals_a_shifted_arm_without_any_request(tmp_path, source, sta
         # with the map and carried by the live model for the next fit's guard
         assert meta["moved_spacings"] >= adapt.ROTATED_SPACINGS, meta
         assert daemon.live.rotation == meta["map_rotation"] == meta["rotation"]
+        assert judged == [0.0]  # the first fit was judged against the identity map
+        # A second fit on the same placement is judged against the healed map's
+        # rotation: a refit (0 spacings from it), never "rotated" again.
+        with client.subscribe(("event",)) as sub:
+            assert client.request("recalibrate", labels=False)["ok"] is True
+            ev = wait_event(sub, ("calibration_done", "calibration_failed"), 60.0)
+        assert judged == [0.0, meta["map_rotation"]]
+        if ev["kind"] == "calibration_done":
+            assert ev["moved_spacings"] < adapt.ROTATED_SPACINGS, ev
+        else:
+            assert "rotated" not in ev["reason"] and "a roll of" not in ev["reason"], ev
     finally:
         client.close()
 
