@@ -352,10 +352,6 @@ class MixtureMMD:
         a = E.mean(axis=0).reshape(nb, self.K).sum(axis=0) / nb
         return kxx / nb, a
 
-    def _terms(self, Y: np.ndarray):
-        """Sample-sample mean kernel and the sample-component vector a, shape (K,)."""
-        return self.batch_terms(Y, self._kernel_rows(Y))
-
     def mmd2(self, Z: np.ndarray, weights: np.ndarray | None = None) -> float:
         """Squared MK-MMD (V-statistic) of mapped samples to the mixture.
 
@@ -370,7 +366,7 @@ class MixtureMMD:
         -------
         float
         """
-        kxx, a = self._terms(self.whiten(Z))
+        kxx, a = self.batch_terms(*self.window_terms(Z))
         w = self.weights if weights is None else np.asarray(weights, dtype=np.float64)
         return float(kxx - 2.0 * w @ a + w @ self._B @ w)
 
@@ -394,7 +390,7 @@ class MixtureMMD:
         mmd2 : float
         weights : ndarray of shape (K,)
         """
-        kxx, a = self._terms(self.whiten(Z))
+        kxx, a = self.batch_terms(*self.window_terms(Z))
         return self.best_mix(kxx, a, start)
 
     def best_mix(self, kxx: float, a: np.ndarray, start: np.ndarray | None = None,

@@ -140,11 +140,7 @@ def setup():
 def test_cold_start_on_shifted_arm_fires_with_persisted_reference(setup):
     arm, comp, ref = setup
     m = comp.n_features
-    arm.set_shift(2.0)
-    try:
-        X, _ = stream(arm, 2.0, 2)
-    finally:
-        arm.set_shift(0.0)
+    X = _shifted(arm, 2.0, 2.0, 2)
     events = _run(ShiftWatch(m, ref, components=comp), comp, np.eye(m), X)
     assert events, "a stream shifted from its first sample must be flagged"
     first, ev = events[0]
@@ -166,11 +162,7 @@ def test_mmd_test_alone_detects_the_shift(setup):
     arm, comp, ref = setup
     m = comp.n_features
     blind = ShiftReference(ref.ll_median, 1e6, ref.mmd_median, ref.mmd_spread)  # ll test off
-    arm.set_shift(3.0)
-    try:
-        X, _ = stream(arm, 2.0, 2)
-    finally:
-        arm.set_shift(0.0)
+    X = _shifted(arm, 3.0, 2.0, 2)
     events = _run(ShiftWatch(m, blind, components=comp, rule="or"), comp, np.eye(m), X)
     assert events and events[0][1]["test"] == "mmd"
     assert events[0][1]["statistic"] > events[0][1]["threshold"]
@@ -481,11 +473,7 @@ def test_the_watch_mmd_of_a_sliding_batch_is_the_batch_recomputed(setup):
     previous evaluation's weights (NaN windows skipped, a reset starting over)."""
     arm, comp, ref = setup
     m = comp.n_features
-    arm.set_shift(1.0)
-    try:
-        X, _ = stream(arm, 1.0, 2)
-    finally:
-        arm.set_shift(0.0)
+    X = _shifted(arm, 1.0, 1.0, 2)
     X[25] = np.nan
     clf = MappedClassifier(comp, np.eye(m), np.zeros(m))
     ll = clf.log_marginal(X)
