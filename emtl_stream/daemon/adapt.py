@@ -183,6 +183,28 @@ def ring_distance(a: float, b: float, n_channels: int) -> float:
     return min(d, n_channels - d)
 
 
+def fitted_rotation(start_rotation, live_rotation, ring: bool) -> float | None:
+    """Return the ring rotation a fitted map records (``map_rotation``), in spacings.
+
+    Parameters
+    ----------
+    start_rotation : float or None
+        The winning start's rotation (``TransferEM.rotation_``); None when the live
+        map's own start won, so the map is a refinement of the live one.
+    live_rotation : float or None
+        The live map's rotation (None: unknown).
+    ring : bool
+        Whether the fit searched ring rotations; without a ring there is none.
+
+    Returns
+    -------
+    float or None
+    """
+    if not ring:
+        return None
+    return live_rotation if start_rotation is None else float(start_rotation)
+
+
 def same_rotation(a, b, n_channels: int) -> bool:
     """Whether two fits chose the same rotation (within :data:`ROTATION_STABLE_SPACINGS`).
 
@@ -233,7 +255,8 @@ def fit_unlabelled(components, X, H_live, b_live, *, transfer_kwargs: dict,
     -------
     UnlabelledFit
         ``metrics["map_rotation"]`` is the new map's rotation relative to the source
-        model (the live one's when the live map's own start won; None if unknown).
+        model (:func:`fitted_rotation`: the live one's when the live map's own start
+        won; None if unknown or without a ring).
         Never raises for bad data or a failed fit: those are refusals with a reason.
 
     Raises
@@ -309,12 +332,9 @@ def fit_unlabelled(components, X, H_live, b_live, *, transfer_kwargs: dict,
                           f"windows ({_spacings(rots[0])}, {_spacings(rots[1])} vs "
                           f"{_spacings(rot)} on all); the live map stays.")
         ll_live, ll_new = metrics["ll_live"], metrics["ll_new"]
-        # the new map's rotation relative to the source model: a refinement of the live
-        # map (its own start won) keeps the live map's
-        map_rotation = live_rotation if rot is None else float(rot)
+        map_rotation = fitted_rotation(rot, live_rotation, ring_channels is not None)
         moved = None
-        if ring_channels is not None and map_rotation is not None and \
-                live_rotation is not None:
+        if map_rotation is not None and live_rotation is not None:
             moved = ring_distance(map_rotation, live_rotation, ring_channels)
         metrics.update(map_rotation=map_rotation, moved_spacings=moved)
         if moved is not None and moved >= ROTATED_SPACINGS:

@@ -319,11 +319,9 @@ def _install_transfer(d, result, burst_id) -> None:
             d, f"new map does not beat the current one on the burst (penalised "
             f"log-likelihood {new:.4g} vs {old:.4g}); map {d.version} stays live")
         return
-    # the new map's ring rotation: the start it came from, the live map's own when
-    # that start won (a refinement of it); unknown without a ring
-    start = result.get("rotation")
-    rotation = (d.live.rotation if start is None else float(start)) \
-        if result.get("ring") else None
+    from .adapt import fitted_rotation
+
+    rotation = fitted_rotation(result.get("rotation"), d.live.rotation, result.get("ring"))
     version = _save_map(d, result["H"], result["b"], d.new_map_meta(
         burst=burst_id, objective=new, previous_objective=old, parent=d.version,
         n_iter=result["n_iter"], roll=result["roll"], converged=result["converged"],

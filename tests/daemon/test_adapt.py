@@ -317,3 +317,13 @@ def test_the_lost_movement_check_is_for_refits_not_for_a_moved_armband(setup, mo
         res = fit_unlabelled(comp, X, H_live, z, transfer_kwargs=KW,
                              ring_channels=N_CHANNELS, live_rotation=live_rotation)
         assert not res.accepted and "no longer predicts" in res.reason, res.reason
+
+
+def test_a_fitted_map_records_its_start_or_the_live_maps_rotation():
+    """One rule for labelled and zero-label fits: the winning start's rotation, the live
+    map's when its own start won, nothing without a ring."""
+    assert adapt.fitted_rotation(7.0, 0.0, True) == 7.0
+    assert adapt.fitted_rotation(None, 1.25, True) == 1.25
+    assert adapt.fitted_rotation(None, None, True) is None
+    assert adapt.fitted_rotation(None, 0.0, False) is None
+    assert adapt.fitted_rotation(3.0, 0.0, False) is None
